@@ -1,0 +1,72 @@
+// Argument checks shared by every op binding (CPU and CUDA): one place that
+// decides what a valid input is and how the error reads.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <string>
+
+namespace rkd {
+
+enum class Reduction { None = 0, Mean = 1, Sum = 2 };
+
+inline Reduction parse_reduction(const char* op, const std::string& reduction) {
+  if (reduction == "mean") return Reduction::Mean;
+  if (reduction == "sum") return Reduction::Sum;
+  if (reduction == "none") return Reduction::None;
+  TORCH_CHECK_VALUE(false, op, ": reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
+}
+
+inline void check_features(const char* op, const char* arg, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.defined(), op, ": ", arg, " must be a tensor, got None");
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": ", arg, " must be a 2-D (N, D) tensor, got ", x.dim(),
+                    "-D with shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) > 0, op, ": ", arg, " must hold at least one sample (N > 0), got shape ",
+                    x.sizes());
+  const auto t = x.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op, ": ",
+                   arg, " must be float16, bfloat16, float32 or float64, got ", t);
+}
+
+inline void check_pair(const char* op, const at::Tensor& student, const at::Tensor& teacher) {
+  check_features(op, "student", student);
+  check_features(op, "teacher", teacher);
+  TORCH_CHECK_VALUE(student.device() == teacher.device(), op,
+                    ": student and teacher must be on the same device, got ", student.device(), " and ",
+                    teacher.device());
+  TORCH_CHECK_VALUE(student.size(0) == teacher.size(0), op,
+                    ": student and teacher must have the same batch size, got ", student.size(0), " and ",
+                    teacher.size(0));
+}
+
+inline void check_eps(const char* op, double eps) {
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a positive finite number, got ", eps);
+}
+
+inline void check_beta(const char* op, double beta) {
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0, op, ": beta must be a finite number >= 0, got ",
+                    beta);
+}
+
+// Gradient of a matrix-valued output, checked before a backward kernel reads it.
+inline void check_square_grad(const char* op, const at::Tensor& grad, int64_t n) {
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == n && grad.size(1) == n, op,
+                    ": grad must have shape (", n, ", ", n, "), got ", grad.sizes());
+}
+
+// A float64 matrix saved by a forward op and handed to its backward.
+inline void check_saved(const char* op, const char* arg, const at::Tensor& sq, int64_t n) {
+  TORCH_CHECK_VALUE(sq.dim() == 2 && sq.size(0) == n && sq.size(1) == n && sq.scalar_type() == at::kDouble &&
+                        sq.is_contiguous(),
+                    op, ": ", arg, " must be the contiguous (", n, ", ", n,
+                    ") float64 matrix saved by the forward op, got ", sq.scalar_type(), " of shape ", sq.sizes());
+}
+
+// dtype of a loss: float32 for half inputs, float64 if either input is.
+inline at::ScalarType loss_dtype(const at::Tensor& a, const at::Tensor& b) {
+  return (a.scalar_type() == at::kDouble || b.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+}  // namespace rkd

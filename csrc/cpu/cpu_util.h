@@ -1,0 +1,106 @@
+// Small building blocks of the CPU kernels: ISA clones, fixed-order
+// reductions and parallel grain sizes.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+// Hot loops are plain fixed-width loops that the compiler vectorises;
+// target_clones builds them for AVX-512 and AVX2+FMA as well as the baseline
+// ISA and picks one at load time, so a portable build still runs at the width
+// of the machine it lands on.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RKD_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RKD_CPU_CLONES
+#endif
+
+namespace rkd {
+
+// Eight float64 lanes: one AVX-512 register, two AVX2 registers, four SSE2
+// registers, depending on the clone. Loads tolerate any 8-byte alignment.
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
+inline v8d load8(const double* p) { return *reinterpret_cast<const v8d_u*>(p); }
+inline void store8(double* p, v8d v) { *reinterpret_cast<v8d_u*>(p) = v; }
+
+// Sixteen float32 lanes, the same register width as v8d.
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+inline v16f load16(const float* p) { return *reinterpret_cast<const v16f_u*>(p); }
+
+// A full-register vector of T: v8d for double, v16f for float.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<double> {
+  using type = v8d;
+  static constexpr int64_t lanes = 8;
+  static type load(const double* p) { return load8(p); }
+};
+template <>
+struct Vec<float> {
+  using type = v16f;
+  static constexpr int64_t lanes = 16;
+  static type load(const float* p) { return load16(p); }
+};
+
+// Independent partial sums per reduction: lets the compiler vectorise a sum
+// without reassociating it, and fixes the summation order (determinism).
+constexpr int64_t kLanes = 8;
+
+inline double lane_sum(const double* v) {
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+// Rows per parallel task such that a task does at least ~16K element operations.
+inline int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_len, 1)); }
+
+// sum_k a_k b_k, fixed order.
+inline double dot_lanes(const double* a, const double* b, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[k + l] * b[k + l];
+  for (; k < n; ++k) acc[k % kLanes] += a[k] * b[k];
+  return lane_sum(acc);
+}
+
+// sum_k (a_k - b_k)^2, fixed order.
+inline double sqdist_lanes(const double* a, const double* b, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const double t = a[k + l] - b[k + l];
+      acc[l] += t * t;
+    }
+  for (; k < n; ++k) {
+    const double t = a[k] - b[k];
+    acc[k % kLanes] += t * t;
+  }
+  return lane_sum(acc);
+}
+
+// sum_k a_k, fixed order.
+inline double sum_lanes(const double* a, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[k + l];
+  for (; k < n; ++k) acc[k % kLanes] += a[k];
+  return lane_sum(acc);
+}
+
+// sum_k f(k), fixed order; f must be cheap and branch-free to vectorise.
+template <typename F>
+inline double reduce_lanes(int64_t n, const F& f) {
+  double acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += f(k + l);
+  for (; k < n; ++k) acc[k % kLanes] += f(k);
+  return lane_sum(acc);
+}
+
+}  // namespace rkd

@@ -1,0 +1,232 @@
+// CPU kernels of the distance-wise RKD ops: the pairwise distance matrix, the
+// mean-normalised distance matrix and the fused distance loss, forward and
+// backward.
+//
+// The O(N^2 D) parts are the kernels of pairwise_cpu.cpp; the rest are O(N^2)
+// float64 passes over the clamped distance matrix d (zero diagonal) with the
+// formulas of rkd_math.h. Forward ops hand d to their backward op (the
+// "dist64" outputs), so the backward never recomputes distances.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../rkd_math.h"
+#include "cpu_util.h"
+#include "pairwise_cpu.h"
+
+namespace rkd {
+namespace {
+
+// Calls f(i) for every row i of an N x N pass, in parallel.
+template <typename F>
+void for_rows(int64_t N, const F& f) {
+  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) f(i);
+  });
+}
+
+// sum_i f(i) over rows, with per-row values summed in row order: the same
+// result for any thread count.
+template <typename F>
+double sum_rows(int64_t N, const F& f) {
+  std::vector<double> rows(static_cast<size_t>(N));
+  for_rows(N, [&](int64_t i) { rows[i] = f(i); });
+  double t = 0.0;
+  for (double v : rows) t += v;
+  return t;
+}
+
+double pair_count(int64_t N) { return static_cast<double>(N) * static_cast<double>(N - 1); }
+
+// The clamped distance matrix (float64, zero diagonal) of x.
+// Distances tolerate the fast Gram product: unlike angles they never subtract
+// squared distances from each other.
+at::Tensor dist64(const at::Tensor& x, double eps) {
+  return pair_matrix_cpu(x, PairOut::Dist, eps, GramPrecision::Fast);
+}
+
+// Mean of the N(N-1) off-diagonal distances.
+double mean_distance(const double* d, int64_t N) {
+  return sum_rows(N, [&](int64_t i) { return sum_lanes(d + i * N, N); }) / pair_count(N);
+}
+
+void warn_no_pairs(const char* op) {
+  TORCH_WARN_ONCE(op, ": a batch of one sample has no pairs; returning 0 with a zero gradient ",
+                  "(the reference implementation returns NaN here)");
+}
+
+// For psi = d / mean(d) and dL/dpsi = g: dL/ds_ij = (g_ij - c) / mu * dd/ds_ij
+// with c = sum_kl g_kl psi_kl / (N(N-1)) (the gradient through the mean).
+// Returns c; g(i, j) is a function so callers need not store it.
+template <typename G>
+double mean_term(int64_t N, const double* d, double inv_mu, const G& g) {
+  return inv_mu * sum_rows(N, [&](int64_t i) {
+           return reduce_lanes(N, [&](int64_t j) { return g(i, j) * d[i * N + j]; });
+         }) / pair_count(N);
+}
+
+at::Tensor as_f64(const at::Tensor& g) { return g.to(at::kDouble).contiguous(); }
+
+// ---- pairwise_distance --------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_cpu(const at::Tensor& x, double eps) {
+  check_features("pairwise_distance", "x", x);
+  check_eps("pairwise_distance", eps);
+  at::Tensor d = dist64(x, eps);
+  // A copy even for float64: an op's outputs must not alias each other.
+  return {d.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true), d};
+}
+
+at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& dist,
+                                          double eps) {
+  constexpr const char* op = "pairwise_distance_backward";
+  check_features(op, "x", x);
+  const int64_t N = x.size(0);
+  check_square_grad(op, grad, N);
+  check_saved(op, "dist64", dist, N);
+  const at::Tensor g64 = as_f64(grad);
+  const double* g = g64.const_data_ptr<double>();
+  const double* d = dist.const_data_ptr<double>();
+  const double sqrt_eps = std::sqrt(eps);
+  return grad_from_sq_cpu(x, false,
+                          [&](int64_t i, int64_t j) { return g[i * N + j] * ddist_dsq(d[i * N + j], sqrt_eps); });
+}
+
+// ---- normalized_distance ------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> normalized_distance_cpu(const at::Tensor& x, double eps) {
+  check_features("normalized_distance", "x", x);
+  check_eps("normalized_distance", eps);
+  const int64_t N = x.size(0);
+  at::Tensor d = dist64(x, eps);
+  if (N < 2) {
+    warn_no_pairs("normalized_distance");
+    return {at::zeros({N, N}, x.options()), d};
+  }
+  const double inv_mu = 1.0 / mean_distance(d.const_data_ptr<double>(), N);
+  return {(d * inv_mu).to(x.scalar_type()), d};
+}
+
+at::Tensor normalized_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& dist,
+                                            double eps) {
+  constexpr const char* op = "normalized_distance_backward";
+  check_features(op, "x", x);
+  const int64_t N = x.size(0);
+  check_square_grad(op, grad, N);
+  check_saved(op, "dist64", dist, N);
+  if (N < 2) return at::zeros_like(x, at::MemoryFormat::Contiguous);
+  const at::Tensor g64 = as_f64(grad);
+  const double* g = g64.const_data_ptr<double>();
+  const double* d = dist.const_data_ptr<double>();
+  const double inv_mu = 1.0 / mean_distance(d, N), sqrt_eps = std::sqrt(eps);
+  const double c = mean_term(N, d, inv_mu, [&](int64_t i, int64_t j) { return g[i * N + j]; });
+  return grad_from_sq_cpu(x, false, [&](int64_t i, int64_t j) {
+    return (g[i * N + j] - c) * inv_mu * ddist_dsq(d[i * N + j], sqrt_eps);
+  });
+}
+
+// ---- rkd_distance_loss --------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::Tensor& student,
+                                                                     const at::Tensor& teacher, double beta,
+                                                                     double eps, c10::string_view reduction) {
+  constexpr const char* op = "rkd_distance_loss";
+  check_pair(op, student, teacher);
+  check_beta(op, beta);
+  check_eps(op, eps);
+  const Reduction red = parse_reduction(op, std::string(reduction));
+  const int64_t N = student.size(0);
+  const auto out_opts = student.options().dtype(loss_dtype(student, teacher));
+  at::Tensor ds = dist64(student, eps), dt = dist64(teacher, eps);
+  if (N < 2) {
+    warn_no_pairs(op);
+    return {red == Reduction::None ? at::zeros({N, N}, out_opts) : at::zeros({}, out_opts), ds, dt};
+  }
+  const double* a = ds.const_data_ptr<double>();
+  const double* b = dt.const_data_ptr<double>();
+  const double is = 1.0 / mean_distance(a, N), it = 1.0 / mean_distance(b, N);
+  // The diagonal needs no special case: d_ii = 0 on both sides gives l(0) = 0.
+  if (red == Reduction::None) {
+    at::Tensor elem = at::empty({N, N}, ds.options());
+    double* e = elem.mutable_data_ptr<double>();
+    for_rows(N, [&](int64_t i) {
+      for (int64_t j = 0; j < N; ++j) e[i * N + j] = smooth_l1(a[i * N + j] * is - b[i * N + j] * it, beta);
+    });
+    return {elem.to(out_opts.dtype()), ds, dt};
+  }
+  double total = sum_rows(N, [&](int64_t i) {
+    const double* ar = a + i * N;
+    const double* br = b + i * N;
+    return reduce_lanes(N, [&](int64_t j) { return smooth_l1(ar[j] * is - br[j] * it, beta); });
+  });
+  if (red == Reduction::Mean) total /= static_cast<double>(N) * static_cast<double>(N);
+  return {at::scalar_tensor(total, out_opts), ds, dt};
+}
+
+std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& dist_s,
+    const at::Tensor& dist_t, double beta, double eps, c10::string_view reduction, bool student_grad,
+    bool teacher_grad) {
+  constexpr const char* op = "rkd_distance_loss_backward";
+  check_pair(op, student, teacher);
+  const Reduction red = parse_reduction(op, std::string(reduction));
+  const int64_t N = student.size(0);
+  check_saved(op, "dist64_student", dist_s, N);
+  check_saved(op, "dist64_teacher", dist_t, N);
+  if (red == Reduction::None)
+    check_square_grad(op, grad, N);
+  else
+    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
+                      grad.sizes());
+  at::Tensor gstu = at::empty({0}, student.options());
+  at::Tensor gtea = at::empty({0}, teacher.options());
+  if (N < 2 || (!student_grad && !teacher_grad)) {
+    if (student_grad) gstu = at::zeros_like(student, at::MemoryFormat::Contiguous);
+    if (teacher_grad) gtea = at::zeros_like(teacher, at::MemoryFormat::Contiguous);
+    return {gstu, gtea};
+  }
+  const double* a = dist_s.const_data_ptr<double>();
+  const double* b = dist_t.const_data_ptr<double>();
+  const double is = 1.0 / mean_distance(a, N), it = 1.0 / mean_distance(b, N);
+  const double scale = red == Reduction::Mean ? 1.0 / (static_cast<double>(N) * static_cast<double>(N)) : 1.0;
+  const double sqrt_eps = std::sqrt(eps);
+  const at::Tensor go = as_f64(grad);
+  const double* up = go.const_data_ptr<double>();
+  const bool none = red == Reduction::None;
+  // g = dL/dpsi_student (dL/dpsi_teacher = -g), recomputed where needed
+  // rather than stored: every pass over N x N matrices costs memory traffic.
+  auto g = [&](int64_t i, int64_t j) {
+    const double u = none ? up[i * N + j] : up[0];
+    return u * scale * smooth_l1_grad(a[i * N + j] * is - b[i * N + j] * it, beta);
+  };
+  if (student_grad) {
+    const double c = mean_term(N, a, is, g);
+    gstu = grad_from_sq_cpu(student, !none, [&](int64_t i, int64_t j) {
+      return (g(i, j) - c) * is * ddist_dsq(a[i * N + j], sqrt_eps);
+    });
+  }
+  if (teacher_grad) {
+    const double c = mean_term(N, b, it, g);
+    gtea = grad_from_sq_cpu(teacher, !none, [&](int64_t i, int64_t j) {
+      return (c - g(i, j)) * it * ddist_dsq(b[i * N + j], sqrt_eps);
+    });
+  }
+  return {gstu, gtea};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) {
+  m.impl("pairwise_distance", &pairwise_distance_cpu);
+  m.impl("pairwise_distance_backward", &pairwise_distance_backward_cpu);
+  m.impl("normalized_distance", &normalized_distance_cpu);
+  m.impl("normalized_distance_backward", &normalized_distance_backward_cpu);
+  m.impl("rkd_distance_loss", &rkd_distance_loss_cpu);
+  m.impl("rkd_distance_loss_backward", &rkd_distance_loss_backward_cpu);
+}
+
+}  // namespace rkd

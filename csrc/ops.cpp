@@ -1,0 +1,63 @@
+// Every rkd_ext operator schema, in one place, and the _C Python module.
+//
+// Kernels register per backend (cpu/*_cpu.cpp, cuda/*_cuda.cu); fake kernels,
+// autograd and autocast are registered from Python (rkd_ext/ops.py).
+//
+// Forward ops that have a backward also return the float64 clamped distance
+// matrices they computed ("dist64": sqrt(max(s, eps)), zero diagonal), so the
+// backward op never recomputes the O(N^2 D) part; the Python wrappers keep
+// them for autograd and do not expose them.
+#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include "build_config.h"
+
+TORCH_LIBRARY(rkd_ext, m) {
+  m.def("pairwise_distance(Tensor x, float eps) -> (Tensor dist, Tensor dist64)");
+  m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor dist64, float eps) -> Tensor");
+  m.def("normalized_distance(Tensor x, float eps) -> (Tensor psi, Tensor dist64)");
+  m.def("normalized_distance_backward(Tensor grad, Tensor x, Tensor dist64, float eps) -> Tensor");
+  m.def(
+      "rkd_distance_loss(Tensor student, Tensor teacher, float beta, float eps, str reduction)"
+      " -> (Tensor loss, Tensor dist64_student, Tensor dist64_teacher)");
+  m.def(
+      "rkd_distance_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor dist64_student,"
+      " Tensor dist64_teacher, float beta, float eps, str reduction, bool student_grad, bool teacher_grad)"
+      " -> (Tensor grad_student, Tensor grad_teacher)");
+}
+
+namespace {
+
+std::string compiler() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["torch_version"] = TORCH_VERSION;
+  d["torch_full_version"] = RKD_EXT_TORCH_FULL_VERSION;
+  d["with_cuda"] = static_cast<bool>(RKD_EXT_WITH_CUDA);
+  d["cuda_version"] = RKD_EXT_CUDA_VERSION;
+  d["cuda_arch_list"] = RKD_EXT_CUDA_ARCH_LIST;
+  d["compiler"] = compiler();
+#ifdef _GLIBCXX_USE_CXX11_ABI
+  d["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rkd_ext compiled kernels; the operators live under torch.ops.rkd_ext";
+  m.def("build_info", &build_info, "How this extension was built (a dict).");
+}

@@ -1,0 +1,124 @@
+r"""RKD relations and losses as functions.
+
+Notation (Park et al., CVPR 2019): for a batch :math:`x \in \mathbb{R}^{N \times D}`,
+
+.. math::
+
+    s_{ij} = \|x_i - x_j\|^2, \qquad
+    d_{ij} = \sqrt{\max(s_{ij}, \epsilon)} \;(i \ne j), \quad d_{ii} = 0, \qquad
+    \mu = \frac{1}{N(N-1)} \sum_{i \ne j} d_{ij}, \qquad
+    \psi_D = d / \mu,
+
+and the distance-wise loss is the smooth-L1 (threshold :math:`\beta`) between
+:math:`\psi_D(S)` and :math:`\psi_D(T)`, averaged over all :math:`N^2` entries
+(diagonal included), as in the reference implementation.
+
+Inputs of rank > 2 are flattened to (N, -1). Student and teacher may have
+different feature sizes but must have the same N. float16 and bfloat16 inputs
+are computed in float32 or wider; losses are returned in float32 (float64 when
+an input is float64); gradients come back in each input's dtype. Gradients reach
+every input that requires them, the teacher included.
+
+Degenerate input: with N = 1 there are no pairs. The reference returns NaN,
+which poisons a training run; these functions return 0 with a zero gradient and
+warn once.
+
+Squared distances are computed from direct differences in float64, not the
+reference's cancellation-prone expanded form: offset features (post-ReLU) and
+near-duplicate samples keep their digits. Exactly coincident samples
+(:math:`s_{ij} = 0`) get a zero subgradient through that pair (the reference
+scales it by :math:`1/\epsilon`).
+"""
+import warnings
+
+import torch
+
+from . import _checks, _ext, ops, reference
+
+__all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss"]
+
+_warned = set()
+
+
+def _warn_once(fn, msg):
+    if fn not in _warned:
+        _warned.add(fn)
+        warnings.warn(f"{fn}: {msg}", UserWarning, stacklevel=3)
+
+
+def _fallback_input(x):
+    # The reference computes in the input dtype; half types are upcast so the
+    # fallback, like the kernels, computes in float32 (the cast's gradient
+    # brings gradients back in the input dtype).
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def pairwise_distance(x, *, eps=1e-12):
+    r"""The (N, N) Euclidean distance matrix :math:`d_{ij} = \sqrt{\max(s_{ij}, \epsilon)}`, zero diagonal.
+
+    Args:
+        x: (N, D) features, or (N, ...) flattened to (N, -1).
+        eps: clamp applied to the squared distances (keeps the gradient finite).
+
+    Returns:
+        (N, N) tensor in x's dtype.
+    """
+    fn = "pairwise_distance"
+    x = _checks.features(fn, "x", x)
+    eps = _checks.eps(fn, eps)
+    if _ext.usable_for(x):
+        return torch.ops.rkd_ext.pairwise_distance(x, eps)[0]
+    return reference.pairwise_distance(_fallback_input(x), eps).to(x.dtype)
+
+
+def normalized_distance(x, *, eps=1e-12):
+    r"""Distances divided by their off-diagonal mean, :math:`\psi_D = d / \mu` (gradient flows through :math:`\mu`).
+
+    Args:
+        x: (N, D) features, or (N, ...) flattened to (N, -1).
+        eps: clamp applied to the squared distances.
+
+    Returns:
+        (N, N) tensor in x's dtype; all zeros (with a one-time warning) when N = 1.
+    """
+    fn = "normalized_distance"
+    x = _checks.features(fn, "x", x)
+    eps = _checks.eps(fn, eps)
+    if _ext.usable_for(x):
+        return torch.ops.rkd_ext.normalized_distance(x, eps)[0]
+    if x.shape[0] < 2:
+        _warn_once(fn, "a batch of one sample has no pairs; returning 0 with a zero gradient")
+        return x.sum() * 0 + x.new_zeros((1, 1))
+    return reference.normalized_distance(_fallback_input(x), eps).to(x.dtype)
+
+
+def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
+    r"""Distance-wise RKD loss: smooth-L1 between :math:`\psi_D(\text{student})` and :math:`\psi_D(\text{teacher})`.
+
+    Computed by a fused kernel in O(N^2 D) time and O(N^2) extra memory,
+    forward and backward.
+
+    Args:
+        student: (N, D_s) student features, or (N, ...) flattened.
+        teacher: (N, D_t) teacher features, or (N, ...) flattened.
+        beta: smooth-L1 threshold (``beta=0`` is L1).
+        eps: clamp applied to the squared distances.
+        reduction: ``'mean'`` over all N^2 entries (the reference), ``'sum'``,
+            or ``'none'`` for the (N, N) elementwise loss.
+
+    Returns:
+        The loss, float32 (float64 if an input is float64).
+    """
+    fn = "rkd_distance_loss"
+    student, teacher = _checks.pair(fn, student, teacher)
+    beta = _checks.beta(fn, beta)
+    eps = _checks.eps(fn, eps)
+    reduction = _checks.reduction(fn, reduction)
+    if _ext.usable_for(student):
+        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction)[0]
+    dtype = ops.loss_dtype(student, teacher)
+    if student.shape[0] < 2:
+        _warn_once(fn, "a batch of one sample has no pairs; returning 0 with a zero gradient")
+        zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
+        return zero.expand(1, 1).clone() if reduction == "none" else zero
+    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction)

@@ -1,0 +1,148 @@
+"""Fake kernels, autograd and autocast for the torch.ops.rkd_ext operators.
+
+The schemas and the real kernels are registered by the compiled extension
+(csrc/ops.cpp and the per-backend files). This module adds what torch needs on
+top, so that the operators work under autograd, torch.compile, torch.export,
+opcheck and autocast:
+
+* a fake (meta) kernel per operator: output shapes and dtypes only;
+* autograd for each forward operator, whose backward calls the matching
+  registered ``*_backward`` operator;
+* for the ``*_backward`` operators, an autograd formula that raises a clear
+  error: double backward is not supported;
+* autocast (CPU and CUDA): inputs in float16/bfloat16 are cast to float32, so
+  the operators always compute and return in float32 or wider.
+
+Forward operators also return the float64 clamped distance matrices they
+computed ("dist64"); the autograd context keeps them for the backward operator.
+"""
+import torch
+
+from . import _ext
+
+__all__ = ["OPS", "loss_dtype"]
+
+# Forward operators with a backward; every one of them is also autocast to float32.
+OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss")
+
+
+def loss_dtype(a, b):
+    """dtype of a loss: float64 if either input is float64, float32 otherwise."""
+    return torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+
+
+def _square(x, dtype):
+    n = x.shape[0]
+    return x.new_empty((n, n), dtype=dtype)
+
+
+def _check_pair_fake(student, teacher):
+    torch._check(student.dim() == 2 and teacher.dim() == 2,
+                 lambda: "rkd_ext: student and teacher must be 2-D (N, D) tensors")
+    torch._check(student.shape[0] == teacher.shape[0],
+                 lambda: "rkd_ext: student and teacher must have the same batch size")
+
+
+def _register_fakes():
+    lib = "rkd_ext::"
+
+    @torch.library.register_fake(lib + "pairwise_distance")
+    def _(x, eps):
+        torch._check(x.dim() == 2, lambda: "pairwise_distance: x must be a 2-D (N, D) tensor")
+        return _square(x, x.dtype), _square(x, torch.float64)
+
+    @torch.library.register_fake(lib + "normalized_distance")
+    def _(x, eps):
+        torch._check(x.dim() == 2, lambda: "normalized_distance: x must be a 2-D (N, D) tensor")
+        return _square(x, x.dtype), _square(x, torch.float64)
+
+    @torch.library.register_fake(lib + "pairwise_distance_backward")
+    def _(grad, x, dist64, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "normalized_distance_backward")
+    def _(grad, x, dist64, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "rkd_distance_loss")
+    def _(student, teacher, beta, eps, reduction):
+        _check_pair_fake(student, teacher)
+        dtype = loss_dtype(student, teacher)
+        loss = _square(student, dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
+        return loss, _square(student, torch.float64), _square(teacher, torch.float64)
+
+    @torch.library.register_fake(lib + "rkd_distance_loss_backward")
+    def _(grad, student, teacher, dist64_student, dist64_teacher, beta, eps, reduction, student_grad, teacher_grad):
+        _check_pair_fake(student, teacher)
+
+        def out(x, wanted):
+            return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
+
+        return out(student, student_grad), out(teacher, teacher_grad)
+
+
+def _no_double_backward(op_name):
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"rkd_ext: double backward through {op_name} is not supported (a gradient of the gradient of an "
+            "RKD loss was requested, e.g. by torch.autograd.grad(..., create_graph=True) followed by another "
+            "backward); use rkd_ext.reference for higher-order gradients")
+
+    torch.library.register_autograd(f"rkd_ext::{op_name}_backward", backward, setup_context=setup_context)
+
+
+def _register_autograd():
+    ops = torch.ops.rkd_ext
+
+    # The float64 matrices a forward op returns are only kept for its backward;
+    # without materialised gradients, autograd passes None for them instead of
+    # allocating N x N zeros on every backward.
+    def matrix_setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        x, eps = inputs
+        ctx.save_for_backward(x, output[1])
+        ctx.eps = eps
+
+    def pairwise_backward(ctx, grad, _grad_d):
+        x, d64 = ctx.saved_tensors
+        return ops.pairwise_distance_backward(grad, x, d64, ctx.eps), None
+
+    def normalized_backward(ctx, grad, _grad_d):
+        x, d64 = ctx.saved_tensors
+        return ops.normalized_distance_backward(grad, x, d64, ctx.eps), None
+
+    def loss_setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        student, teacher, beta, eps, reduction = inputs
+        ctx.save_for_backward(student, teacher, output[1], output[2])
+        ctx.args = (beta, eps, reduction)
+
+    def loss_backward(ctx, grad, _grad_d_s, _grad_d_t):
+        student, teacher, d64_s, d64_t = ctx.saved_tensors
+        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gs, gt = ops.rkd_distance_loss_backward(grad, student, teacher, d64_s, d64_t, *ctx.args, want_s, want_t)
+        return (gs if want_s else None), (gt if want_t else None), None, None, None
+
+    torch.library.register_autograd("rkd_ext::pairwise_distance", pairwise_backward, setup_context=matrix_setup)
+    torch.library.register_autograd("rkd_ext::normalized_distance", normalized_backward,
+                                    setup_context=matrix_setup)
+    torch.library.register_autograd("rkd_ext::rkd_distance_loss", loss_backward, setup_context=loss_setup)
+    for name in OPS:
+        _no_double_backward(name)
+
+
+def _register_autocast():
+    if not hasattr(torch.library, "register_autocast"):  # torch < 2.5: autocast leaves the op alone
+        return
+    for name in OPS:
+        for device in ("cpu", "cuda"):
+            torch.library.register_autocast(f"rkd_ext::{name}", device, torch.float32)
+
+
+if _ext.available:
+    _register_fakes()
+    _register_autograd()
+    _register_autocast()

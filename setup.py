@@ -1,0 +1,75 @@
+"""Build rkd_ext._C: the C++ kernels always, the CUDA kernels when possible.
+
+Environment variables:
+  FORCE_CUDA=1           build the CUDA kernels even if torch or nvcc were not detected
+  FORCE_ONLY_CPU=1       build the C++ kernels only, even with a CUDA toolkit present
+  TORCH_CUDA_ARCH_LIST   GPU architectures to compile for, e.g. "8.0;9.0" (read by torch)
+  MAX_JOBS               parallel compile jobs (read by torch's ninja build)
+  RKD_EXT_DEBUG=1        -O0 -g instead of optimised code
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    sys.exit("rkd_ext compiles against your PyTorch: install torch first, then run "
+             "`pip install --no-build-isolation .`")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def flag(name):
+    return os.environ.get(name, "0") == "1"
+
+
+def with_cuda():
+    if flag("FORCE_ONLY_CPU"):
+        return False
+    # Decided by the build, never by torch.cuda.is_available(): build machines often have no GPU.
+    return flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
+
+
+def write_build_config(cuda):
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "default") if cuda else ""
+    text = "\n".join([
+        "// Written by setup.py; do not edit.",
+        "#pragma once",
+        f'#define RKD_EXT_TORCH_FULL_VERSION "{torch.__version__}"',
+        f"#define RKD_EXT_WITH_CUDA {int(cuda)}",
+        f'#define RKD_EXT_CUDA_VERSION "{torch.version.cuda if cuda else ""}"',
+        f'#define RKD_EXT_CUDA_ARCH_LIST "{arch}"',
+        "",
+    ])
+    path = os.path.join(HERE, "csrc", "build_config.h")
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def get_extensions():
+    cuda = with_cuda()
+    write_build_config(cuda)
+    opt = ["-O0", "-g"] if flag("RKD_EXT_DEBUG") else ["-O3"]
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # No -ffast-math: results must not depend on reassociation. These two only let
+    # sqrt and branch-free selects vectorise, as in torch's own build.
+    fp = ["-fno-math-errno", "-fno-trapping-math"]
+    # at::parallel_for is a header template over OpenMP: without -fopenmp it runs serially.
+    extra = {"cxx": opt + fp + ["-fopenmp", "-Wall", "-Wno-psabi"]}
+    kind = CppExtension
+    if cuda:
+        kind = CUDAExtension
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra["nvcc"] = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
+    return [kind("rkd_ext._C", sources, extra_compile_args=extra, extra_link_args=["-fopenmp"])]
+
+
+setup(
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
