@@ -1,16 +1,20 @@
 """rkd_ext: Relational Knowledge Distillation losses with hand-written C++/CUDA kernels."""
 from . import reference
 from ._ext import build_info
-from .functional import normalized_distance, pairwise_distance, rkd_distance_loss
-from .losses import RKDDistanceLoss
+from .functional import angle_tensor, normalized_distance, pairwise_distance, rkd_angle_loss, rkd_distance_loss
+from .losses import RKDAngleLoss, RKDDistanceLoss, RKDLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RKDAngleLoss",
     "RKDDistanceLoss",
+    "RKDLoss",
+    "angle_tensor",
     "build_info",
     "normalized_distance",
     "pairwise_distance",
     "reference",
+    "rkd_angle_loss",
     "rkd_distance_loss",
 ]

@@ -35,7 +35,7 @@ import torch
 
 from . import _checks, _ext, ops, reference
 
-__all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss"]
+__all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss"]
 
 _warned = set()
 
@@ -122,3 +122,51 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
         zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
         return zero.expand(1, 1).clone() if reduction == "none" else zero
     return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction)
+
+
+def angle_tensor(x, *, eps=1e-12):
+    r"""The (N, N, N) triplet-angle tensor :math:`A_{ijk} = \langle e_{ij}, e_{ik} \rangle`, vertex first.
+
+    :math:`e_{ij} = (x_j - x_i) / \max(\|x_j - x_i\|, \epsilon)`; :math:`A_{iik} = A_{iji} = 0`,
+    :math:`A_{ijj} = 1` for :math:`j \ne i`.
+
+    Args:
+        x: (N, D) features, or (N, ...) flattened to (N, -1).
+        eps: clamp applied to the difference norms (as ``F.normalize``).
+
+    Returns:
+        (N, N, N) tensor in x's dtype.
+    """
+    fn = "angle_tensor"
+    x = _checks.features(fn, "x", x)
+    eps = _checks.eps(fn, eps)
+    return reference.angle_tensor(_fallback_input(x), eps).to(x.dtype)
+
+
+def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
+    r"""Angle-wise RKD loss: smooth-L1 between the angle tensors of student and teacher, over all N^3 entries.
+
+    Args:
+        student: (N, D_s) student features, or (N, ...) flattened.
+        teacher: (N, D_t) teacher features, or (N, ...) flattened.
+        beta: smooth-L1 threshold.
+        eps: clamp applied to the difference norms.
+        reduction: ``'mean'`` over all N^3 entries (the reference), ``'sum'``,
+            or ``'none'`` for the (N, N, N) elementwise loss.
+
+    Returns:
+        The loss, float32 (float64 if an input is float64); 0 with a one-time
+        warning when N < 3 (no triplets).
+    """
+    fn = "rkd_angle_loss"
+    student, teacher = _checks.pair(fn, student, teacher)
+    beta = _checks.beta(fn, beta)
+    eps = _checks.eps(fn, eps)
+    reduction = _checks.reduction(fn, reduction)
+    dtype = ops.loss_dtype(student, teacher)
+    n = student.shape[0]
+    if n < 3:
+        _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient")
+        zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
+        return zero.expand(n, n, n).clone() if reduction == "none" else zero
+    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction)

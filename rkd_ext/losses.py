@@ -1,9 +1,10 @@
 """RKD losses as nn.Modules: thin wrappers over rkd_ext.functional."""
+import torch
 from torch import nn
 
 from . import functional as F
 
-__all__ = ["RKDDistanceLoss"]
+__all__ = ["RKDDistanceLoss", "RKDAngleLoss", "RKDLoss"]
 
 
 class RKDDistanceLoss(nn.Module):
@@ -33,3 +34,65 @@ class RKDDistanceLoss(nn.Module):
 
     def extra_repr(self):
         return f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class RKDAngleLoss(nn.Module):
+    r"""Angle-wise RKD loss (Park et al., CVPR 2019).
+
+    Smooth-L1 between the triplet-angle tensors of student and teacher features,
+    averaged over all N^3 triplets; see :func:`rkd_ext.rkd_angle_loss`. Inputs of
+    rank > 2 are flattened to (N, -1).
+
+    Args:
+        beta: smooth-L1 threshold.
+        eps: clamp applied to difference norms.
+        reduction: 'mean', 'sum' or 'none'.
+    """
+
+    def __init__(self, beta=1.0, eps=1e-12, reduction="mean"):
+        super().__init__()
+        self.beta = beta
+        self.eps = eps
+        self.reduction = reduction
+
+    def forward(self, student, teacher):
+        return F.rkd_angle_loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class RKDLoss(nn.Module):
+    r"""The full RKD objective: ``distance_weight * distance loss + angle_weight * angle loss``.
+
+    Defaults are the paper's (and mmrazor's / RepDistiller's) weights 25 and 50.
+    A weight of 0 skips that term's computation entirely.
+
+    Args:
+        distance_weight: weight of the distance-wise term.
+        angle_weight: weight of the angle-wise term.
+        beta: smooth-L1 threshold of both terms.
+        eps: clamp of both terms.
+    """
+
+    def __init__(self, distance_weight=25.0, angle_weight=50.0, beta=1.0, eps=1e-12):
+        super().__init__()
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
+        self.beta = beta
+        self.eps = eps
+
+    def forward(self, student, teacher):
+        loss = None
+        if self.distance_weight != 0:
+            loss = self.distance_weight * F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps)
+        if self.angle_weight != 0:
+            term = self.angle_weight * F.rkd_angle_loss(student, teacher, beta=self.beta, eps=self.eps)
+            loss = term if loss is None else loss + term
+        if loss is None:
+            return student.new_zeros((), dtype=torch.float32) + 0 * student.sum()
+        return loss
+
+    def extra_repr(self):
+        return (f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}, "
+                f"beta={self.beta}, eps={self.eps}")
