@@ -50,6 +50,11 @@ inline void check_beta(const char* op, double beta) {
                     beta);
 }
 
+inline void check_mean_offset(const char* op, double mean_offset) {
+  TORCH_CHECK_VALUE(std::isfinite(mean_offset) && mean_offset >= 0.0, op,
+                    ": mean_offset must be a finite number >= 0, got ", mean_offset);
+}
+
 // Gradient of a matrix-valued output, checked before a backward kernel reads it.
 inline void check_square_grad(const char* op, const at::Tensor& grad, int64_t n) {
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == n && grad.size(1) == n, op,

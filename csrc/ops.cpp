@@ -19,11 +19,13 @@ TORCH_LIBRARY(rkd_ext, m) {
   m.def("normalized_distance(Tensor x, float eps) -> (Tensor psi, Tensor dist64)");
   m.def("normalized_distance_backward(Tensor grad, Tensor x, Tensor dist64, float eps) -> Tensor");
   m.def(
-      "rkd_distance_loss(Tensor student, Tensor teacher, float beta, float eps, str reduction)"
+      "rkd_distance_loss(Tensor student, Tensor teacher, float beta, float eps, str reduction, bool squared,"
+      " float mean_offset)"
       " -> (Tensor loss, Tensor dist64_student, Tensor dist64_teacher)");
   m.def(
       "rkd_distance_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor dist64_student,"
-      " Tensor dist64_teacher, float beta, float eps, str reduction, bool student_grad, bool teacher_grad)"
+      " Tensor dist64_teacher, float beta, float eps, str reduction, bool squared, float mean_offset,"
+      " bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
 }
 

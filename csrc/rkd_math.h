@@ -42,6 +42,13 @@ RKD_HD T ddist_dsq(T d, T sqrt_eps) {
   return d <= sqrt_eps ? T(0) : T(0.5) / d;
 }
 
+// d max(s, eps) / d s through the clamped value v = max(s, eps): 0 where the
+// clamp holds (and on the diagonal, v == 0), 1 elsewhere.
+template <typename T>
+RKD_HD T dclamped_dsq(T v, T eps) {
+  return v <= eps ? T(0) : T(1);
+}
+
 // Smooth-L1 (Huber with threshold beta), as torch.nn.functional.smooth_l1_loss:
 // 0.5 r^2 / beta when |r| < beta, |r| - 0.5 beta otherwise; beta == 0 is L1.
 template <typename T>

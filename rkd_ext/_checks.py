@@ -44,10 +44,14 @@ def eps(fn, value):
     return float(value)
 
 
-def beta(fn, value):
+def non_negative(fn, name, value):
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{fn}: beta must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def beta(fn, value):
+    return non_negative(fn, "beta", value)
 
 
 def reduction(fn, value):

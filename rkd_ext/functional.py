@@ -92,7 +92,7 @@ def normalized_distance(x, *, eps=1e-12):
     return reference.normalized_distance(_fallback_input(x), eps).to(x.dtype)
 
 
-def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
+def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", squared=False, mean_offset=0.0):
     r"""Distance-wise RKD loss: smooth-L1 between :math:`\psi_D(\text{student})` and :math:`\psi_D(\text{teacher})`.
 
     Computed by a fused kernel in O(N^2 D) time and O(N^2) extra memory,
@@ -105,6 +105,9 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
         eps: clamp applied to the squared distances.
         reduction: ``'mean'`` over all N^2 entries (the reference), ``'sum'``,
             or ``'none'`` for the (N, N) elementwise loss.
+        squared: normalise the clamped squared distances :math:`\max(s, \epsilon)`
+            instead of the distances (mdistiller's ``squared=True``).
+        mean_offset: added to the mean before dividing (KD_Lib uses 1e-7).
 
     Returns:
         The loss, float32 (float64 if an input is float64).
@@ -114,14 +117,17 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
     beta = _checks.beta(fn, beta)
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
+    mean_offset = _checks.non_negative(fn, "mean_offset", mean_offset)
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction)[0]
+        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, bool(squared),
+                                                   mean_offset)[0]
     dtype = ops.loss_dtype(student, teacher)
     if student.shape[0] < 2:
         _warn_once(fn, "a batch of one sample has no pairs; returning 0 with a zero gradient")
         zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
         return zero.expand(1, 1).clone() if reduction == "none" else zero
-    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction)
+    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(squared),
+                                   mean_offset)
 
 
 def angle_tensor(x, *, eps=1e-12):
@@ -143,7 +149,7 @@ def angle_tensor(x, *, eps=1e-12):
     return reference.angle_tensor(_fallback_input(x), eps).to(x.dtype)
 
 
-def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
+def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", normalize=True):
     r"""Angle-wise RKD loss: smooth-L1 between the angle tensors of student and teacher, over all N^3 entries.
 
     Args:
@@ -153,6 +159,8 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
         eps: clamp applied to the difference norms.
         reduction: ``'mean'`` over all N^3 entries (the reference), ``'sum'``,
             or ``'none'`` for the (N, N, N) elementwise loss.
+        normalize: with ``False``, compare unnormalised dot products of the
+            difference vectors instead of cosines (KD_Lib's ``normalize=False``).
 
     Returns:
         The loss, float32 (float64 if an input is float64); 0 with a one-time
@@ -169,4 +177,4 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"):
         _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient")
         zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
         return zero.expand(n, n, n).clone() if reduction == "none" else zero
-    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction)
+    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(normalize))

@@ -65,14 +65,15 @@ def _register_fakes():
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "rkd_distance_loss")
-    def _(student, teacher, beta, eps, reduction):
+    def _(student, teacher, beta, eps, reduction, squared, mean_offset):
         _check_pair_fake(student, teacher)
         dtype = loss_dtype(student, teacher)
         loss = _square(student, dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
         return loss, _square(student, torch.float64), _square(teacher, torch.float64)
 
     @torch.library.register_fake(lib + "rkd_distance_loss_backward")
-    def _(grad, student, teacher, dist64_student, dist64_teacher, beta, eps, reduction, student_grad, teacher_grad):
+    def _(grad, student, teacher, dist64_student, dist64_teacher, beta, eps, reduction, squared, mean_offset,
+          student_grad, teacher_grad):
         _check_pair_fake(student, teacher)
 
         def out(x, wanted):
@@ -116,15 +117,15 @@ def _register_autograd():
 
     def loss_setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
-        student, teacher, beta, eps, reduction = inputs
+        student, teacher, *args = inputs
         ctx.save_for_backward(student, teacher, output[1], output[2])
-        ctx.args = (beta, eps, reduction)
+        ctx.args = tuple(args)
 
     def loss_backward(ctx, grad, _grad_d_s, _grad_d_t):
         student, teacher, d64_s, d64_t = ctx.saved_tensors
         want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gs, gt = ops.rkd_distance_loss_backward(grad, student, teacher, d64_s, d64_t, *ctx.args, want_s, want_t)
-        return (gs if want_s else None), (gt if want_t else None), None, None, None
+        return (gs if want_s else None), (gt if want_t else None), None, None, None, None, None
 
     torch.library.register_autograd("rkd_ext::pairwise_distance", pairwise_backward, setup_context=matrix_setup)
     torch.library.register_autograd("rkd_ext::normalized_distance", normalized_backward,

@@ -46,30 +46,38 @@ def pairwise_distance(x, eps=1e-12, squared=False):
     return d.masked_fill(eye, 0.0)
 
 
-def normalized_distance(x, eps=1e-12, squared=False):
-    """Distances divided by their mean over the N(N-1) off-diagonal pairs."""
+def normalized_distance(x, eps=1e-12, squared=False, mean_offset=0.0):
+    """Distances divided by (their mean over the N(N-1) off-diagonal pairs + mean_offset)."""
     d = pairwise_distance(x, eps, squared)
     n = x.shape[0]
-    return d / (d.sum() / (n * (n - 1)))
+    return d / (d.sum() / (n * (n - 1)) + mean_offset)
 
 
-def distance_loss(student, teacher, beta=1.0, eps=1e-12, reduction="mean"):
-    """Smooth-L1 between the normalised distance matrices, over all N^2 entries."""
-    return F.smooth_l1_loss(normalized_distance(student, eps), normalized_distance(teacher, eps),
+def distance_loss(student, teacher, beta=1.0, eps=1e-12, reduction="mean", squared=False, mean_offset=0.0):
+    """Smooth-L1 between the normalised distance matrices, over all N^2 entries.
+
+    ``squared`` normalises squared distances instead of distances (mdistiller's
+    option); ``mean_offset`` is added to the mean before dividing (KD_Lib adds 1e-7).
+    """
+    return F.smooth_l1_loss(normalized_distance(student, eps, squared, mean_offset),
+                            normalized_distance(teacher, eps, squared, mean_offset),
                             reduction=reduction, beta=beta)
 
 
-def angle_tensor(x, eps=1e-12):
+def angle_tensor(x, eps=1e-12, normalize=True):
     r"""(N, N, N) cosines :math:`A_{ijk} = \langle e_{ij}, e_{ik} \rangle`, vertex first.
 
     :math:`e_{ij} = (x_j - x_i) / \max(\|x_j - x_i\|, \epsilon)`; zero where j == i
-    or k == i.
+    or k == i. With ``normalize=False`` the difference vectors are not
+    normalised (KD_Lib's option): :math:`A_{ijk} = \langle x_j - x_i, x_k - x_i \rangle`.
     """
-    e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2, eps=eps)
+    e = x.unsqueeze(0) - x.unsqueeze(1)
+    if normalize:
+        e = F.normalize(e, p=2, dim=2, eps=eps)
     return torch.bmm(e, e.transpose(1, 2))
 
 
-def angle_loss(student, teacher, beta=1.0, eps=1e-12, reduction="mean"):
+def angle_loss(student, teacher, beta=1.0, eps=1e-12, reduction="mean", normalize=True):
     """Smooth-L1 between the angle tensors, over all N^3 entries."""
-    return F.smooth_l1_loss(angle_tensor(student, eps), angle_tensor(teacher, eps),
+    return F.smooth_l1_loss(angle_tensor(student, eps, normalize), angle_tensor(teacher, eps, normalize),
                             reduction=reduction, beta=beta)

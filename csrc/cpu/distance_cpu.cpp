@@ -45,8 +45,8 @@ double pair_count(int64_t N) { return static_cast<double>(N) * static_cast<doubl
 // The clamped distance matrix (float64, zero diagonal) of x.
 // Distances tolerate the fast Gram product: unlike angles they never subtract
 // squared distances from each other.
-at::Tensor dist64(const at::Tensor& x, double eps) {
-  return pair_matrix_cpu(x, PairOut::Dist, eps, GramPrecision::Fast);
+at::Tensor dist64(const at::Tensor& x, double eps, bool squared = false) {
+  return pair_matrix_cpu(x, squared ? PairOut::SqClamped : PairOut::Dist, eps, GramPrecision::Fast);
 }
 
 // Mean of the N(N-1) off-diagonal distances.
@@ -133,22 +133,24 @@ at::Tensor normalized_distance_backward_cpu(const at::Tensor& grad, const at::Te
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::Tensor& student,
                                                                      const at::Tensor& teacher, double beta,
-                                                                     double eps, c10::string_view reduction) {
+                                                                     double eps, c10::string_view reduction,
+                                                                     bool squared, double mean_offset) {
   constexpr const char* op = "rkd_distance_loss";
   check_pair(op, student, teacher);
   check_beta(op, beta);
   check_eps(op, eps);
+  check_mean_offset(op, mean_offset);
   const Reduction red = parse_reduction(op, std::string(reduction));
   const int64_t N = student.size(0);
   const auto out_opts = student.options().dtype(loss_dtype(student, teacher));
-  at::Tensor ds = dist64(student, eps), dt = dist64(teacher, eps);
+  at::Tensor ds = dist64(student, eps, squared), dt = dist64(teacher, eps, squared);
   if (N < 2) {
     warn_no_pairs(op);
     return {red == Reduction::None ? at::zeros({N, N}, out_opts) : at::zeros({}, out_opts), ds, dt};
   }
   const double* a = ds.const_data_ptr<double>();
   const double* b = dt.const_data_ptr<double>();
-  const double is = 1.0 / mean_distance(a, N), it = 1.0 / mean_distance(b, N);
+  const double is = 1.0 / (mean_distance(a, N) + mean_offset), it = 1.0 / (mean_distance(b, N) + mean_offset);
   // The diagonal needs no special case: d_ii = 0 on both sides gives l(0) = 0.
   if (red == Reduction::None) {
     at::Tensor elem = at::empty({N, N}, ds.options());
@@ -169,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::T
 
 std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& dist_s,
-    const at::Tensor& dist_t, double beta, double eps, c10::string_view reduction, bool student_grad,
-    bool teacher_grad) {
+    const at::Tensor& dist_t, double beta, double eps, c10::string_view reduction, bool squared,
+    double mean_offset, bool student_grad, bool teacher_grad) {
   constexpr const char* op = "rkd_distance_loss_backward";
   check_pair(op, student, teacher);
   const Reduction red = parse_reduction(op, std::string(reduction));
@@ -191,12 +193,14 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   }
   const double* a = dist_s.const_data_ptr<double>();
   const double* b = dist_t.const_data_ptr<double>();
-  const double is = 1.0 / mean_distance(a, N), it = 1.0 / mean_distance(b, N);
+  const double is = 1.0 / (mean_distance(a, N) + mean_offset), it = 1.0 / (mean_distance(b, N) + mean_offset);
   const double scale = red == Reduction::Mean ? 1.0 / (static_cast<double>(N) * static_cast<double>(N)) : 1.0;
   const double sqrt_eps = std::sqrt(eps);
   const at::Tensor go = as_f64(grad);
   const double* up = go.const_data_ptr<double>();
   const bool none = red == Reduction::None;
+  // d value / d s for the stored value v (a distance, or a clamped square).
+  auto dv_ds = [&](double v) { return squared ? dclamped_dsq(v, eps) : ddist_dsq(v, sqrt_eps); };
   // g = dL/dpsi_student (dL/dpsi_teacher = -g), recomputed where needed
   // rather than stored: every pass over N x N matrices costs memory traffic.
   auto g = [&](int64_t i, int64_t j) {
@@ -206,13 +210,13 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   if (student_grad) {
     const double c = mean_term(N, a, is, g);
     gstu = grad_from_sq_cpu(student, !none, [&](int64_t i, int64_t j) {
-      return (g(i, j) - c) * is * ddist_dsq(a[i * N + j], sqrt_eps);
+      return (g(i, j) - c) * is * dv_ds(a[i * N + j]);
     });
   }
   if (teacher_grad) {
     const double c = mean_term(N, b, it, g);
     gtea = grad_from_sq_cpu(teacher, !none, [&](int64_t i, int64_t j) {
-      return (c - g(i, j)) * it * ddist_dsq(b[i * N + j], sqrt_eps);
+      return (c - g(i, j)) * it * dv_ds(b[i * N + j]);
     });
   }
   return {gstu, gtea};

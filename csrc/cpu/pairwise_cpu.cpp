@@ -195,6 +195,8 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, PairOut what, double eps
             if (!(v[l] >= rel * (c.n[i] + c.n[j0 + l])))
               v[l] = sqdist_lanes(c.x.data() + i * D, c.x.data() + (j0 + l) * D, D);
         if (what == PairOut::Dist) sq_to_dist(v, nj, eps);
+        if (what == PairOut::SqClamped)
+          for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
         // Only j > i is stored here; the diagonal is exactly 0.
         for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < nj; ++l) s[i * N + j0 + l] = v[l];
         if (i >= j0 && i < j0 + nj) s[i * N + i] = 0.0;

@@ -27,7 +27,8 @@
 
 namespace rkd {
 
-enum class PairOut { Sq, Dist };
+// What pair_matrix_cpu stores: s, max(s, eps), or sqrt(max(s, eps)).
+enum class PairOut { Sq, SqClamped, Dist };
 
 // Arithmetic of the Gram product. F64 always computes in float64 (what the
 // law of cosines needs: it subtracts squared distances). Fast uses float32
