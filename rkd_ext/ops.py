@@ -108,10 +108,14 @@ def _register_autograd():
         ctx.eps = eps
 
     def pairwise_backward(ctx, grad, _grad_d):
+        if grad is None:
+            return None, None
         x, d64 = ctx.saved_tensors
         return ops.pairwise_distance_backward(grad, x, d64, ctx.eps), None
 
     def normalized_backward(ctx, grad, _grad_d):
+        if grad is None:
+            return None, None
         x, d64 = ctx.saved_tensors
         return ops.normalized_distance_backward(grad, x, d64, ctx.eps), None
 
@@ -122,6 +126,8 @@ def _register_autograd():
         ctx.args = tuple(args)
 
     def loss_backward(ctx, grad, _grad_d_s, _grad_d_t):
+        if grad is None:
+            return (None,) * 7
         student, teacher, d64_s, d64_t = ctx.saved_tensors
         want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gs, gt = ops.rkd_distance_loss_backward(grad, student, teacher, d64_s, d64_t, *ctx.args, want_s, want_t)
