@@ -1,0 +1,37 @@
+"""mdistiller's ``rkd_loss`` (``mdistiller/distillers/RKD.py``), computed by rkd_ext's kernels.
+
+Replace ``from mdistiller.distillers.RKD import rkd_loss`` with
+``from rkd_ext.compat.mdistiller import rkd_loss``.
+
+Differences: a batch of one sample gives 0 (with a warning) instead of NaN;
+exactly coincident samples get a zero subgradient instead of one scaled by
+1/eps; a term weighted 0 is not computed.
+"""
+from ..functional import rkd_angle_loss, rkd_distance_loss
+from . import _common
+
+__all__ = ["rkd_loss"]
+
+
+def rkd_loss(f_s, f_t, squared=False, eps=1e-12, distance_weight=25, angle_weight=50):
+    """``distance_weight * distance loss + angle_weight * angle loss`` between features flattened to (N, -1).
+
+    Args:
+        f_s: student features (N, ...).
+        f_t: teacher features (N, ...), detached (mdistiller computes them under no_grad).
+        squared: normalise squared distances instead of distances (distance term only).
+        eps: clamp of the squared distances (distance term only; the angle term
+            keeps ``F.normalize``'s 1e-12, as in mdistiller).
+        distance_weight: weight of the distance-wise term.
+        angle_weight: weight of the angle-wise term.
+
+    Returns:
+        A scalar loss.
+    """
+    student, teacher = _common.pair("rkd_loss", ("f_s", "f_t"), f_s, f_t)
+    teacher = teacher.detach()
+    loss = _common.weighted_sum([
+        (distance_weight, lambda: rkd_distance_loss(student, teacher, eps=eps, squared=bool(squared))),
+        (angle_weight, lambda: rkd_angle_loss(student, teacher)),
+    ])
+    return _common.zero_loss(student) if loss is None else loss
