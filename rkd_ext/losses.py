@@ -1,7 +1,17 @@
-"""RKD losses as nn.Modules: thin wrappers over rkd_ext.functional."""
+"""RKD losses as nn.Modules: thin wrappers over rkd_ext.functional.
+
+With ``gather_distributed=True`` the relations span the global batch of a
+data-parallel job: the student features of all ranks are gathered with an
+autograd-aware all_gather and the teacher's without gradient (see
+:mod:`rkd_ext.distributed`); under DistributedDataParallel the update then
+equals the single-process update on the concatenated batch. Every rank gets
+the same loss value. The teacher receives no gradient in this mode. Without an
+initialised process group the local batch is the global one.
+"""
 import torch
 from torch import nn
 
+from . import distributed
 from . import functional as F
 
 __all__ = ["RKDDistanceLoss", "RKDAngleLoss", "RKDLoss"]
@@ -18,22 +28,29 @@ class RKDDistanceLoss(nn.Module):
         beta: smooth-L1 threshold.
         eps: clamp applied to squared distances.
         reduction: 'mean', 'sum' or 'none'.
+        gather_distributed: compute the relations over the batches of all
+            ranks (see the module docstring).
 
     Shape:
-        student (N, *), teacher (N, *) -> scalar, or (N, N) for reduction='none'.
+        student (N, *), teacher (N, *) -> scalar, or (N, N) for reduction='none'
+        (N the global batch size when gathering).
     """
 
-    def __init__(self, beta=1.0, eps=1e-12, reduction="mean"):
+    def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
         super().__init__()
         self.beta = beta
         self.eps = eps
         self.reduction = reduction
+        self.gather_distributed = gather_distributed
 
     def forward(self, student, teacher):
+        if self.gather_distributed:
+            student, teacher = distributed.gather_student_teacher(student, teacher)
         return F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
 
     def extra_repr(self):
-        return f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+        return (f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+                + (", gather_distributed=True" if self.gather_distributed else ""))
 
 
 class RKDAngleLoss(nn.Module):
@@ -47,19 +64,25 @@ class RKDAngleLoss(nn.Module):
         beta: smooth-L1 threshold.
         eps: clamp applied to difference norms.
         reduction: 'mean', 'sum' or 'none'.
+        gather_distributed: compute the relations over the batches of all
+            ranks (see the module docstring).
     """
 
-    def __init__(self, beta=1.0, eps=1e-12, reduction="mean"):
+    def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
         super().__init__()
         self.beta = beta
         self.eps = eps
         self.reduction = reduction
+        self.gather_distributed = gather_distributed
 
     def forward(self, student, teacher):
+        if self.gather_distributed:
+            student, teacher = distributed.gather_student_teacher(student, teacher)
         return F.rkd_angle_loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
 
     def extra_repr(self):
-        return f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+        return (f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+                + (", gather_distributed=True" if self.gather_distributed else ""))
 
 
 class RKDLoss(nn.Module):
@@ -73,16 +96,21 @@ class RKDLoss(nn.Module):
         angle_weight: weight of the angle-wise term.
         beta: smooth-L1 threshold of both terms.
         eps: clamp of both terms.
+        gather_distributed: compute the relations over the batches of all
+            ranks (see the module docstring); one gather serves both terms.
     """
 
-    def __init__(self, distance_weight=25.0, angle_weight=50.0, beta=1.0, eps=1e-12):
+    def __init__(self, distance_weight=25.0, angle_weight=50.0, beta=1.0, eps=1e-12, gather_distributed=False):
         super().__init__()
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
         self.beta = beta
         self.eps = eps
+        self.gather_distributed = gather_distributed
 
     def forward(self, student, teacher):
+        if self.gather_distributed:
+            student, teacher = distributed.gather_student_teacher(student, teacher)
         loss = None
         if self.distance_weight != 0:
             loss = self.distance_weight * F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps)
@@ -95,4 +123,5 @@ class RKDLoss(nn.Module):
 
     def extra_repr(self):
         return (f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}, "
-                f"beta={self.beta}, eps={self.eps}")
+                f"beta={self.beta}, eps={self.eps}"
+                + (", gather_distributed=True" if self.gather_distributed else ""))
