@@ -140,7 +140,7 @@ CASES = [
 ]
 
 
-def _inputs(case, n, dtype, device, scale=1.0):
+def case_inputs(case, n, dtype, device, scale=1.0):
     shape_s, shape_t = ((n, 3, 2, 2), (n, 5, 3)) if case.rank == 4 else ((n, 12), (n, 15))
     s = make_features(n, 12, seed=11).reshape(shape_s) * scale
     t = make_features(n, 15, seed=12).reshape(shape_t) * scale
@@ -170,7 +170,7 @@ def _check_against_oracle(case, s, t, rtol, grad_rtol):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_float32_matches_framework(case, device):
-    s, t = _inputs(case, 9, torch.float32, device)
+    s, t = case_inputs(case, 9, torch.float32, device)
     _check_against_oracle(case, s, t, 1e-5, 1e-5)
 
 
@@ -178,7 +178,7 @@ def test_float32_matches_framework(case, device):
 def test_float64_matches_framework_tightly(case):
     # Small-scale features (mean distance ~1e-4): KD_Lib's 1e-7 mean offset
     # shifts the loss by ~1e-3 relative here, far above this tolerance.
-    s, t = _inputs(case, 7, torch.float64, "cpu", scale=1e-4)
+    s, t = case_inputs(case, 7, torch.float64, "cpu", scale=1e-4)
     _check_against_oracle(case, s, t, 1e-9, 1e-8)
 
 
