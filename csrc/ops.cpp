@@ -27,6 +27,17 @@ TORCH_LIBRARY(rkd_ext, m) {
       " Tensor dist64_teacher, float beta, float eps, str reduction, bool squared, float mean_offset,"
       " bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
+  // Angle ops return the float64 squared-distance matrices ("sq") instead:
+  // the law of cosines needs s itself.
+  m.def("angle_tensor(Tensor x, float eps, bool normalize) -> (Tensor angle, Tensor sq)");
+  m.def("angle_tensor_backward(Tensor grad, Tensor x, Tensor sq, float eps, bool normalize) -> Tensor");
+  m.def(
+      "rkd_angle_loss(Tensor student, Tensor teacher, float beta, float eps, str reduction, bool normalize)"
+      " -> (Tensor loss, Tensor sq_student, Tensor sq_teacher)");
+  m.def(
+      "rkd_angle_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor sq_student, Tensor sq_teacher,"
+      " float beta, float eps, str reduction, bool normalize, bool student_grad, bool teacher_grad)"
+      " -> (Tensor grad_student, Tensor grad_teacher)");
 }
 
 namespace {

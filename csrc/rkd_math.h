@@ -14,6 +14,9 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RKD_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the CPU kernels call these from ISA-specific clones.
+#define RKD_HD inline __attribute__((always_inline))
 #else
 #define RKD_HD inline
 #endif
@@ -64,6 +67,56 @@ RKD_HD T smooth_l1_grad(T r, T beta) {
   const T a = r < T(0) ? -r : r;
   const T outer = r > T(0) ? T(1) : (r < T(0) ? T(-1) : r);
   return a < beta ? r / beta : outer;
+}
+
+// ---- angles ------------------------------------------------------------------
+//
+// A_ijk = <e_ij, e_ik>, e_ij = (x_j - x_i) / max(||x_j - x_i||, eps), from the
+// squared distances alone (law of cosines):
+//   A_ijk = 0.5 (s_ij + s_ik - s_jk) u_ij u_ik,   u = 1 / max(sqrt(s), eps).
+// Degenerate entries need no special case: with j == i or k == i the
+// numerator is exactly 0 (s is symmetric with a zero diagonal). The
+// unnormalised variant (dot products of the raw difference vectors) is the
+// same formula with u == 1.
+//
+// Derivatives, with w the gradient-active reciprocal (u where the clamp is
+// inactive, 0 where it holds, so coincident points get a zero subgradient):
+//   dA/ds_ij = 0.5 w_ij w_ik - 0.5 kappa A w_ij^2   (edges at the vertex;
+//   dA/ds_ik = 0.5 w_ij w_ik - 0.5 kappa A w_ik^2    kappa = 0 unnormalised)
+//   dA/ds_jk = -0.5 w_ij w_ik                        (the opposite edge)
+
+// 1 / max(sqrt(s), eps): the reciprocal edge length F.normalize divides by.
+template <typename T>
+RKD_HD T inv_edge(T s, T eps) {
+  const T r = sqrt(s);
+  return T(1) / (r < eps ? eps : r);
+}
+
+// w from u: 0 where the clamp holds (s < eps^2). eps2 < 0 never clamps (the
+// unnormalised variant, where u == w == 1).
+template <typename T>
+RKD_HD T active_inv_edge(T s, T u, T eps2) {
+  return s < eps2 ? T(0) : u;
+}
+
+template <typename T>
+RKD_HD T angle_from_sq(T s_ij, T s_ik, T s_jk, T u_ij, T u_ik) {
+  return T(0.5) * (s_ij + s_ik - s_jk) * u_ij * u_ik;
+}
+
+// dL/ds_ij through the edge (i, j) at vertex i, summed over the triplets
+// (i, j, k) and (i, k, j): p = sum_k Gsym_ijk w_ik, q = sum_k Gsym_ijk A_ijk,
+// with Gsym_ijk = dL/dA_ijk + dL/dA_ikj.
+template <typename T>
+RKD_HD T vertex_edge_grad(T p, T q, T w_ij, T kappa) {
+  return T(0.5) * w_ij * p - T(0.5) * kappa * w_ij * w_ij * q;
+}
+
+// dL/ds_jk through the opposite edge of the triplets (i, j, k), summed over
+// the vertex i: -0.5 r with r = sum_i dL/dA_ijk w_ij w_ik.
+template <typename T>
+RKD_HD T opposite_edge_grad(T r) {
+  return T(-0.5) * r;
 }
 
 }  // namespace rkd

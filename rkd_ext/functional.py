@@ -130,7 +130,7 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
                                    mean_offset)
 
 
-def angle_tensor(x, *, eps=1e-12):
+def angle_tensor(x, *, eps=1e-12, normalize=True):
     r"""The (N, N, N) triplet-angle tensor :math:`A_{ijk} = \langle e_{ij}, e_{ik} \rangle`, vertex first.
 
     :math:`e_{ij} = (x_j - x_i) / \max(\|x_j - x_i\|, \epsilon)`; :math:`A_{iik} = A_{iji} = 0`,
@@ -139,18 +139,30 @@ def angle_tensor(x, *, eps=1e-12):
     Args:
         x: (N, D) features, or (N, ...) flattened to (N, -1).
         eps: clamp applied to the difference norms (as ``F.normalize``).
+        normalize: with ``False``, dot products of the unnormalised difference vectors.
 
     Returns:
-        (N, N, N) tensor in x's dtype.
+        (N, N, N) tensor in x's dtype. Computed from the float64 squared-distance
+        matrix by the law of cosines: O(N^2 D + N^3) time, O(N^2) memory besides
+        the output.
     """
     fn = "angle_tensor"
     x = _checks.features(fn, "x", x)
     eps = _checks.eps(fn, eps)
-    return reference.angle_tensor(_fallback_input(x), eps).to(x.dtype)
+    if _ext.usable_for(x):
+        return torch.ops.rkd_ext.angle_tensor(x, eps, bool(normalize))[0]
+    return reference.angle_tensor(_fallback_input(x), eps, bool(normalize)).to(x.dtype)
 
 
 def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", normalize=True):
     r"""Angle-wise RKD loss: smooth-L1 between the angle tensors of student and teacher, over all N^3 entries.
+
+    Fused: the cosines come from the float64 squared-distance matrices by the
+    law of cosines, :math:`A_{ijk} = (s_{ij} + s_{ik} - s_{jk}) / (2 r_{ij} r_{ik})`,
+    so forward and backward take O(N^2 D + N^3) time and O(N^2 + N D) memory;
+    nothing of size N^3 or N^2 D is allocated (except the output for
+    ``reduction='none'``). Exactly coincident samples get a zero subgradient
+    through their pair.
 
     Args:
         student: (N, D_s) student features, or (N, ...) flattened.
@@ -171,6 +183,8 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     beta = _checks.beta(fn, beta)
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
+    if _ext.usable_for(student):
+        return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, bool(normalize))[0]
     dtype = ops.loss_dtype(student, teacher)
     n = student.shape[0]
     if n < 3:

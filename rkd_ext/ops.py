@@ -23,7 +23,7 @@ from . import _ext
 __all__ = ["OPS", "loss_dtype"]
 
 # Forward operators with a backward; every one of them is also autocast to float32.
-OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss")
+OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss")
 
 
 def loss_dtype(a, b):
@@ -74,6 +74,38 @@ def _register_fakes():
     @torch.library.register_fake(lib + "rkd_distance_loss_backward")
     def _(grad, student, teacher, dist64_student, dist64_teacher, beta, eps, reduction, squared, mean_offset,
           student_grad, teacher_grad):
+        _check_pair_fake(student, teacher)
+
+        def out(x, wanted):
+            return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
+
+        return out(student, student_grad), out(teacher, teacher_grad)
+
+
+def _register_angle_fakes():
+    lib = "rkd_ext::"
+
+    @torch.library.register_fake(lib + "angle_tensor")
+    def _(x, eps, normalize):
+        torch._check(x.dim() == 2, lambda: "angle_tensor: x must be a 2-D (N, D) tensor")
+        n = x.shape[0]
+        return x.new_empty((n, n, n)), _square(x, torch.float64)
+
+    @torch.library.register_fake(lib + "angle_tensor_backward")
+    def _(grad, x, sq, eps, normalize):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "rkd_angle_loss")
+    def _(student, teacher, beta, eps, reduction, normalize):
+        _check_pair_fake(student, teacher)
+        dtype = loss_dtype(student, teacher)
+        n = student.shape[0]
+        loss = student.new_empty((n, n, n), dtype=dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
+        return loss, _square(student, torch.float64), _square(teacher, torch.float64)
+
+    @torch.library.register_fake(lib + "rkd_angle_loss_backward")
+    def _(grad, student, teacher, sq_student, sq_teacher, beta, eps, reduction, normalize, student_grad,
+          teacher_grad):
         _check_pair_fake(student, teacher)
 
         def out(x, wanted):
@@ -137,6 +169,29 @@ def _register_autograd():
     torch.library.register_autograd("rkd_ext::normalized_distance", normalized_backward,
                                     setup_context=matrix_setup)
     torch.library.register_autograd("rkd_ext::rkd_distance_loss", loss_backward, setup_context=loss_setup)
+
+    def angle_setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        x, eps, normalize = inputs
+        ctx.save_for_backward(x, output[1])
+        ctx.args = (eps, normalize)
+
+    def angle_backward(ctx, grad, _grad_sq):
+        if grad is None:
+            return None, None, None
+        x, sq = ctx.saved_tensors
+        return ops.angle_tensor_backward(grad, x, sq, *ctx.args), None, None
+
+    def angle_loss_backward(ctx, grad, _grad_sq_s, _grad_sq_t):
+        if grad is None:
+            return (None,) * 6
+        student, teacher, sq_s, sq_t = ctx.saved_tensors
+        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gs, gt = ops.rkd_angle_loss_backward(grad, student, teacher, sq_s, sq_t, *ctx.args, want_s, want_t)
+        return (gs if want_s else None), (gt if want_t else None), None, None, None, None
+
+    torch.library.register_autograd("rkd_ext::angle_tensor", angle_backward, setup_context=angle_setup)
+    torch.library.register_autograd("rkd_ext::rkd_angle_loss", angle_loss_backward, setup_context=loss_setup)
     for name in OPS:
         _no_double_backward(name)
 
@@ -151,5 +206,6 @@ def _register_autocast():
 
 if _ext.available:
     _register_fakes()
+    _register_angle_fakes()
     _register_autograd()
     _register_autocast()

@@ -15,19 +15,29 @@
 #define RKD_CPU_CLONES
 #endif
 
+// Helpers called from the cloned hot loops must be inlined into them: an
+// out-of-line copy would be compiled for the baseline ISA only.
+#if defined(__GNUC__)
+#define RKD_INLINE inline __attribute__((always_inline))
+#define RKD_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define RKD_INLINE inline
+#define RKD_LAMBDA_INLINE
+#endif
+
 namespace rkd {
 
 // Eight float64 lanes: one AVX-512 register, two AVX2 registers, four SSE2
 // registers, depending on the clone. Loads tolerate any 8-byte alignment.
 typedef double v8d __attribute__((vector_size(64)));
 typedef double v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
-inline v8d load8(const double* p) { return *reinterpret_cast<const v8d_u*>(p); }
-inline void store8(double* p, v8d v) { *reinterpret_cast<v8d_u*>(p) = v; }
+RKD_INLINE v8d load8(const double* p) { return *reinterpret_cast<const v8d_u*>(p); }
+RKD_INLINE void store8(double* p, v8d v) { *reinterpret_cast<v8d_u*>(p) = v; }
 
 // Sixteen float32 lanes, the same register width as v8d.
 typedef float v16f __attribute__((vector_size(64)));
 typedef float v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
-inline v16f load16(const float* p) { return *reinterpret_cast<const v16f_u*>(p); }
+RKD_INLINE v16f load16(const float* p) { return *reinterpret_cast<const v16f_u*>(p); }
 
 // A full-register vector of T: v8d for double, v16f for float.
 template <typename T>
@@ -36,20 +46,20 @@ template <>
 struct Vec<double> {
   using type = v8d;
   static constexpr int64_t lanes = 8;
-  static type load(const double* p) { return load8(p); }
+  RKD_INLINE static type load(const double* p) { return load8(p); }
 };
 template <>
 struct Vec<float> {
   using type = v16f;
   static constexpr int64_t lanes = 16;
-  static type load(const float* p) { return load16(p); }
+  RKD_INLINE static type load(const float* p) { return load16(p); }
 };
 
 // Independent partial sums per reduction: lets the compiler vectorise a sum
 // without reassociating it, and fixes the summation order (determinism).
 constexpr int64_t kLanes = 8;
 
-inline double lane_sum(const double* v) {
+RKD_INLINE double lane_sum(const double* v) {
   return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 }
 
@@ -57,7 +67,7 @@ inline double lane_sum(const double* v) {
 inline int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_len, 1)); }
 
 // sum_k a_k b_k, fixed order.
-inline double dot_lanes(const double* a, const double* b, int64_t n) {
+RKD_INLINE double dot_lanes(const double* a, const double* b, int64_t n) {
   double acc[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)
@@ -67,7 +77,7 @@ inline double dot_lanes(const double* a, const double* b, int64_t n) {
 }
 
 // sum_k (a_k - b_k)^2, fixed order.
-inline double sqdist_lanes(const double* a, const double* b, int64_t n) {
+RKD_INLINE double sqdist_lanes(const double* a, const double* b, int64_t n) {
   double acc[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)
@@ -83,7 +93,7 @@ inline double sqdist_lanes(const double* a, const double* b, int64_t n) {
 }
 
 // sum_k a_k, fixed order.
-inline double sum_lanes(const double* a, int64_t n) {
+RKD_INLINE double sum_lanes(const double* a, int64_t n) {
   double acc[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)
@@ -94,7 +104,7 @@ inline double sum_lanes(const double* a, int64_t n) {
 
 // sum_k f(k), fixed order; f must be cheap and branch-free to vectorise.
 template <typename F>
-inline double reduce_lanes(int64_t n, const F& f) {
+RKD_INLINE double reduce_lanes(int64_t n, const F& f) {
   double acc[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)

@@ -179,11 +179,12 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   const int64_t N = student.size(0);
   check_saved(op, "dist64_student", dist_s, N);
   check_saved(op, "dist64_teacher", dist_t, N);
-  if (red == Reduction::None)
+  if (red == Reduction::None) {
     check_square_grad(op, grad, N);
-  else
+  } else {
     TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
                       grad.sizes());
+  }
   at::Tensor gstu = at::empty({0}, student.options());
   at::Tensor gtea = at::empty({0}, teacher.options());
   if (N < 2 || (!student_grad && !teacher_grad)) {
