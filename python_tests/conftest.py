@@ -55,7 +55,7 @@ def make_features(n, d, *, dtype=torch.float64, device="cpu", seed=0, kind="rand
         base = x[:half]
         x = torch.cat([base, base + 1e-3 * torch.randn(base.shape, generator=g, dtype=torch.float64)])[:n]
     elif kind == "dup":
-        x[n // 2:] = x[: n - n // 2]
+        x[n // 2:] = x[: n - n // 2].clone()
     elif kind != "random":
         raise ValueError(kind)
     return x.to(dtype=dtype, device=device).requires_grad_(requires_grad)

@@ -68,3 +68,22 @@ def test_require_ext_turns_fallback_into_import_error():
     out = _run_without_extension("import rkd_ext", require="1")
     assert out.returncode != 0
     assert "ImportError" in out.stderr and "RKD_EXT_REQUIRE_EXT=1" in out.stderr
+
+
+def test_degenerate_batches_warn_once_per_process():
+    code = textwrap.dedent("""
+        import warnings, torch, rkd_ext
+        x = torch.randn(1, 3)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                rkd_ext.rkd_distance_loss(x, x)
+                rkd_ext.rkd_angle_loss(x, x)
+        msgs = [str(m.message) for m in w]
+        assert sum("no pairs" in m for m in msgs) == 1, msgs
+        assert sum("no triplets" in m for m in msgs) == 1, msgs
+        print("warned once")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "warned once" in out.stdout

@@ -38,6 +38,8 @@ from . import _checks, _ext, ops, reference
 __all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss"]
 
 _warned = set()
+_NO_PAIRS = ("a batch of one sample has no pairs; returning 0 with a zero gradient "
+             "(the reference implementation returns NaN here)")
 
 
 def _warn_once(fn, msg):
@@ -84,10 +86,11 @@ def normalized_distance(x, *, eps=1e-12):
     fn = "normalized_distance"
     x = _checks.features(fn, "x", x)
     eps = _checks.eps(fn, eps)
+    if x.shape[0] < 2:
+        _warn_once(fn, _NO_PAIRS)
     if _ext.usable_for(x):
         return torch.ops.rkd_ext.normalized_distance(x, eps)[0]
     if x.shape[0] < 2:
-        _warn_once(fn, "a batch of one sample has no pairs; returning 0 with a zero gradient")
         return x.sum() * 0 + x.new_zeros((1, 1))
     return reference.normalized_distance(_fallback_input(x), eps).to(x.dtype)
 
@@ -118,12 +121,13 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
     mean_offset = _checks.non_negative(fn, "mean_offset", mean_offset)
+    if student.shape[0] < 2:
+        _warn_once(fn, _NO_PAIRS)
     if _ext.usable_for(student):
         return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, bool(squared),
                                                    mean_offset)[0]
     dtype = ops.loss_dtype(student, teacher)
     if student.shape[0] < 2:
-        _warn_once(fn, "a batch of one sample has no pairs; returning 0 with a zero gradient")
         zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
         return zero.expand(1, 1).clone() if reduction == "none" else zero
     return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(squared),
@@ -183,12 +187,14 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     beta = _checks.beta(fn, beta)
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
+    if student.shape[0] < 3:
+        _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient "
+                   "(the reference implementation returns NaN or 0 here)")
     if _ext.usable_for(student):
         return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, bool(normalize))[0]
     dtype = ops.loss_dtype(student, teacher)
     n = student.shape[0]
     if n < 3:
-        _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient")
         zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
         return zero.expand(n, n, n).clone() if reduction == "none" else zero
     return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(normalize))

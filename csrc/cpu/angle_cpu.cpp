@@ -198,11 +198,6 @@ at::Tensor angle_input_grad(Upstream U, const at::Tensor& x, const Edges& ea, co
   });
 }
 
-void warn_no_triplets(const char* op) {
-  TORCH_WARN_ONCE(op, ": a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient ",
-                  "(the reference implementation returns NaN or 0 here)");
-}
-
 // ---- angle_tensor ---------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> angle_tensor_cpu(const at::Tensor& x, double eps, bool normalize) {
@@ -260,7 +255,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tens
   const auto out_opts = student.options().dtype(loss_dtype(student, teacher));
   const Edges a = edges_of(student, eps, normalize), b = edges_of(teacher, eps, normalize);
   if (N < 3) {
-    warn_no_triplets(op);
     return {red == Reduction::None ? at::zeros({N, N, N}, out_opts) : at::zeros({}, out_opts), a.sq, b.sq};
   }
   if (red == Reduction::None) {

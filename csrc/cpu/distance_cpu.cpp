@@ -54,11 +54,6 @@ double mean_distance(const double* d, int64_t N) {
   return sum_rows(N, [&](int64_t i) { return sum_lanes(d + i * N, N); }) / pair_count(N);
 }
 
-void warn_no_pairs(const char* op) {
-  TORCH_WARN_ONCE(op, ": a batch of one sample has no pairs; returning 0 with a zero gradient ",
-                  "(the reference implementation returns NaN here)");
-}
-
 // For psi = d / mean(d) and dL/dpsi = g: dL/ds_ij = (g_ij - c) / mu * dd/ds_ij
 // with c = sum_kl g_kl psi_kl / (N(N-1)) (the gradient through the mean).
 // Returns c; g(i, j) is a function so callers need not store it.
@@ -104,7 +99,6 @@ std::tuple<at::Tensor, at::Tensor> normalized_distance_cpu(const at::Tensor& x, 
   const int64_t N = x.size(0);
   at::Tensor d = dist64(x, eps);
   if (N < 2) {
-    warn_no_pairs("normalized_distance");
     return {at::zeros({N, N}, x.options()), d};
   }
   const double inv_mu = 1.0 / mean_distance(d.const_data_ptr<double>(), N);
@@ -145,7 +139,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::T
   const auto out_opts = student.options().dtype(loss_dtype(student, teacher));
   at::Tensor ds = dist64(student, eps, squared), dt = dist64(teacher, eps, squared);
   if (N < 2) {
-    warn_no_pairs(op);
     return {red == Reduction::None ? at::zeros({N, N}, out_opts) : at::zeros({}, out_opts), ds, dt};
   }
   const double* a = ds.const_data_ptr<double>();
