@@ -51,13 +51,20 @@ def _global_batch():
     return torch.cat(xs), torch.cat(ts)
 
 
-def _check_ddp_update_equals_single_process(rank):
+def _check_ddp_update_equals_single_process(rank, names=tuple(LOSSES), compiled=False):
     x, t = _data(rank)
     xs, ts = _global_batch()
-    for name, (make_loss, reference) in LOSSES.items():
+    for name in names:
+        make_loss, reference = LOSSES[name]
+        if compiled:
+            # The gather is a graph break; the rest must still compile and match.
+            name += " compiled"
+            criterion = torch.compile(make_loss(), backend="aot_eager")
+        else:
+            criterion = make_loss()
         model = DistributedDataParallel(_student())
         teacher = t.clone().requires_grad_()
-        loss = make_loss()(model(x), teacher)
+        loss = criterion(model(x), teacher)
         loss.backward()
 
         single = _student()
@@ -93,6 +100,7 @@ def _worker(rank, init_file):
     try:
         assert distributed.world_size() == WORLD
         _check_ddp_update_equals_single_process(rank)
+        _check_ddp_update_equals_single_process(rank, names=("full",), compiled=True)
         _check_feature_gradient(rank)
     finally:
         dist.destroy_process_group()

@@ -16,6 +16,11 @@ batch. The teacher is gathered without gradient.
 Ranks may hold different batch sizes (the last batch of an epoch); the
 features are concatenated in rank order. Every rank of the group must make the
 same calls, forward and backward, as with any collective.
+
+Under torch.compile the gather runs eagerly, as a graph break: the shard sizes
+are only known at run time. ``fullgraph=True`` therefore works with
+``gather_distributed=True`` only without an initialised multi-rank process
+group (where the gather is the identity).
 """
 import torch
 import torch.distributed as dist
@@ -30,6 +35,7 @@ def world_size(group=None):
     return dist.get_world_size(group)
 
 
+@torch.compiler.disable
 def _gather(x, group):
     x = x.contiguous()
     n = world_size(group)
@@ -63,6 +69,11 @@ class _AllGather(torch.autograd.Function):
         return grad[start:start + ctx.sizes[ctx.rank]], None
 
 
+@torch.compiler.disable
+def _apply_all_gather(x, group):
+    return _AllGather.apply(x, group)
+
+
 def all_gather_with_grad(x, group=None):
     """Concatenate ``x`` of every rank along dim 0, differentiably (see the module docstring).
 
@@ -75,7 +86,7 @@ def all_gather_with_grad(x, group=None):
     """
     if world_size(group) == 1:
         return x
-    return _AllGather.apply(x, group)
+    return _apply_all_gather(x, group)
 
 
 def all_gather_no_grad(x, group=None):
