@@ -6,6 +6,7 @@ each measured call through /proc/self/clear_refs (Linux). The CPU figure counts
 pages actually touched, so it is the memory a run really needs; it is reported
 as None where the kernel does not support the reset.
 """
+import ctypes
 import gc
 import os
 
@@ -22,6 +23,15 @@ def features(n, d, device, dtype=torch.float32, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
     return x.requires_grad_(requires_grad)
+
+
+def memory_budget(device):
+    """Bytes a benchmark case may use: half the device's memory (RKD_BENCH_MEM_GB overrides)."""
+    if "RKD_BENCH_MEM_GB" in os.environ:
+        return float(os.environ["RKD_BENCH_MEM_GB"]) * 2**30
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
 
 
 def sync(device):
@@ -48,6 +58,8 @@ def peak_memory_mb(fn, device):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     try:
+        # Return freed heap pages first, so the baseline is what is really in use.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:

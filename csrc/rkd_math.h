@@ -52,21 +52,28 @@ RKD_HD T dclamped_dsq(T v, T eps) {
   return v <= eps ? T(0) : T(1);
 }
 
-// Smooth-L1 (Huber with threshold beta), as torch.nn.functional.smooth_l1_loss:
+// Smooth-L1 (Huber) with threshold beta, as torch.nn.functional.smooth_l1_loss:
 // 0.5 r^2 / beta when |r| < beta, |r| - 0.5 beta otherwise; beta == 0 is L1.
+// 1 / beta is kept alongside so the hot loops multiply instead of divide.
 template <typename T>
-RKD_HD T smooth_l1(T r, T beta) {
+struct Huber {
+  T beta, inv_beta;
+  RKD_HD explicit Huber(T b) : beta(b), inv_beta(b > T(0) ? T(1) / b : T(0)) {}
+};
+
+template <typename T>
+RKD_HD T smooth_l1(T r, const Huber<T>& h) {
   const T a = r < T(0) ? -r : r;
-  return a < beta ? T(0.5) * r * r / beta : a - T(0.5) * beta;
+  return a < h.beta ? T(0.5) * r * r * h.inv_beta : a - T(0.5) * h.beta;
 }
 
 // d smooth_l1 / d r: r / beta inside the quadratic zone, sign(r) outside
 // (NaN stays NaN, 0 stays 0).
 template <typename T>
-RKD_HD T smooth_l1_grad(T r, T beta) {
+RKD_HD T smooth_l1_grad(T r, const Huber<T>& h) {
   const T a = r < T(0) ? -r : r;
   const T outer = r > T(0) ? T(1) : (r < T(0) ? T(-1) : r);
-  return a < beta ? r / beta : outer;
+  return a < h.beta ? r * h.inv_beta : outer;
 }
 
 // ---- angles ------------------------------------------------------------------
@@ -102,6 +109,20 @@ RKD_HD T active_inv_edge(T s, T u, T eps2) {
 template <typename T>
 RKD_HD T angle_from_sq(T s_ij, T s_ik, T s_jk, T u_ij, T u_ik) {
   return T(0.5) * (s_ij + s_ik - s_jk) * u_ij * u_ik;
+}
+
+// angle_from_sq in two steps, so that the rest of the cosine can run in a
+// narrower type than s: angle_from_num(cos_numerator(s_ij, s_ik, s_jk), u_ij,
+// u_ik) is angle_from_sq bit for bit when all are one type. The numerator
+// cancels for near-duplicate points; keep it in float64.
+template <typename T>
+RKD_HD T cos_numerator(T s_ij, T s_ik, T s_jk) {
+  return s_ij + s_ik - s_jk;
+}
+
+template <typename T>
+RKD_HD T angle_from_num(T num, T u_ij, T u_ik) {
+  return T(0.5) * num * u_ij * u_ik;
 }
 
 // dL/ds_ij through the edge (i, j) at vertex i, summed over the triplets

@@ -70,7 +70,7 @@ RKD_INLINE Row row_of(const Edges& e, int64_t N, int64_t i, int64_t j) {
 }
 
 // sum over k in [k0, k1) of smooth_l1(A^a_ijk - A^b_ijk).
-RKD_CPU_CLONES double loss_row(const Row& a, const Row& b, int64_t k0, int64_t k1, double beta) {
+RKD_CPU_CLONES double loss_row(const Row& a, const Row& b, int64_t k0, int64_t k1, const Huber<double>& h) {
   const double* as_i = a.s_i;
   const double* as_j = a.s_j;
   const double* au_i = a.u_i;
@@ -81,16 +81,16 @@ RKD_CPU_CLONES double loss_row(const Row& a, const Row& b, int64_t k0, int64_t k
     const int64_t k = k0 + t;
     const double r = angle_from_sq(a.s_ij, as_i[k], as_j[k], a.u_ij, au_i[k]) -
                      angle_from_sq(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]);
-    return smooth_l1(r, beta);
+    return smooth_l1(r, h);
   });
 }
 
 // Elementwise loss (or cosines of a alone, when b is null) of a triplet row.
-RKD_CPU_CLONES void values_row(const Row& a, const Row* b, int64_t N, double beta, double* out) {
+RKD_CPU_CLONES void values_row(const Row& a, const Row* b, int64_t N, const Huber<double>& h, double* out) {
   for (int64_t k = 0; k < N; ++k) out[k] = angle_from_sq(a.s_ij, a.s_i[k], a.s_j[k], a.u_ij, a.u_i[k]);
   if (b)
     for (int64_t k = 0; k < N; ++k)
-      out[k] = smooth_l1(out[k] - angle_from_sq(b->s_ij, b->s_i[k], b->s_j[k], b->u_ij, b->u_i[k]), beta);
+      out[k] = smooth_l1(out[k] - angle_from_sq(b->s_ij, b->s_i[k], b->s_j[k], b->u_ij, b->u_i[k]), h);
 }
 
 // Where dL/dA comes from in a backward row: the smooth-L1 of a loss with a
@@ -102,7 +102,8 @@ struct GradIn {
   double scalar;        // LossScalar: upstream * scale
   const double* g;      // LossTensor / Raw: upstream[i][j][:]
   const double* gsym;   // LossTensor / Raw: upstream[i][j][:] + upstream[i][:][j]
-  double beta, eps2;
+  Huber<double> huber;
+  double eps2;
 };
 
 // One backward row (i, j, *) for input a (b is the other side of the loss):
@@ -129,7 +130,7 @@ RKD_INLINE void grad_row(const Row& a, const Row& b, const GradIn& in, int64_t N
       G = g[k];
       Gs = gsym[k];
     } else {
-      const double d = smooth_l1_grad(A - angle_from_sq(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]), in.beta);
+      const double d = smooth_l1_grad(A - angle_from_sq(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]), in.huber);
       if constexpr (U == Upstream::LossScalar) {
         G = in.scalar * d;
         Gs = 2.0 * G;  // dL/dA is symmetric in (j, k) when the upstream gradient is a scalar
@@ -181,7 +182,8 @@ at::Tensor angle_input_grad(Upstream U, const at::Tensor& x, const Edges& ea, co
         const Row a = row_of(ea, N, i, j);
         const Row b = U == Upstream::Raw ? a : row_of(eb, N, i, j);
         const int64_t off = (i * N + j) * N;
-        const GradIn in{scalar, up ? up + off : nullptr, upsym ? upsym + off : nullptr, beta, ea.eps2};
+        const GradIn in{scalar, up ? up + off : nullptr, upsym ? upsym + off : nullptr, Huber<double>(beta),
+                        ea.eps2};
         double pq[2];
         if (U == Upstream::LossScalar)
           grad_row_scalar(a, b, in, N, rm_j, pq);
@@ -208,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> angle_tensor_cpu(const at::Tensor& x, double 
   at::Tensor out = at::empty({N, N, N}, x.options().dtype(at::kDouble));
   double* o = out.mutable_data_ptr<double>();
   at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t b, int64_t end) {
-    for (int64_t t = b; t < end; ++t) values_row(row_of(e, N, t / N, t % N), nullptr, N, 0.0, o + t * N);
+    for (int64_t t = b; t < end; ++t) values_row(row_of(e, N, t / N, t % N), nullptr, N, Huber<double>(0.0), o + t * N);
   });
   return {out.to(x.scalar_type()), e.sq};
 }
@@ -263,13 +265,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tens
     at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / N), [&](int64_t lo, int64_t hi) {
       for (int64_t t = lo; t < hi; ++t) {
         const Row rb = row_of(b, N, t / N, t % N);
-        values_row(row_of(a, N, t / N, t % N), &rb, N, beta, o + t * N);
+        values_row(row_of(a, N, t / N, t % N), &rb, N, Huber<double>(beta), o + t * N);
       }
     });
     return {out.to(out_opts.dtype()), a.sq, b.sq};
   }
   // A_ijk = A_ikj: each row (i, j) sums k > j twice plus k == j once. Rows i
   // j == i (and the k == i entries) are exactly 0 and contribute l(0) = 0.
+  const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
   at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
@@ -277,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tens
       for (int64_t j = 0; j < N; ++j) {
         if (j == i) continue;
         const Row ra = row_of(a, N, i, j), rb = row_of(b, N, i, j);
-        acc += 2.0 * loss_row(ra, rb, j + 1, N, beta) + loss_row(ra, rb, j, j + 1, beta);
+        acc += 2.0 * loss_row(ra, rb, j + 1, N, h) + loss_row(ra, rb, j, j + 1, h);
       }
       rows[i] = acc;
     }

@@ -144,19 +144,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::T
   const double* a = ds.const_data_ptr<double>();
   const double* b = dt.const_data_ptr<double>();
   const double is = 1.0 / (mean_distance(a, N) + mean_offset), it = 1.0 / (mean_distance(b, N) + mean_offset);
+  const Huber<double> h(beta);
   // The diagonal needs no special case: d_ii = 0 on both sides gives l(0) = 0.
   if (red == Reduction::None) {
     at::Tensor elem = at::empty({N, N}, ds.options());
     double* e = elem.mutable_data_ptr<double>();
     for_rows(N, [&](int64_t i) {
-      for (int64_t j = 0; j < N; ++j) e[i * N + j] = smooth_l1(a[i * N + j] * is - b[i * N + j] * it, beta);
+      for (int64_t j = 0; j < N; ++j) e[i * N + j] = smooth_l1(a[i * N + j] * is - b[i * N + j] * it, h);
     });
     return {elem.to(out_opts.dtype()), ds, dt};
   }
   double total = sum_rows(N, [&](int64_t i) {
     const double* ar = a + i * N;
     const double* br = b + i * N;
-    return reduce_lanes(N, [&](int64_t j) { return smooth_l1(ar[j] * is - br[j] * it, beta); });
+    return reduce_lanes(N, [&](int64_t j) { return smooth_l1(ar[j] * is - br[j] * it, h); });
   });
   if (red == Reduction::Mean) total /= static_cast<double>(N) * static_cast<double>(N);
   return {at::scalar_tensor(total, out_opts), ds, dt};
@@ -188,6 +189,7 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   const double* a = dist_s.const_data_ptr<double>();
   const double* b = dist_t.const_data_ptr<double>();
   const double is = 1.0 / (mean_distance(a, N) + mean_offset), it = 1.0 / (mean_distance(b, N) + mean_offset);
+  const Huber<double> h(beta);
   const double scale = red == Reduction::Mean ? 1.0 / (static_cast<double>(N) * static_cast<double>(N)) : 1.0;
   const double sqrt_eps = std::sqrt(eps);
   const at::Tensor go = as_f64(grad);
@@ -199,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   // rather than stored: every pass over N x N matrices costs memory traffic.
   auto g = [&](int64_t i, int64_t j) {
     const double u = none ? up[i * N + j] : up[0];
-    return u * scale * smooth_l1_grad(a[i * N + j] * is - b[i * N + j] * it, beta);
+    return u * scale * smooth_l1_grad(a[i * N + j] * is - b[i * N + j] * it, h);
   };
   if (student_grad) {
     const double c = mean_term(N, a, is, g);

@@ -1,0 +1,486 @@
+// CUDA kernels of the angle-wise RKD ops (torch-free), the counterparts of
+// csrc/cpu/angle_cpu.cpp: the angle tensor and the fused angle loss, forward
+// and backward, built from the float64 squared-distance matrices s of
+// pairwise_kernel.cuh by the law of cosines (rkd_math.h). Besides s they need
+// O(N^2) memory: nothing of size N^3 or N^2 D is allocated (except the
+// (N, N, N) outputs and upstream gradients of the elementwise variants).
+//
+// Precision: s and every cosine numerator s_ij + s_ik - s_jk are float64 (the
+// numerator cancels for near-duplicate points). The rest of each triplet runs
+// in Acc: float64 when the loss is float64, float32 otherwise; sums of Acc
+// terms go into float64 every kChunk steps.
+//
+// The triplet kernels are tiled like a GEMM: a block owns a tile of two of
+// the three indices, each thread a kRows x kCols micro-tile of it, and the
+// third index is the sequential loop, staged kChunk rows at a time in shared
+// memory. s and u are symmetric, so the row of the loop index holds every
+// operand: s_ik = s[k][i]. Each output element is one thread's sum in a fixed
+// order; partial results over index ranges are summed in a fixed order after:
+// no atomics, bitwise reproducible.
+//
+// Loss forward (sum over all triplets): a block owns (j, k) with k >= j
+// (A_ijk = A_ikj: k > j counts twice, k == j once) and loops over the vertex i.
+// Backward, with G_ijk = dL/dA_ijk and Gs_ijk = G_ijk + G_ikj, dL/ds is built
+// from two passes (rkd_math.h):
+//   vertex pass: a block owns (i, j), loops over k: p_ij = sum_k Gs_ijk w_ik,
+//     q_ij = sum_k Gs_ijk A_ijk, and V_ij = vertex_edge_grad(p, q, w_ij);
+//   opposite pass: a block owns (j, k) with k >= j, loops over i:
+//     R_jk = sum_i Gs_ijk w_ij w_ik, symmetric, stored at (j, k) and (k, j).
+// Then W_ij = V_ij + V_ji + opposite_edge_grad(R_ij) (common.cuh's weights
+// kernel) feeds grad_from_weights of pairwise_kernel.cuh.
+#pragma once
+
+#include "common.cuh"
+
+namespace rkd {
+namespace gpu {
+
+// One side of the loss: s and u = inv_edge(s) (1 for the unnormalised
+// variant), both (N, N) and symmetric.
+template <typename Acc>
+struct Edges {
+  const double* s;
+  const Acc* u;
+};
+
+template <typename Acc>
+RKD_DEV Acc cosine(double s_ij, double s_ik, double s_jk, Acc u_ij, Acc u_ik) {
+  return angle_from_num(static_cast<Acc>(cos_numerator(s_ij, s_ik, s_jk)), u_ij, u_ik);
+}
+
+// Triplet tiling: 16 x 16 threads, each a kRows x kCols micro-tile (first
+// tile index ty + 16 r, second tx + 16 c), kChunk loop steps per stage.
+constexpr int kTri = 16;
+constexpr int kRows = 2;
+constexpr int kCols = 4;
+constexpr int kTA = kTri * kRows;  // tile extent along the first index
+constexpr int kTB = kTri * kCols;  // along the second
+constexpr int kChunk = 8;
+constexpr int kTriThreads = kTri * kTri;
+
+// s[l][c] and, where the destination is not null, u[l][c] and
+// w[l][c] = active_inv_edge(s, u) for rows r0 + l and columns c0 + c of one
+// side; 0 outside the matrix.
+template <int W, typename Acc>
+RKD_DEV void stage(double (*s)[W], Acc (*u)[W], Acc (*w)[W], const Edges<Acc>& e, int64_t N, int64_t r0, int64_t c0,
+                   double eps2, int t) {
+  for (int idx = t; idx < kChunk * W; idx += kTriThreads) {
+    const int l = idx / W, c = idx % W;
+    const int64_t r = r0 + l, col = c0 + c;
+    const bool in = r < N && col < N;
+    const double sv = in ? e.s[r * N + col] : 0.0;
+    const Acc uv = in ? e.u[r * N + col] : Acc(0);
+    s[l][c] = sv;
+    if (u != nullptr) u[l][c] = uv;
+    if (w != nullptr) w[l][c] = static_cast<Acc>(active_inv_edge(sv, static_cast<double>(uv), eps2));
+  }
+}
+
+RKD_DEV int64_t clamp_dev(int64_t v, int64_t N) { return v < N ? v : N - 1; }
+
+// ---- dL/dA: where the gradient of a cosine comes from --------------------------------
+//
+// Each policy's eval() gives, for a triplet (i, j, k) and d = l'(A_a - A_b),
+// g() = G_ijk and gsym() = G_ijk + G_ikj. kLoss: whether d is needed (the
+// angle tensor's backward takes dL/dA as it comes).
+
+// A reduced loss: G = (upstream / div) d, symmetric in (j, k).
+template <typename Acc>
+struct ScalarUpstream {
+  static constexpr bool kLoss = true;
+  const double* up;  // the upstream gradient, one float64 element on the device
+  double div;        // N^3 for 'mean', 1 for 'sum'
+  struct Eval {
+    Acc c;
+    RKD_DEV Acc gsym(int64_t, int64_t, int64_t, Acc d) const { return Acc(2) * (c * d); }
+  };
+  RKD_DEV Eval eval() const { return {static_cast<Acc>(*up / div)}; }
+};
+
+// Reduction 'none': G_ijk = up_ijk d.
+template <typename Acc>
+struct TensorUpstream {
+  static constexpr bool kLoss = true;
+  const Acc* up;  // (N, N, N)
+  int64_t N;
+  RKD_DEV TensorUpstream eval() const { return *this; }
+  RKD_DEV Acc gsym(int64_t i, int64_t j, int64_t k, Acc d) const {
+    return (up[(i * N + j) * N + k] + up[(i * N + k) * N + j]) * d;
+  }
+};
+
+// The angle tensor: G_ijk = up_ijk, except on the degenerate entries
+// (j == i or k == i), whose cosines are the constant 0.
+template <typename Acc>
+struct RawUpstream {
+  static constexpr bool kLoss = false;
+  const Acc* up;  // (N, N, N)
+  int64_t N;
+  RKD_DEV RawUpstream eval() const { return *this; }
+  RKD_DEV Acc gsym(int64_t i, int64_t j, int64_t k, Acc) const {
+    return (j == i || k == i) ? Acc(0) : up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
+  }
+};
+
+// ---- kernels ---------------------------------------------------------------------------
+
+// The (N, N, N) cosines of a (kLoss false) or the elementwise loss
+// l(A_a - A_b) (kLoss true): a block per row (i, j), threads along k.
+template <typename Acc, typename Out, bool kLoss>
+__global__ void __launch_bounds__(kBlock) angle_values_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N, Huber<Acc> huber,
+                                                              Out* __restrict__ out) {
+  const int64_t i = blockIdx.y, j = blockIdx.x;
+  const double sa_ij = a.s[i * N + j], sb_ij = b.s[i * N + j];
+  const Acc ua_ij = a.u[i * N + j], ub_ij = b.u[i * N + j];
+  Out* row = out + (i * N + j) * N;
+  for (int64_t k = threadIdx.x; k < N; k += kBlock) {
+    Acc v = cosine(sa_ij, a.s[i * N + k], a.s[j * N + k], ua_ij, a.u[i * N + k]);
+    if constexpr (kLoss)
+      v = smooth_l1(v - cosine(sb_ij, b.s[i * N + k], b.s[j * N + k], ub_ij, b.u[i * N + k]), huber);
+    row[k] = narrow<Out>(static_cast<double>(v));
+  }
+}
+
+// Blocks own (j, k) tiles; blockIdx.z takes the vertex rows
+// [z rows_per_split, (z + 1) rows_per_split). Writes one partial sum per block
+// (0 for tiles below the diagonal).
+template <typename Acc>
+__global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
+                                                                     Huber<Acc> huber,
+                                                                     int64_t rows_per_split,
+                                                                     double* __restrict__ partial) {
+  __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
+  __shared__ Acc uJa[kChunk][kTA], uKa[kChunk][kTB], uJb[kChunk][kTA], uKb[kChunk][kTB];
+  __shared__ double red[kTriThreads];
+  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
+  const int64_t block = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  if (k0 + kTB - 1 < j0) {
+    if (t == 0) partial[block] = 0.0;
+    return;
+  }
+  double sa_jk[kRows][kCols], sb_jk[kRows][kCols];
+  Acc weight[kRows][kCols];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t j = j0 + ty + kTri * r, k = k0 + tx + kTri * c;
+      const bool in = j < N && k < N;
+      sa_jk[r][c] = in ? a.s[j * N + k] : 0.0;
+      sb_jk[r][c] = in ? b.s[j * N + k] : 0.0;
+      weight[r][c] = !in || k < j ? Acc(0) : (k == j ? Acc(1) : Acc(2));
+    }
+  }
+  const int64_t i_begin = static_cast<int64_t>(blockIdx.z) * rows_per_split;
+  const int64_t i_end = i_begin + rows_per_split < N ? i_begin + rows_per_split : N;
+  double total = 0.0;
+  for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
+    stage<kTA, Acc>(sJa, uJa, nullptr, a, N, i0, j0, 0.0, t);
+    stage<kTB, Acc>(sKa, uKa, nullptr, a, N, i0, k0, 0.0, t);
+    stage<kTA, Acc>(sJb, uJb, nullptr, b, N, i0, j0, 0.0, t);
+    stage<kTB, Acc>(sKb, uKb, nullptr, b, N, i0, k0, 0.0, t);
+    __syncthreads();
+    const int n = i_end - i0 < kChunk ? static_cast<int>(i_end - i0) : kChunk;
+    Acc part = Acc(0);
+    for (int l = 0; l < n; ++l) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int jl = ty + kTri * r;
+        const double sa_ij = sJa[l][jl], sb_ij = sJb[l][jl];
+        const Acc ua_ij = uJa[l][jl], ub_ij = uJb[l][jl];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          const int kl = tx + kTri * c;
+          const Acc A = cosine(sa_ij, sKa[l][kl], sa_jk[r][c], ua_ij, uKa[l][kl]);
+          const Acc B = cosine(sb_ij, sKb[l][kl], sb_jk[r][c], ub_ij, uKb[l][kl]);
+          // A select, not a product: padding entries must not turn a 0 weight into NaN.
+          const Acc v = smooth_l1(A - B, huber);
+          part += weight[r][c] > Acc(0) ? weight[r][c] * v : Acc(0);
+        }
+      }
+    }
+    total += static_cast<double>(part);
+    __syncthreads();
+  }
+  total = block_sum<kTriThreads>(total, red, t);
+  if (t == 0) partial[block] = total;
+}
+
+// Vertex pass: a block owns an (i, j) tile and loops over k. Writes V (N, N).
+template <typename Acc, typename Up>
+__global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
+                                                                   Huber<Acc> huber, double eps2, double kappa,
+                                                                   double* __restrict__ V) {
+  __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
+  __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
+  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTA, j0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const auto g = up.eval();
+  // Elements past the edge compute on clamped indices (every read stays in
+  // bounds) and are not stored.
+  double sa_ij[kRows][kCols], sb_ij[kRows][kCols], p[kRows][kCols], q[kRows][kCols];
+  Acc ua_ij[kRows][kCols], ub_ij[kRows][kCols];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t i = clamp_dev(i0 + ty + kTri * r, N), j = clamp_dev(j0 + tx + kTri * c, N);
+      sa_ij[r][c] = a.s[i * N + j];
+      sb_ij[r][c] = b.s[i * N + j];
+      ua_ij[r][c] = a.u[i * N + j];
+      ub_ij[r][c] = b.u[i * N + j];
+      p[r][c] = 0.0;
+      q[r][c] = 0.0;
+    }
+  }
+  for (int64_t k0 = 0; k0 < N; k0 += kChunk) {
+    stage<kTA, Acc>(sIa, uIa, wIa, a, N, k0, i0, eps2, t);
+    stage<kTB, Acc>(sJa, nullptr, nullptr, a, N, k0, j0, eps2, t);
+    if constexpr (Up::kLoss) {
+      stage<kTA, Acc>(sIb, uIb, nullptr, b, N, k0, i0, eps2, t);
+      stage<kTB, Acc>(sJb, nullptr, nullptr, b, N, k0, j0, eps2, t);
+    }
+    __syncthreads();
+    const int n = N - k0 < kChunk ? static_cast<int>(N - k0) : kChunk;
+    Acc pp[kRows][kCols] = {}, qq[kRows][kCols] = {};
+    for (int l = 0; l < n; ++l) {
+      const int64_t k = k0 + l;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int il = ty + kTri * r;
+        const int64_t i = clamp_dev(i0 + il, N);
+        const double sa_ik = sIa[l][il];
+        const Acc ua_ik = uIa[l][il], w_ik = wIa[l][il];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          const int jl = tx + kTri * c;
+          const int64_t j = clamp_dev(j0 + jl, N);
+          const Acc A = cosine(sa_ij[r][c], sa_ik, sJa[l][jl], ua_ij[r][c], ua_ik);
+          Acc d = Acc(0);
+          if constexpr (Up::kLoss)
+            d = smooth_l1_grad(A - cosine(sb_ij[r][c], sIb[l][il], sJb[l][jl], ub_ij[r][c], uIb[l][il]), huber);
+          const Acc gs = g.gsym(i, j, k, d);
+          pp[r][c] += gs * w_ik;
+          qq[r][c] += gs * A;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        p[r][c] += static_cast<double>(pp[r][c]);
+        q[r][c] += static_cast<double>(qq[r][c]);
+      }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
+      if (i >= N || j >= N) continue;
+      const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
+      V[i * N + j] = i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
+    }
+  }
+}
+
+// Opposite pass: a block owns a (j, k) tile on or above the diagonal (blocks
+// below it return at once) and loops over the vertex rows
+// [z rows_per_split, (z + 1) rows_per_split), z = blockIdx.z. Writes slice z
+// of R: R[z] (N, N), symmetric.
+template <typename Acc, typename Up>
+__global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
+                                                                     Huber<Acc> huber, double eps2, int64_t rows_per_split,
+                                                                     double* __restrict__ R) {
+  __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
+  __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
+  __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
+  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  if (k0 + kTB - 1 < j0) return;
+  const auto g = up.eval();
+  double sa_jk[kRows][kCols], sb_jk[kRows][kCols], acc[kRows][kCols];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t j = clamp_dev(j0 + ty + kTri * r, N), k = clamp_dev(k0 + tx + kTri * c, N);
+      sa_jk[r][c] = a.s[j * N + k];
+      sb_jk[r][c] = b.s[j * N + k];
+      acc[r][c] = 0.0;
+    }
+  }
+  const int64_t i_begin = static_cast<int64_t>(blockIdx.z) * rows_per_split;
+  const int64_t i_end = i_begin + rows_per_split < N ? i_begin + rows_per_split : N;
+  for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
+    stage<kTA, Acc>(sJa, uJa, wJa, a, N, i0, j0, eps2, t);
+    stage<kTB, Acc>(sKa, uKa, wKa, a, N, i0, k0, eps2, t);
+    if constexpr (Up::kLoss) {
+      stage<kTA, Acc>(sJb, uJb, nullptr, b, N, i0, j0, eps2, t);
+      stage<kTB, Acc>(sKb, uKb, nullptr, b, N, i0, k0, eps2, t);
+    }
+    __syncthreads();
+    const int n = i_end - i0 < kChunk ? static_cast<int>(i_end - i0) : kChunk;
+    Acc part[kRows][kCols] = {};
+    for (int l = 0; l < n; ++l) {
+      const int64_t i = i0 + l;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int jl = ty + kTri * r;
+        const int64_t j = clamp_dev(j0 + jl, N);
+        const double sa_ij = sJa[l][jl];
+        const Acc ua_ij = uJa[l][jl], w_ij = wJa[l][jl];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          const int kl = tx + kTri * c;
+          const int64_t k = clamp_dev(k0 + kl, N);
+          const Acc A = cosine(sa_ij, sKa[l][kl], sa_jk[r][c], ua_ij, uKa[l][kl]);
+          Acc d = Acc(0);
+          if constexpr (Up::kLoss)
+            d = smooth_l1_grad(A - cosine(sJb[l][jl], sKb[l][kl], sb_jk[r][c], uJb[l][jl], uKb[l][kl]), huber);
+          part[r][c] += g.gsym(i, j, k, d) * w_ij * wKa[l][kl];
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) acc[r][c] += static_cast<double>(part[r][c]);
+    __syncthreads();
+  }
+  double* out = R + static_cast<int64_t>(blockIdx.z) * N * N;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t j = j0 + ty + kTri * r, k = k0 + tx + kTri * c;
+      if (j >= N || k >= N || k < j) continue;
+      out[j * N + k] = acc[r][c];
+      out[k * N + j] = acc[r][c];
+    }
+  }
+}
+
+// ---- host side ----------------------------------------------------------------------------
+
+struct InvEdge {
+  const double* s;
+  int64_t N;
+  double eps;
+  bool normalize;
+  RKD_DEV double operator()(int64_t i, int64_t j) const { return normalize ? inv_edge(s[i * N + j], eps) : 1.0; }
+};
+
+// W_ij = V_ij + V_ji + opposite_edge_grad(R_ij), R summed over its slices in order.
+struct AngleWeight {
+  const double* V;
+  const double* R;
+  int64_t slices, N;
+  RKD_DEV double operator()(int64_t i, int64_t j) const {
+    double r = 0.0;
+    for (int64_t z = 0; z < slices; ++z) r += R[z * N * N + i * N + j];
+    return V[i * N + j] + V[j * N + i] + opposite_edge_grad(r);
+  }
+};
+
+// Tiles of the (kTA, kTB) grid that reach on or above the diagonal.
+inline int64_t upper_tiles(int64_t N) {
+  const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
+  int64_t n = 0;
+  for (int64_t ta = 0; ta < na; ++ta) n += nb - ta * kTA / kTB;
+  return n;
+}
+
+// The vertex loop of the (j, k) kernels is split so that small and mid-sized
+// N still give a few hundred blocks; a function of N alone, so results do not
+// depend on the device.
+inline int64_t vertex_splits(int64_t N) {
+  const int64_t want = ceil_div(512, upper_tiles(N)), chunks = ceil_div(N, kChunk);
+  const int64_t cap = chunks < 8 ? chunks : 8;
+  return want < 1 ? 1 : (want > cap ? cap : want);
+}
+
+inline int64_t rows_per_split(int64_t N, int64_t splits) { return ceil_div(ceil_div(N, kChunk), splits) * kChunk; }
+
+template <typename Acc, typename Alloc, typename Check>
+Edges<Acc> make_edges(const double* s, int64_t N, double eps, bool normalize, Alloc& alloc, cudaStream_t stream,
+                      const Check& check) {
+  Acc* u = take<Acc>(alloc, N * N);
+  map<Acc>(InvEdge{s, N, eps, normalize}, N, u, stream, check);
+  return {s, u};
+}
+
+// out: (N, N, N) cosines in T.
+template <typename Acc, typename T, typename Alloc, typename Check>
+void angle_tensor(const double* s, int64_t N, double eps, bool normalize, T* out, Alloc& alloc, cudaStream_t stream,
+                  const Check& check) {
+  const Edges<Acc> e = make_edges<Acc>(s, N, eps, normalize, alloc, stream, check);
+  launch(check, angle_values_kernel<Acc, T, false>, dim3(grid_dim(N), grid_dim(N)), dim3(kBlock), stream, e, e, N,
+         Huber<Acc>(Acc(0)), out);
+}
+
+// The loss of the sides a and b (N >= 3): (N, N, N) for reduction 'none',
+// else a scalar.
+template <typename Acc, typename Alloc, typename Check>
+void angle_loss(const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, double beta, Reduce red, Acc* out, Alloc& alloc,
+                cudaStream_t stream, const Check& check) {
+  if (red == Reduce::None) {
+    launch(check, angle_values_kernel<Acc, Acc, true>, dim3(grid_dim(N), grid_dim(N)), dim3(kBlock), stream, a, b, N,
+           Huber<Acc>(static_cast<Acc>(beta)), out);
+    return;
+  }
+  const int64_t splits = vertex_splits(N), na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
+  double* partial = take<double>(alloc, na * nb * splits);
+  launch(check, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(splits)), dim3(kTri, kTri),
+         stream, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), rows_per_split(N, splits), partial);
+  const double n = static_cast<double>(N);
+  finish(static_cast<const double*>(partial), na * nb * splits,
+         StoreLoss<Acc>{out, red == Reduce::Mean ? n * n * n : 1.0}, stream, check);
+}
+
+// W, w (N >= 3) for dL/dA given by the policy `up`; b: the other side of the
+// loss (ignored when !Up::kLoss).
+template <typename Acc, typename Up, typename Alloc, typename Check>
+void angle_weights(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, double beta, double eps,
+                   bool normalize, double* W, double* w, Alloc& alloc, cudaStream_t stream, const Check& check) {
+  const double eps2 = normalize ? eps * eps : -1.0, kappa = normalize ? 1.0 : 0.0;
+  const Huber<Acc> huber(static_cast<Acc>(beta));
+  double* V = take<double>(alloc, N * N);
+  launch(check, angle_vertex_kernel<Acc, Up>, dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA))),
+         dim3(kTri, kTri), stream, a, b, up, N, huber, eps2, kappa, V);
+  const int64_t splits = vertex_splits(N);
+  double* R = take<double>(alloc, splits * N * N);
+  launch(check, angle_opposite_kernel<Acc, Up>,
+         dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(splits)), dim3(kTri, kTri), stream,
+         a, b, up, N, huber, eps2, rows_per_split(N, splits), R);
+  build_weights(AngleWeight{V, R, splits, N}, N, W, w, stream, check);
+}
+
+// Side a's weights for the loss: up is the float64 upstream scalar (reduction
+// 'mean' or 'sum') or, for 'none', the (N, N, N) upstream gradient in Acc.
+template <typename Acc, typename Alloc, typename Check>
+void angle_loss_weights(const Edges<Acc>& a, const Edges<Acc>& b, const void* up, Reduce red, int64_t N, double beta,
+                        double eps, bool normalize, double* W, double* w, Alloc& alloc, cudaStream_t stream,
+                        const Check& check) {
+  if (red == Reduce::None) {
+    angle_weights(a, b, TensorUpstream<Acc>{static_cast<const Acc*>(up), N}, N, beta, eps, normalize, W, w, alloc,
+                  stream, check);
+  } else {
+    const double n = static_cast<double>(N);
+    angle_weights(a, b, ScalarUpstream<Acc>{static_cast<const double*>(up), red == Reduce::Mean ? n * n * n : 1.0}, N,
+                  beta, eps, normalize, W, w, alloc, stream, check);
+  }
+}
+
+// The angle tensor's weights; up: its (N, N, N) upstream gradient in Acc.
+template <typename Acc, typename Alloc, typename Check>
+void angle_tensor_weights(const Edges<Acc>& e, const Acc* up, int64_t N, double eps, bool normalize, double* W,
+                          double* w, Alloc& alloc, cudaStream_t stream, const Check& check) {
+  angle_weights(e, e, RawUpstream<Acc>{up, N}, N, 0.0, eps, normalize, W, w, alloc, stream, check);
+}
+
+}  // namespace gpu
+}  // namespace rkd

@@ -1,0 +1,197 @@
+// Torch-free building blocks of the CUDA kernels: the launch helper, dtype
+// conversions, a fixed-order block reduction and the small generic N x N
+// kernels (row sums, a one-block finish, the GEMM weight matrix, maps).
+//
+// Nothing here depends on torch: the headers compile with plain nvcc (see
+// scripts/check_cuda.sh) and take raw pointers, sizes and a stream. Scratch
+// memory comes from the caller through an allocator object with one method,
+// `void* bytes(size_t)`; it must be stream-ordered (PyTorch's caching
+// allocator is), because scratch is released when the host function returns,
+// before its kernels have run.
+//
+// Determinism: no kernel uses atomics; every sum has one owner thread or a
+// fixed reduction tree, so repeated calls are bitwise identical.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../rkd_math.h"
+
+#define RKD_DEV __device__ __forceinline__
+
+namespace rkd {
+namespace gpu {
+
+// Threads of the one-dimensional kernels.
+constexpr int kBlock = 256;
+
+enum class Reduce { None, Mean, Sum };
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline unsigned grid_dim(int64_t n) { return static_cast<unsigned>(n); }
+
+template <typename T, typename Alloc>
+T* take(Alloc& alloc, int64_t n) {
+  return static_cast<T*>(alloc.bytes(static_cast<size_t>(n) * sizeof(T)));
+}
+
+#ifndef RKD_GPU_EMULATE
+// The one place a kernel launch is written (the host emulator behind
+// scripts/check_cuda.sh substitutes its own). `check` runs right after every
+// launch; the bindings pass C10_CUDA_KERNEL_LAUNCH_CHECK. A grid with no
+// blocks is no work, not an invalid launch.
+template <typename Check, typename... P, typename... A>
+void launch(const Check& check, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, A... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  kernel<<<grid, block, 0, stream>>>(args...);
+  check();
+}
+#endif
+
+// ---- dtype conversions -----------------------------------------------------------
+//
+// Explicit intrinsics throughout: PyTorch builds CUDA code with the implicit
+// half/bfloat16 conversions disabled. Narrowing goes through float, as
+// static_cast<c10::Half>(double) does on the CPU, so both backends round the
+// same way.
+
+RKD_DEV double widen(double v) { return v; }
+RKD_DEV double widen(float v) { return v; }
+RKD_DEV double widen(__half v) { return __half2float(v); }
+RKD_DEV double widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+struct Narrow;
+template <>
+struct Narrow<double> {
+  RKD_DEV static double from(double v) { return v; }
+};
+template <>
+struct Narrow<float> {
+  RKD_DEV static float from(double v) { return static_cast<float>(v); }
+};
+template <>
+struct Narrow<__half> {
+  RKD_DEV static __half from(double v) { return __float2half_rn(static_cast<float>(v)); }
+};
+template <>
+struct Narrow<__nv_bfloat16> {
+  RKD_DEV static __nv_bfloat16 from(double v) { return __float2bfloat16_rn(static_cast<float>(v)); }
+};
+
+template <typename T>
+RKD_DEV T narrow(double v) {
+  return Narrow<T>::from(v);
+}
+
+// ---- fixed-order reduction ---------------------------------------------------------
+
+// Sum of v over the B threads of a block (t: the thread's flat index), by a
+// fixed halving tree; every thread gets the total. All B threads must call it.
+template <int B>
+RKD_DEV double block_sum(double v, double* smem, int t) {
+  static_assert((B & (B - 1)) == 0, "block_sum needs a power-of-two block");
+  smem[t] = v;
+  __syncthreads();
+  for (int h = B / 2; h > 0; h >>= 1) {
+    if (t < h) smem[t] += smem[t + h];
+    __syncthreads();
+  }
+  const double total = smem[0];
+  __syncthreads();  // smem is free for the caller again
+  return total;
+}
+
+// ---- generic N x N kernels -----------------------------------------------------------
+//
+// F is a device functor double(int64_t i, int64_t j); one block per row i,
+// launched with kBlock threads.
+
+// rows[i] = sum_j f(i, j), each row in a fixed order.
+template <typename F>
+__global__ void __launch_bounds__(kBlock) row_sums_kernel(F f, int64_t N, double* rows) {
+  __shared__ double red[kBlock];
+  const int64_t i = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += f(i, j);
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) rows[i] = total;
+}
+
+// fin(sum of v[0..n)): one block; fin runs on one thread and stores what it
+// derives from the total (a mean, a loss) to device memory.
+template <typename Fin>
+__global__ void __launch_bounds__(kBlock) finish_kernel(const double* v, int64_t n, Fin fin) {
+  __shared__ double red[kBlock];
+  double acc = 0.0;
+  for (int64_t l = threadIdx.x; l < n; l += kBlock) acc += v[l];
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) fin(total);
+}
+
+// The weight matrix of the gradient GEMM: W_ij = f(i, j) off the diagonal
+// (f symmetric: W = dL/ds + (dL/ds)^T), W_ii = 0, and w_i = sum_j W_ij.
+template <typename F>
+__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, double* W, double* w) {
+  __shared__ double red[kBlock];
+  const int64_t i = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) {
+    const double v = j == i ? 0.0 : f(i, j);
+    W[i * N + j] = v;
+    acc += v;
+  }
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) w[i] = total;
+}
+
+// out[i][j] = f(i, j), narrowed to Out.
+template <typename Out, typename F>
+__global__ void __launch_bounds__(kBlock) map_kernel(F f, int64_t N, Out* out) {
+  const int64_t i = blockIdx.x;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) out[i * N + j] = narrow<Out>(f(i, j));
+}
+
+template <typename F, typename Check>
+void row_sums(F f, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
+  launch(check, row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, rows);
+}
+
+template <typename Fin, typename Check>
+void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Check& check) {
+  launch(check, finish_kernel<Fin>, dim3(1), dim3(kBlock), stream, v, n, fin);
+}
+
+template <typename F, typename Check>
+void build_weights(F f, int64_t N, double* W, double* w, cudaStream_t stream, const Check& check) {
+  launch(check, weights_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, W, w);
+}
+
+template <typename Out, typename F, typename Check>
+void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
+  launch(check, map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, out);
+}
+
+// Stores a reduced loss: total / div (div is N^2 or N^3 for 'mean', 1 for 'sum').
+template <typename Out>
+struct StoreLoss {
+  Out* out;
+  double div;
+  RKD_DEV void operator()(double total) const { *out = narrow<Out>(total / div); }
+};
+
+// Functor reading an N x N float64 matrix.
+struct MatrixAt {
+  const double* m;
+  int64_t N;
+  RKD_DEV double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
+};
+
+}  // namespace gpu
+}  // namespace rkd

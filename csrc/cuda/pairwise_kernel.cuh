@@ -1,0 +1,219 @@
+// The O(N^2 D) CUDA kernels every RKD op is built from (torch-free), the
+// counterparts of csrc/cpu/pairwise_cpu.cpp:
+//
+// pair_matrix: the N x N float64 matrix of squared distances s_ij (or of
+//   max(s_ij, eps), or of sqrt(max(s_ij, eps))), diagonal exactly 0, exactly
+//   symmetric. s is the Gram form n_i + n_j - 2 <xc_i, xc_j> on the
+//   batch-centred features xc in float64 (relations are translation
+//   invariant; centring removes the cancellation a common offset causes);
+//   pairs too close for that form (s < 1e-3 (n_i + n_j)) are recomputed from
+//   direct differences, so near-duplicates are accurate and exact duplicates
+//   give exactly 0.
+// grad_from_weights: dL/dx_i = 2 (w_i xc_i - sum_j W_ij xc_j), with
+//   W = dL/ds + (dL/ds)^T and w its row sums (common.cuh builds both), in
+//   float64, returned in x's dtype.
+//
+// Both products run through one shared-memory tiled float64 GEMM: each
+// output element is one thread's sum over k in a fixed order.
+#pragma once
+
+#include "common.cuh"
+
+namespace rkd {
+namespace gpu {
+
+enum class PairKind { Sq, SqClamped, Dist };
+
+// The Gram form keeps a pair when s >= kNear (n_i + n_j): its float64 error is
+// about sqrt(D) 1e-16 (n_i + n_j), so every kept pair is accurate to ~1e-12.
+constexpr double kNear = 1e-3;
+
+// GEMM tiling: a 16 x 16 thread block computes a kTile x kTile block of the
+// output, kMicro x kMicro elements per thread (rows ty + 16 r, columns
+// tx + 16 c), stepping through K by kTk.
+constexpr int kTile = 64;
+constexpr int kTk = 16;
+constexpr int kMicro = 4;
+constexpr int kGemmThreads = 256;
+
+// acc[r][c] += sum_k A[row0 + ty + 16 r][k] B[k][col0 + tx + 16 c] over k < K.
+// A is row-major with leading dimension lda and M rows. B has Nc columns and
+// is read as B[k][n] = b[n * ldb + k] when kBT (the transpose of a row-major
+// matrix: the Gram product), b[k * ldb + n] otherwise. Entries outside the
+// matrices read as 0. Called by all threads of a (16, 16) block.
+template <bool kBT>
+RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const double* __restrict__ b,
+                      int64_t ldb, int64_t Nc, int64_t K, int64_t row0, int64_t col0,
+                      double (&acc)[kMicro][kMicro]) {
+  __shared__ double As[kTk][kTile + 1];
+  __shared__ double Bs[kTk][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+  for (int64_t k0 = 0; k0 < K; k0 += kTk) {
+    // kTile x kTk elements per operand, kTile * kTk / kGemmThreads per thread;
+    // runs of 16 consecutive threads read 16 consecutive k of one row.
+    for (int l = 0; l < kTile * kTk / kGemmThreads; ++l) {
+      const int e = t + l * kGemmThreads;
+      const int m = e / kTk, kk = e % kTk;
+      const int64_t k = k0 + kk;
+      const int64_t row = row0 + m;
+      As[kk][m] = (row < M && k < K) ? a[row * lda + k] : 0.0;
+      if (kBT) {
+        const int64_t col = col0 + m;
+        Bs[kk][m] = (col < Nc && k < K) ? b[col * ldb + k] : 0.0;
+      } else {
+        const int n = e % kTile, kb = e / kTile;
+        const int64_t col = col0 + n, kr = k0 + kb;
+        Bs[kb][n] = (col < Nc && kr < K) ? b[kr * ldb + col] : 0.0;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTk; ++kk) {
+      double av[kMicro], bv[kMicro];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r) av[r] = As[kk][ty + 16 * r];
+#pragma unroll
+      for (int c = 0; c < kMicro; ++c) bv[c] = Bs[kk][tx + 16 * c];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+        for (int c = 0; c < kMicro; ++c) acc[r][c] += av[r] * bv[c];
+    }
+    __syncthreads();
+  }
+}
+
+// Column means of x (N x D) in float64: a (32, 8) block per 32 columns, the
+// 8 row slices summed in a fixed order.
+template <typename T>
+__global__ void __launch_bounds__(256) column_mean_kernel(const T* __restrict__ x, int64_t N, int64_t D,
+                                                          double* __restrict__ mean) {
+  __shared__ double part[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + tx;
+  double acc = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += 8) acc += widen(x[i * D + k]);
+  part[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && k < D) {
+    double total = 0.0;
+    for (int r = 0; r < 8; ++r) total += part[r][tx];
+    mean[k] = total / static_cast<double>(N);
+  }
+}
+
+// xc = x - mean in float64 and, when norms is not null, norms[i] = ||xc_i||^2;
+// one block per row.
+template <typename T>
+__global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x, const double* __restrict__ mean,
+                                                        int64_t N, int64_t D, double* __restrict__ xc,
+                                                        double* __restrict__ norms) {
+  __shared__ double red[kBlock];
+  const int64_t i = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t k = threadIdx.x; k < D; k += kBlock) {
+    const double v = widen(x[i * D + k]) - mean[k];
+    xc[i * D + k] = v;
+    acc += v * v;
+  }
+  if (norms == nullptr) return;  // uniform over the block: the reduction below is all or none
+  const double n = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) norms[i] = n;
+}
+
+RKD_DEV double sqdist_direct(const double* __restrict__ a, const double* __restrict__ b, int64_t D) {
+  double acc = 0.0;
+  for (int64_t k = 0; k < D; ++k) {
+    const double t = a[k] - b[k];
+    acc += t * t;
+  }
+  return acc;
+}
+
+// One kTile x kTile block of the pair matrix on or above the diagonal (blocks
+// below it return at once); each pair is computed once and stored at (i, j)
+// and (j, i), so the matrix is exactly symmetric.
+__global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* __restrict__ xc,
+                                                                  const double* __restrict__ norms, int64_t N,
+                                                                  int64_t D, PairKind what, double eps,
+                                                                  double* __restrict__ out) {
+  if (blockIdx.y > blockIdx.x) return;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  double acc[kMicro][kMicro] = {};
+  gemm_f64<true>(xc, D, N, xc, D, N, D, row0, col0, acc);
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r) {
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) {
+      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
+      if (i >= N || j >= N || j < i) continue;
+      double v = 0.0;
+      if (j != i) {
+        const double norm_sum = norms[i] + norms[j];
+        v = norm_sum - 2.0 * acc[r][c];
+        if (!(v >= kNear * norm_sum)) v = sqdist_direct(xc + i * D, xc + j * D, D);
+        if (what == PairKind::Dist)
+          v = dist_from_sq(v, eps);
+        else if (what == PairKind::SqClamped)
+          v = clamp_sq(v, eps);
+      }
+      out[i * N + j] = v;
+      out[j * N + i] = v;
+    }
+  }
+}
+
+// dx = 2 (w_i xc_i - (W xc)_i) in T: one kTile (rows) x kTile (features) block.
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
+                                                                 const double* __restrict__ w,
+                                                                 const double* __restrict__ xc, int64_t N,
+                                                                 int64_t D, T* __restrict__ dx) {
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  double acc[kMicro][kMicro] = {};
+  gemm_f64<false>(W, N, N, xc, D, D, N, row0, col0, acc);
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r) {
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) {
+      const int64_t i = row0 + threadIdx.y + 16 * r, k = col0 + threadIdx.x + 16 * c;
+      if (i < N && k < D) dx[i * D + k] = narrow<T>(2.0 * (w[i] * xc[i * D + k] - acc[r][c]));
+    }
+  }
+}
+
+// xc (N x D) and, when norms is not null, the squared norms of its rows.
+template <typename T, typename Alloc, typename Check>
+void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& alloc, cudaStream_t stream,
+            const Check& check) {
+  double* mean = take<double>(alloc, D);
+  launch(check, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
+  launch(check, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean), N,
+         D, xc, norms);
+}
+
+// x: contiguous (N, D) on the device. out: (N, N) float64.
+template <typename T, typename Alloc, typename Check>
+void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, double* out, Alloc& alloc,
+                 cudaStream_t stream, const Check& check) {
+  double* xc = take<double>(alloc, N * D);
+  double* norms = take<double>(alloc, N);
+  centre(x, N, D, xc, norms, alloc, stream, check);
+  const unsigned nt = grid_dim(ceil_div(N, kTile));
+  launch(check, gram_pairs_kernel, dim3(nt, nt), dim3(16, 16), stream, static_cast<const double*>(xc),
+         static_cast<const double*>(norms), N, D, what, eps, out);
+}
+
+// W, w: the (N, N) weights and their row sums (build_weights). dx: contiguous (N, D).
+template <typename T, typename Alloc, typename Check>
+void grad_from_weights(const T* x, int64_t N, int64_t D, const double* W, const double* w, T* dx, Alloc& alloc,
+                       cudaStream_t stream, const Check& check) {
+  double* xc = take<double>(alloc, N * D);
+  centre(x, N, D, xc, static_cast<double*>(nullptr), alloc, stream, check);
+  launch(check, grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(N, kTile))), dim3(16, 16),
+         stream, W, w, static_cast<const double*>(xc), N, D, dx);
+}
+
+}  // namespace gpu
+}  // namespace rkd
