@@ -78,9 +78,23 @@ def check_close(actual, expected, rtol, what):
         raise AssertionError(f"{what}: relative error {err:.3e} > {rtol:.1e}; refusing to time a wrong result")
 
 
-def forward_backward(loss_fn, student, teacher):
-    """A callable running loss_fn forward and backward once (gradients reset)."""
+def loss_step(loss_fn, student, teacher, mode, device):
+    """A callable running loss_fn once, forward only ("forward", no autograd
+    graph) or forward and backward ("forward_backward"), then synchronising."""
     def run():
-        student.grad = None
-        loss_fn(student, teacher).backward()
+        if mode == "forward":
+            with torch.no_grad():
+                loss_fn(student, teacher)
+        else:
+            student.grad = None
+            loss_fn(student, teacher).backward()
+        sync(device)
     return run
+
+
+def record(benchmark, run, device, rounds, **info):
+    """Warm up, record the peak memory above the inputs, then time run()."""
+    run()
+    benchmark.extra_info.update(device=device, peak_mb=peak_memory_mb(run, device), **info)
+    benchmark.group = " ".join(f"{k}={v}" for k, v in info.items() if k != "impl") + f" {device}"
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -4,13 +4,12 @@ Run: pytest benchmarks/test_angle_bench.py --benchmark-only   (RKD_BENCH_QUICK=1
 Cases whose estimated memory does not fit are skipped with the estimate as the reason.
 """
 import pytest
-import torch
 
 import rkd_ext
 from rkd_ext import reference as R
 
 from .baselines import law_of_cosines_angle_loss, law_of_cosines_bytes, reference_angle_bytes
-from .common import check_close, features, forward_backward, memory_budget, peak_memory_mb, sizes, sync
+from .common import check_close, features, loss_step, memory_budget, record, sizes
 
 NS = sizes([64, 256, 1024], [64, 128])
 DS = sizes([128, 512, 2048], [128])
@@ -34,20 +33,6 @@ def test_angle_loss(benchmark, device, mode, n, d, impl):
     t = features(n, d, device, seed=2)
     if n <= 256:
         check_close(fn(s, t), R.angle_loss(s.double(), t.double()), 1e-4, f"{impl} n={n} d={d}")
-    if mode == "forward":
-        def run():
-            with torch.no_grad():
-                fn(s, t)
-            sync(device)
-    else:
-        step = forward_backward(fn, s, t)
-
-        def run():
-            step()
-            sync(device)
-    run()
-    benchmark.extra_info.update(impl=impl, op="angle_loss", mode=mode, n=n, d=d, device=device,
-                                peak_mb=peak_memory_mb(run, device))
-    benchmark.group = f"angle_loss {mode} {device} n={n} d={d}"
     slow = n >= 1024 and impl != "ours"
-    benchmark.pedantic(run, rounds=sizes(1 if slow else 5, 2), iterations=1, warmup_rounds=0)
+    record(benchmark, loss_step(fn, s, t, mode, device), device, sizes(1 if slow else 5, 2),
+           op="angle_loss", mode=mode, n=n, d=d, impl=impl)

@@ -6,12 +6,11 @@ Each case checks the result against the reference before it is timed, and
 records the peak memory above the inputs in extra_info["peak_mb"].
 """
 import pytest
-import torch
 
 import rkd_ext
 from rkd_ext import reference as R
 
-from .common import check_close, features, forward_backward, peak_memory_mb, sizes, sync
+from .common import check_close, features, loss_step, record, sizes
 
 NS = sizes([64, 256, 1024], [64, 256])
 DS = sizes([128, 512, 2048], [128])
@@ -27,19 +26,5 @@ def test_distance_loss(benchmark, device, mode, n, d, impl):
     s = features(n, d, device, seed=1, requires_grad=(mode == "forward_backward"))
     t = features(n, d, device, seed=2)
     check_close(fn(s, t), R.distance_loss(s.double(), t.double()), 1e-4, f"{impl} n={n} d={d}")
-    if mode == "forward":
-        def run():
-            with torch.no_grad():
-                fn(s, t)
-            sync(device)
-    else:
-        step = forward_backward(fn, s, t)
-
-        def run():
-            step()
-            sync(device)
-    run()  # warm-up
-    benchmark.extra_info.update(impl=impl, op="distance_loss", mode=mode, n=n, d=d, device=device,
-                                peak_mb=peak_memory_mb(run, device))
-    benchmark.group = f"distance_loss {mode} {device} n={n} d={d}"
-    benchmark.pedantic(run, rounds=sizes(10, 3), iterations=1, warmup_rounds=1)
+    record(benchmark, loss_step(fn, s, t, mode, device), device, sizes(10, 3),
+           op="distance_loss", mode=mode, n=n, d=d, impl=impl)

@@ -69,6 +69,40 @@ inline void check_saved(const char* op, const char* arg, const at::Tensor& sq, i
                     ") float64 matrix saved by the forward op, got ", sq.scalar_type(), " of shape ", sq.sizes());
 }
 
+// The checks every loss backward op makes: the pair, the reduction, the two
+// saved float64 matrices, and the upstream gradient (a scalar for 'mean' and
+// 'sum', rank `elem_rank` with every size N for 'none'). Returns the reduction.
+inline Reduction check_loss_backward(const char* op, const at::Tensor& grad, const at::Tensor& student,
+                                     const at::Tensor& teacher, const char* saved_s_name, const at::Tensor& saved_s,
+                                     const char* saved_t_name, const at::Tensor& saved_t,
+                                     const std::string& reduction, int64_t elem_rank) {
+  check_pair(op, student, teacher);
+  const Reduction red = parse_reduction(op, reduction);
+  const int64_t N = student.size(0);
+  check_saved(op, saved_s_name, saved_s, N);
+  check_saved(op, saved_t_name, saved_t, N);
+  if (red == Reduction::None) {
+    bool ok = grad.dim() == elem_rank;
+    for (int64_t d = 0; ok && d < elem_rank; ++d) ok = grad.size(d) == N;
+    TORCH_CHECK_VALUE(ok, op, ": grad must have ", elem_rank, " dimensions of size ", N, " for reduction 'none', got ",
+                      grad.sizes());
+  } else {
+    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
+                      grad.sizes());
+  }
+  return red;
+}
+
+// The gradients a loss backward op returns when there is nothing to compute:
+// zeros for the inputs that want one, an empty tensor for the others.
+inline std::tuple<at::Tensor, at::Tensor> zero_loss_grads(const at::Tensor& student, const at::Tensor& teacher,
+                                                          bool student_grad, bool teacher_grad) {
+  auto make = [](const at::Tensor& x, bool wanted) {
+    return wanted ? at::zeros_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  };
+  return {make(student, student_grad), make(teacher, teacher_grad)};
+}
+
 // dtype of a loss: float32 for half inputs, float64 if either input is.
 inline at::ScalarType loss_dtype(const at::Tensor& a, const at::Tensor& b) {
   return (a.scalar_type() == at::kDouble || b.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;

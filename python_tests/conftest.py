@@ -80,3 +80,22 @@ def max_rel_err(actual, truth):
     a = actual.detach().double().cpu()
     t = truth.detach().double().cpu()
     return float((a - t).abs().max() / t.abs().max().clamp_min(1e-300))
+
+
+def run_with_threads(fn, threads=(1, 2, 2)):
+    """fn() under each intra-op thread count in turn; the list of its results."""
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in threads:
+            torch.set_num_threads(n)
+            out.append(fn())
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_bitwise_equal_runs(results):
+    """Every run's tensors equal the first run's, bit for bit."""
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))

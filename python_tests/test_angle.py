@@ -6,7 +6,8 @@ float64 for parity and as ground truth for accuracy comparisons.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, TOL, assert_close, make_features, max_rel_err
+from conftest import (DEVICES, TOL, assert_bitwise_equal_runs, assert_close, make_features, max_rel_err,
+                      run_with_threads)
 
 import rkd_ext
 from rkd_ext import reference as R
@@ -238,17 +239,12 @@ def test_nan_propagates():
 def test_bitwise_deterministic_across_calls_and_thread_counts():
     s = make_features(45, 20, seed=50, dtype=torch.float32, requires_grad=True)
     t = make_features(45, 12, seed=51, dtype=torch.float32, requires_grad=True)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            loss = rkd_ext.rkd_angle_loss(s, t)
-            results.append((loss, *torch.autograd.grad(loss, (s, t))))
-    finally:
-        torch.set_num_threads(before)
-    for r in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+    def run():
+        loss = rkd_ext.rkd_angle_loss(s, t)
+        return (loss, *torch.autograd.grad(loss, (s, t)))
+
+    assert_bitwise_equal_runs(run_with_threads(run))
 
 
 def _op_samples():

@@ -102,9 +102,6 @@ def test_batch_size_changes_compile_at_most_twice():
     assert counter.frame_count == 2
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="the argument checks call math.isfinite, which dynamo cannot trace on the symbolic "
-                          "floats that dynamic=True makes of beta and eps")
 def test_dynamic_true_compiles_once():
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(rkd_ext.rkd_distance_loss, fullgraph=True, backend=counter, dynamic=True)

@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import DEVICES, TOL, assert_close, make_features, max_rel_err
+from conftest import (DEVICES, TOL, assert_bitwise_equal_runs, assert_close, make_features, max_rel_err,
+                      run_with_threads)
 
 import rkd_ext
 from rkd_ext import reference as R
@@ -254,19 +255,13 @@ def test_nan_and_inf_propagate():
 
 def test_bitwise_deterministic_across_calls_and_thread_counts():
     s = make_features(70, 40, seed=32, dtype=torch.float32, requires_grad=True)
-    t = make_features(70, 30, seed=33, dtype=torch.float32)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            loss = rkd_ext.rkd_distance_loss(s, t)
-            (g,) = torch.autograd.grad(loss, s)
-            results.append((loss, g))
-    finally:
-        torch.set_num_threads(before)
-    for loss, g in results[1:]:
-        assert torch.equal(loss, results[0][0]) and torch.equal(g, results[0][1])
+    t = make_features(70, 30, seed=33, dtype=torch.float32, requires_grad=True)
+
+    def run():
+        loss = rkd_ext.rkd_distance_loss(s, t)
+        return (loss, *torch.autograd.grad(loss, (s, t)))
+
+    assert_bitwise_equal_runs(run_with_threads(run))
 
 
 # ---- dispatcher integration -------------------------------------------------------

@@ -38,13 +38,24 @@ def pair(fn, student, teacher):
     return s, t
 
 
+def _symbolic(value):
+    # While torch.compile traces, float arguments may be symbolic
+    # (dynamic=True) and cannot be inspected; the kernels check them at run
+    # time with the same messages.
+    return torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt))
+
+
 def eps(fn, value):
+    if _symbolic(value):
+        return value
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{fn}: eps must be a positive finite number, got {value!r}")
     return float(value)
 
 
 def non_negative(fn, name, value):
+    if _symbolic(value):
+        return value
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)

@@ -295,26 +295,11 @@ std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& sq_s,
     const at::Tensor& sq_t, double beta, double eps, c10::string_view reduction, bool normalize, bool student_grad,
     bool teacher_grad) {
-  constexpr const char* op = "rkd_angle_loss_backward";
-  check_pair(op, student, teacher);
-  const Reduction red = parse_reduction(op, std::string(reduction));
+  const Reduction red = check_loss_backward("rkd_angle_loss_backward", grad, student, teacher, "sq_student", sq_s,
+                                            "sq_teacher", sq_t, std::string(reduction), 3);
   const int64_t N = student.size(0);
-  check_saved(op, "sq_student", sq_s, N);
-  check_saved(op, "sq_teacher", sq_t, N);
-  if (red == Reduction::None) {
-    TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == N && grad.size(1) == N && grad.size(2) == N, op,
-                      ": grad must have shape (", N, ", ", N, ", ", N, "), got ", grad.sizes());
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
-                      grad.sizes());
-  }
-  at::Tensor gstu = at::empty({0}, student.options());
-  at::Tensor gtea = at::empty({0}, teacher.options());
-  if (N < 3 || (!student_grad && !teacher_grad)) {
-    if (student_grad) gstu = at::zeros_like(student, at::MemoryFormat::Contiguous);
-    if (teacher_grad) gtea = at::zeros_like(teacher, at::MemoryFormat::Contiguous);
-    return {gstu, gtea};
-  }
+  if (N < 3 || (!student_grad && !teacher_grad)) return zero_loss_grads(student, teacher, student_grad, teacher_grad);
+  auto [gstu, gtea] = zero_loss_grads(student, teacher, false, false);
   const Edges a = make_edges(sq_s, eps, normalize), b = make_edges(sq_t, eps, normalize);
   // The teacher's gradient is the student's with the roles swapped: the
   // residual changes sign, and so does dL/dA.

@@ -167,25 +167,11 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& dist_s,
     const at::Tensor& dist_t, double beta, double eps, c10::string_view reduction, bool squared,
     double mean_offset, bool student_grad, bool teacher_grad) {
-  constexpr const char* op = "rkd_distance_loss_backward";
-  check_pair(op, student, teacher);
-  const Reduction red = parse_reduction(op, std::string(reduction));
+  const Reduction red = check_loss_backward("rkd_distance_loss_backward", grad, student, teacher, "dist64_student",
+                                            dist_s, "dist64_teacher", dist_t, std::string(reduction), 2);
   const int64_t N = student.size(0);
-  check_saved(op, "dist64_student", dist_s, N);
-  check_saved(op, "dist64_teacher", dist_t, N);
-  if (red == Reduction::None) {
-    check_square_grad(op, grad, N);
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
-                      grad.sizes());
-  }
-  at::Tensor gstu = at::empty({0}, student.options());
-  at::Tensor gtea = at::empty({0}, teacher.options());
-  if (N < 2 || (!student_grad && !teacher_grad)) {
-    if (student_grad) gstu = at::zeros_like(student, at::MemoryFormat::Contiguous);
-    if (teacher_grad) gtea = at::zeros_like(teacher, at::MemoryFormat::Contiguous);
-    return {gstu, gtea};
-  }
+  if (N < 2 || (!student_grad && !teacher_grad)) return zero_loss_grads(student, teacher, student_grad, teacher_grad);
+  auto [gstu, gtea] = zero_loss_grads(student, teacher, false, false);
   const double* a = dist_s.const_data_ptr<double>();
   const double* b = dist_t.const_data_ptr<double>();
   const double is = 1.0 / (mean_distance(a, N) + mean_offset), it = 1.0 / (mean_distance(b, N) + mean_offset);
