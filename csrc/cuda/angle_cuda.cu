@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "angle_kernel.cuh"
@@ -102,28 +103,16 @@ std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward_cuda(
     const at::Tensor& sq_t, double beta, double eps, c10::string_view reduction, bool normalize, bool student_grad,
     bool teacher_grad) {
   constexpr const char* op = "rkd_angle_loss_backward";
-  check_pair(op, student, teacher);
-  const Reduction red = parse_reduction(op, std::string(reduction));
+  const Reduction red = check_loss_backward(op, grad, student, teacher, "sq_student", sq_s, "sq_teacher", sq_t,
+                                            std::string(reduction), 3);
   const int64_t N = student.size(0);
-  check_saved(op, "sq_student", sq_s, N);
-  check_saved(op, "sq_teacher", sq_t, N);
-  if (red == Reduction::None) {
-    check_cube_grad(op, grad, N);
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
-                      grad.sizes());
-  }
   check_same_device(op, "grad", grad, student);
   check_same_device(op, "sq_student", sq_s, student);
   check_same_device(op, "sq_teacher", sq_t, student);
   const c10::cuda::CUDAGuard guard(student.device());
-  at::Tensor gstu = at::empty({0}, student.options());
-  at::Tensor gtea = at::empty({0}, teacher.options());
-  if (N < 3 || (!student_grad && !teacher_grad)) {
-    if (student_grad) gstu = at::zeros_like(student, at::MemoryFormat::Contiguous);
-    if (teacher_grad) gtea = at::zeros_like(teacher, at::MemoryFormat::Contiguous);
-    return {gstu, gtea};
-  }
+  if (N < 3 || (!student_grad && !teacher_grad)) return zero_loss_grads(student, teacher, student_grad, teacher_grad);
+  at::Tensor gstu, gtea;
+  std::tie(gstu, gtea) = zero_loss_grads(student, teacher, false, false);
   const at::ScalarType acc = loss_dtype(student, teacher);
   // 'none': the (N, N, N) upstream gradient in the arithmetic type; otherwise
   // the float64 scalar, read on the device.

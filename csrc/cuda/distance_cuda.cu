@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 
 #include "cuda_binding.h"
 #include "distance_kernel.cuh"
@@ -21,8 +22,6 @@ at::Tensor dist64(const at::Tensor& x, double eps, bool squared = false) {
 }
 
 at::Tensor as_f64(const at::Tensor& g) { return g.to(at::kDouble).contiguous(); }
-
-at::Tensor weights_like(const at::Tensor& d) { return at::empty_like(d); }
 
 // ---- pairwise_distance --------------------------------------------------------
 
@@ -46,7 +45,7 @@ at::Tensor pairwise_distance_backward_cuda(const at::Tensor& grad, const at::Ten
   check_same_device(op, "dist64", dist, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor g = as_f64(grad);
-  at::Tensor W = weights_like(dist), w = at::empty({N}, dist.options());
+  at::Tensor W = at::empty_like(dist), w = at::empty({N}, dist.options());
   pairwise_distance_weights(g.const_data_ptr<double>(), dist.const_data_ptr<double>(), N, eps,
                             W.mutable_data_ptr<double>(), w.mutable_data_ptr<double>(), current_stream(),
                             LaunchCheck{});
@@ -83,7 +82,7 @@ at::Tensor normalized_distance_backward_cuda(const at::Tensor& grad, const at::T
   const c10::cuda::CUDAGuard guard(x.device());
   if (N < 2) return at::zeros_like(x, at::MemoryFormat::Contiguous);
   const at::Tensor g = as_f64(grad);
-  at::Tensor W = weights_like(dist), w = at::empty({N}, dist.options());
+  at::Tensor W = at::empty_like(dist), w = at::empty({N}, dist.options());
   Scratch scratch(x.device());
   normalized_distance_weights(g.const_data_ptr<double>(), dist.const_data_ptr<double>(), N, eps,
                               W.mutable_data_ptr<double>(), w.mutable_data_ptr<double>(), scratch, current_stream(),
@@ -122,32 +121,20 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cuda(
     const at::Tensor& dist_t, double beta, double eps, c10::string_view reduction, bool squared,
     double mean_offset, bool student_grad, bool teacher_grad) {
   constexpr const char* op = "rkd_distance_loss_backward";
-  check_pair(op, student, teacher);
-  const Reduction red = parse_reduction(op, std::string(reduction));
+  const Reduction red = check_loss_backward(op, grad, student, teacher, "dist64_student", dist_s, "dist64_teacher",
+                                            dist_t, std::string(reduction), 2);
   const int64_t N = student.size(0);
-  check_saved(op, "dist64_student", dist_s, N);
-  check_saved(op, "dist64_teacher", dist_t, N);
-  if (red == Reduction::None) {
-    check_square_grad(op, grad, N);
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar for reduction '", reduction, "', got shape ",
-                      grad.sizes());
-  }
   check_same_device(op, "grad", grad, student);
   check_same_device(op, "dist64_student", dist_s, student);
   check_same_device(op, "dist64_teacher", dist_t, student);
   const c10::cuda::CUDAGuard guard(student.device());
-  at::Tensor gstu = at::empty({0}, student.options());
-  at::Tensor gtea = at::empty({0}, teacher.options());
-  if (N < 2 || (!student_grad && !teacher_grad)) {
-    if (student_grad) gstu = at::zeros_like(student, at::MemoryFormat::Contiguous);
-    if (teacher_grad) gtea = at::zeros_like(teacher, at::MemoryFormat::Contiguous);
-    return {gstu, gtea};
-  }
+  if (N < 2 || (!student_grad && !teacher_grad)) return zero_loss_grads(student, teacher, student_grad, teacher_grad);
+  at::Tensor gstu, gtea;
+  std::tie(gstu, gtea) = zero_loss_grads(student, teacher, false, false);
   const at::Tensor up = as_f64(grad);
   // The teacher's gradient is the student's with the roles swapped.
   auto side = [&](const at::Tensor& x, const at::Tensor& a, const at::Tensor& b) {
-    at::Tensor W = weights_like(a), w = at::empty({N}, a.options());
+    at::Tensor W = at::empty_like(a), w = at::empty({N}, a.options());
     Scratch scratch(x.device());
     distance_loss_weights(a.const_data_ptr<double>(), b.const_data_ptr<double>(), up.const_data_ptr<double>(), N,
                           beta, eps, to_reduce(red), squared, mean_offset, W.mutable_data_ptr<double>(),
