@@ -1,0 +1,278 @@
+"""The reference distillation script end to end: CLI, outputs, exact resume, torchrun + DDP."""
+import csv
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rkd_ext
+from rkd_ext import reference
+from rkd_ext.distill import checkpoint, cli, data
+from rkd_ext.distill.report import LOG_FIELDS
+from rkd_ext.distill.train import KILL_AFTER_ENV, RKDObjective
+from rkd_ext.models import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A run of a few seconds: 4 classes of 8x8 images, narrow ResNet-18s.
+TINY = dict(num_classes=4, train_size=96, val_size=45, image_size=8, seed=1)
+TINY_ARGS = ["--num-classes", "4", "--train-size", "96", "--val-size", "45", "--image-size", "8", "--data-seed", "1",
+             "--teacher", "resnet18", "--teacher-width", "0.125", "--student", "resnet18", "--student-width", "0.0625",
+             "--epochs", "2", "--teacher-epochs", "2", "--batch-size", "16", "--eval-batch-size", "64",
+             "--lr", "0.05", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _global_torch_state():
+    # main() switches deterministic algorithms on for --deterministic, as a CLI may; keep that out of other
+    # tests. One thread: these models are tiny, and on a busy machine more threads only wait for each other.
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_cli(args, **env):
+    return subprocess.Popen([sys.executable, "-m", "rkd_ext.distill", *args], cwd=REPO, env=_subprocess_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _independent_accuracy(state_dict, arch, width, val):
+    """Top-1 / top-5 (%) of a checkpointed model on ``val``, computed without the script's evaluation code."""
+    model = build_model(arch, TINY["num_classes"], width, "cifar")
+    model.load_state_dict(state_dict)
+    model.eval()
+    mean = torch.tensor(val.mean).view(1, 3, 1, 1)
+    std = torch.tensor(val.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((val.images.float() / 255 - mean) / std)
+    rank = (logits > logits.gather(1, val.labels[:, None])).sum(1)
+    return 100 * (rank == 0).double().mean().item(), 100 * (rank < 5).double().mean().item()
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in cli.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        assert all(opt in text for opt in action.option_strings)
+    for preset in cli.PRESETS:
+        assert preset in text
+
+
+def test_module_entry_point(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["rkd-distill", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("rkd_ext.distill", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "usage: rkd-distill" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "2"], "--batch-size must be at least 3"),
+    (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+    (["--teacher-width", "-1"], "--teacher-width: must be a finite number > 0"),
+    (["--teacher", "resnet101"], "--teacher: invalid choice: 'resnet101'"),
+    (["--data", "cifar100"], "--data cifar100 needs --data-dir"),
+    (["--data-dir", "."], "--data-dir is only used with"),
+    (["--data", "imagefolder", "--data-dir", "/nonexistent"], "--data-dir /nonexistent is not a directory"),
+    (["--data", "cifar100", "--data-dir", ".", "--image-size", "16"], "--image-size must be 32 for cifar100"),
+    (["--schedule", "multistep", "--milestones", "5", "3"], "--milestones must be strictly increasing"),
+    (["--gamma", "2"], "--gamma must be at most 1"),
+    (["--momentum", "1"], "--momentum must be below 1"),
+    (["--distance-weight", "0", "--angle-weight", "0"], "both 0"),
+    (["--lr", "nan"], "--lr: must be a finite number > 0"),
+    (["--teacher-checkpoint", "/nonexistent.pt"], "no such file"),
+    (["--resume", "/nonexistent"], "no config.json there"),
+    (["--device", "tpu:0"], "--device 'tpu:0'"),
+])
+def test_bad_options_get_argparse_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: rkd-distill" in err and message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_without_cuda_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_presets_set_the_seed_recipes_and_yield_to_explicit_options(tmp_path):
+    args = cli.parse_args(["--preset", "c100-r50-vgg11bn", "--data-dir", str(tmp_path)])
+    assert (args.data, args.teacher, args.student, args.stem, args.image_size) == (
+        "cifar100", "resnet50", "vgg11_bn", "cifar", 32)
+    assert (args.batch_size, args.lr, args.momentum, args.weight_decay) == (16, 0.1, 0.9, 5e-4)
+    assert (args.schedule, args.milestones, args.gamma, args.epochs, args.teacher_epochs) == (
+        "multistep", [60, 120, 160], 0.2, 200, 200)
+    assert (args.distance_weight, args.angle_weight, args.no_l2_norm) == (25.0, 50.0, False)
+    args = cli.parse_args(["--preset", "in1k-r34-r18", "--data-dir", str(tmp_path), "--epochs", "3"])
+    assert (args.data, args.teacher, args.student, args.stem, args.image_size) == (
+        "imagefolder", "resnet34", "resnet18", "imagenet", 224)
+    assert (args.batch_size, args.lr, args.weight_decay, args.milestones, args.gamma) == (
+        32, 0.1, 1e-4, [30, 60, 90], 0.1)
+    assert args.epochs == 3
+
+
+def test_rkd_objective_is_the_weighted_sum_on_normalised_features():
+    torch.manual_seed(0)
+    s, t = torch.randn(12, 16, dtype=torch.float64) + 3, torch.randn(12, 40, dtype=torch.float64)
+    sn, tn = s / s.norm(dim=1, keepdim=True), t / t.norm(dim=1, keepdim=True)
+    expected = 25 * reference.distance_loss(sn, tn) + 50 * reference.angle_loss(sn, tn)
+    for impl in ("kernel", "reference"):
+        got = RKDObjective(25.0, 50.0, impl)(s.float(), t.float())
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    raw = 2 * reference.distance_loss(s, t)
+    torch.testing.assert_close(RKDObjective(2.0, 0.0, l2_norm=False)(s, t).double(), raw, rtol=1e-5, atol=1e-6)
+    # The gradient reaches the student only through the loss's own path.
+    student = s.float().requires_grad_()
+    RKDObjective()(student, t.float()).backward()
+    manual = student.detach().clone().requires_grad_()
+    (25 * rkd_ext.rkd_distance_loss(F.normalize(manual, dim=1), F.normalize(t.float(), dim=1))
+     + 50 * rkd_ext.rkd_angle_loss(F.normalize(manual, dim=1), F.normalize(t.float(), dim=1))).backward()
+    torch.testing.assert_close(student.grad, manual.grad)
+
+
+def test_end_to_end_tiny_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(TINY_ARGS + ["--out-dir", str(out), "--rkd-impl", "reference"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("config.json", "log.csv", "results.json", "checkpoints/teacher.pt", "checkpoints/baseline.pt",
+                 "checkpoints/rkd.pt"):
+        assert (out / name).is_file(), name
+    assert f"log          {out / 'log.csv'}" in printed
+    try:
+        import matplotlib  # noqa: F401
+        assert (out / "curves.png").is_file()
+    except ImportError:
+        assert "plot         skipped: matplotlib is not installed" in printed
+    table = printed[printed.index("model "):]
+    assert all(label in table for label in ("teacher", "student (CE)", "student (CE + RKD)"))
+
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == LOG_FIELDS
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [
+        ("teacher", 1), ("teacher", 2), ("baseline", 1), ("baseline", 2), ("rkd", 1), ("rkd", 2)]
+    assert all(float(r["rkd"]) == 0 for r in rows if r["stage"] != "rkd")
+    assert all(float(r["rkd"]) > 0 for r in rows if r["stage"] == "rkd")
+    # Cosine annealing over 2 epochs: 0.05, then 0.025.
+    assert [float(r["lr"]) for r in rows[:2]] == [0.05, 0.025]
+
+    results = json.loads((out / "results.json").read_text())
+    _, val = data.synthetic(**TINY)
+    for stage, arch, width in (("teacher", "resnet18", 0.125), ("baseline", "resnet18", 0.0625),
+                               ("rkd", "resnet18", 0.0625)):
+        state = torch.load(out / "checkpoints" / f"{stage}.pt", weights_only=True)
+        assert state["stage"] == stage and len(state["history"]) == 2
+        top1, top5 = _independent_accuracy(state["model"], arch, width, val)
+        assert results[stage]["top1"] == pytest.approx(top1, abs=1e-9)
+        assert results[stage]["top5"] == pytest.approx(top5, abs=1e-9)
+        assert f"{top1:.2f}" in table
+
+    # The run directory is now taken, and its recipe is fixed.
+    with pytest.raises(SystemExit, match="already holds a run"):
+        cli.main(TINY_ARGS + ["--out-dir", str(out)])
+    with pytest.raises(SystemExit):
+        cli.main(["--resume", str(out), "--lr", "0.5"])
+    assert "--lr is 0.5 instead of 0.05" in capsys.readouterr().err
+    # Resuming a finished run changes nothing and reprints the same table.
+    before = (out / "checkpoints" / "rkd.pt").read_bytes()
+    assert cli.main(["--resume", str(out), "--no-progress"]) == 0
+    assert (out / "checkpoints" / "rkd.pt").read_bytes() == before
+    assert capsys.readouterr().out.endswith(printed[printed.index("model "):])
+
+    # A trained teacher can be loaded instead of trained.
+    second = tmp_path / "second"
+    assert cli.main(TINY_ARGS + ["--out-dir", str(second), "--teacher-checkpoint",
+                                 str(out / "checkpoints" / "teacher.pt")]) == 0
+    assert not (second / "checkpoints" / "teacher.pt").exists()
+    assert json.loads((second / "results.json").read_text())["teacher"] == results["teacher"]
+    with pytest.raises(SystemExit, match="does not fit resnet34"):
+        cli.main(TINY_ARGS + ["--out-dir", str(tmp_path / "third"), "--teacher", "resnet34",
+                              "--teacher-checkpoint", str(out / "checkpoints" / "teacher.pt")])
+
+
+def _final_states(run_dir):
+    return {stage: torch.load(os.path.join(run_dir, "checkpoints", f"{stage}.pt"), weights_only=True)
+            for stage in ("teacher", "baseline", "rkd")}
+
+
+def _assert_identical(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if k != "seconds":
+                _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigkilled_runs_resume_to_the_same_weights(tmp_path):
+    args = TINY_ARGS + ["--deterministic", "--seed", "3"]
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    uninterrupted = _run_cli(args + ["--out-dir", whole])
+    killed = _run_cli(args + ["--out-dir", broken], **{KILL_AFTER_ENV: "teacher:1"})
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stdout.read()
+    assert len(checkpoint.load(os.path.join(broken, "checkpoints", "teacher.pt"))["history"]) == 1
+    assert not os.path.exists(os.path.join(broken, "checkpoints", "baseline.pt"))
+    # Resume, and die again in the middle of the RKD student.
+    killed = _run_cli(["--resume", broken, "--no-progress"], **{KILL_AFTER_ENV: "rkd:1"})
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stdout.read()
+    assert len(checkpoint.load(os.path.join(broken, "checkpoints", "rkd.pt"))["history"]) == 1
+    resumed = _run_cli(["--resume", broken, "--no-progress"])
+    assert resumed.wait(timeout=120) == 0, resumed.stdout.read()
+    assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stdout.read()
+    # Weights, BatchNorm statistics, momentum buffers, schedules, RNG states and metrics: all bit for bit.
+    _assert_identical(_final_states(broken), _final_states(whole), "checkpoint")
+    with open(os.path.join(broken, "log.csv")) as f, open(os.path.join(whole, "log.csv")) as g:
+        drop_time = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(rows)]
+        assert drop_time(f) == drop_time(g)
+
+
+def test_torchrun_two_process_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "rkd_ext.distill", *TINY_ARGS, "--batch-size", "8", "--rkd-global-batch", "--device", "cpu",
+         "--out-dir", str(out)],
+        cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout
+    # Only rank 0 reports.
+    assert proc.stdout.count("student (CE + RKD)") == 1
+    assert "2 processes" in proc.stdout
+    # 96 images over 2 processes of 8: 6 steps per epoch. The sharded evaluation (23 + 22 of the 45
+    # validation images) must agree with evaluating the checkpoint in one process.
+    results = json.loads((out / "results.json").read_text())
+    _, val = data.synthetic(**TINY)
+    for stage, width in (("teacher", 0.125), ("baseline", 0.0625), ("rkd", 0.0625)):
+        state = torch.load(out / "checkpoints" / f"{stage}.pt", weights_only=True)
+        top1, top5 = _independent_accuracy(state["model"], "resnet18", width, val)
+        assert results[stage]["top1"] == pytest.approx(top1, abs=1e-9), stage
+        assert results[stage]["top5"] == pytest.approx(top5, abs=1e-9), stage
+        assert state["history"][-1]["val_top1"] == pytest.approx(top1, abs=1e-9)
