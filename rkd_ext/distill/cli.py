@@ -224,7 +224,7 @@ def _read_config(run_dir, parser):
         parser.error(f"--resume {run_dir}: no config.json there, so it is not a run directory")
     with open(path) as f:
         recorded = json.load(f)
-    known = {a.dest for a in parser._actions}
+    known = vars(parser.parse_args([]))
     return {k: v for k, v in recorded.items() if k in known}
 
 

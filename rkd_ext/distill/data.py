@@ -11,6 +11,7 @@ import os
 import pickle
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -139,8 +140,6 @@ def load_cifar_file(path, num_classes=100):
         pickle.UnpicklingError: the file references anything but numpy arrays.
         ValueError: the content is not laid out as the format says.
     """
-    import numpy as np
-
     with open(path, "rb") as f:
         # latin1 is how Python 3 must read the arrays in Python 2 pickles.
         obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
@@ -227,7 +226,7 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size, classes=None):
-        self.image_cls = _require_pillow()
+        _require_pillow()
         self.samples, self.classes = scan_image_folder(root, classes)
         self.image_size = image_size
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
@@ -238,17 +237,16 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index):
-        import numpy as np
-
+        image_cls = _require_pillow()
         path, label = self.samples[index]
         size = self.image_size
-        with self.image_cls.open(path) as img:
+        with image_cls.open(path) as img:
             img = img.convert("RGB")
             short = round(size / 0.875)
             w, h = img.size
             scale = short / min(w, h)
             img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             self.image_cls.Resampling.BILINEAR)
+                             image_cls.Resampling.BILINEAR)
             left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
             img = img.crop((left, top, left + size, top + size))
             array = np.asarray(img, dtype=np.uint8)

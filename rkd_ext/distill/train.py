@@ -58,7 +58,7 @@ def init_runtime(device):
     device = torch.device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         return Runtime(device)
     if device.type == "cuda":
