@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(256) column_mean_kernel(const T* __restrict__ 
 // one block per row.
 template <typename T>
 __global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x, const double* __restrict__ mean,
-                                                        int64_t N, int64_t D, double* __restrict__ xc,
+                                                        int64_t D, double* __restrict__ xc,
                                                         double* __restrict__ norms) {
   __shared__ double red[kBlock];
   const int64_t i = blockIdx.x;
@@ -189,8 +189,8 @@ void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& 
             const Check& check) {
   double* mean = take<double>(alloc, D);
   launch(check, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
-  launch(check, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean), N,
-         D, xc, norms);
+  launch(check, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean), D,
+         xc, norms);
 }
 
 // x: contiguous (N, D) on the device. out: (N, N) float64.
