@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compiles the CUDA sources with nvcc on machines without a GPU, so the CUDA
-# code cannot rot between GPU runs; every nvcc warning is an error.
+# Checks the CUDA code on machines without a GPU, so it cannot rot between GPU
+# runs: compiles every CUDA source with nvcc (every warning an error) and runs
+# the kernels' logic on the host. The three steps run in parallel:
 #
 # 1. The torch-free kernels (csrc/cuda/*.cuh), instantiated for every dtype by
 #    csrc/cuda/standalone/compile_check.cu, for each architecture in
@@ -11,6 +12,10 @@
 #    A CPU-only torch wheel ships the c10/cuda headers but not the one CMake
 #    generates, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is supplied.
 #    RKD_CHECK_BINDINGS=0 skips this step.
+# 3. scripts/emulate_cuda.py: the kernels compiled as host C++ with g++ and a
+#    fiber-per-thread emulator, compared with the CPU ops for every op, dtype
+#    and odd size (--quick here; run it without for all sizes). Needs an
+#    installed rkd_ext; RKD_EMULATE=0 skips it.
 #
 # NVCC selects the compiler (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc).
 set -euo pipefail
@@ -63,10 +68,16 @@ else
   echo "== bindings: skipped (RKD_CHECK_BINDINGS=0 or no importable torch)"
 fi
 
+if [ "${RKD_EMULATE:-1}" = 1 ] && python -c "import rkd_ext" 2>/dev/null; then
+  start emulation python scripts/emulate_cuda.py --quick
+else
+  echo "== emulation: skipped (RKD_EMULATE=0 or rkd_ext not importable)"
+fi
+
 status=0
 for n in "${!jobs[@]}"; do
   name=${names[$n]}
-  if wait "${jobs[$n]}"; then echo "== $name: compiled"; else status=1; echo "== $name: FAILED"; fi
+  if wait "${jobs[$n]}"; then echo "== $name: passed"; else status=1; echo "== $name: FAILED"; fi
   # Diagnostics in full; ptxas's per-kernel report as one line per kernel.
   grep -v '^ptxas info' "$out/$name.log" | grep -v '^ *[0-9]* bytes stack frame' || true
   [[ $name == kernels_* ]] || continue
