@@ -347,7 +347,7 @@ def main():
         # tiles, 8-row stages), odd everywhere; D = 1 and D = 0; different D for
         # student and teacher.
         dist_cases = [(2, 1, 1), (3, 4, 7), (31, 5, 3), (67, 1, 9), (4, 0, 3), (1, 3, 2), (130, 70, 17)]
-        angle_cases = [(3, 1, 4), (5, 3, 3), (31, 7, 2), (6, 0, 2), (1, 2, 3), (2, 3, 1), (70, 65, 9)]
+        angle_cases = [(3, 1, 4), (5, 3, 3), (31, 7, 2), (6, 0, 2), (1, 2, 3), (2, 3, 1), (70, 65, 9), (130, 5, 8)]
         if args.quick:
             dist_cases, angle_cases = dist_cases[:5], angle_cases[:4]
         dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
