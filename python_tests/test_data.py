@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -166,9 +167,10 @@ def test_scan_image_folder(tmp_path):
         data.scan_image_folder(str(tmp_path / "test"))
 
 
-@pytest.mark.skipif(HAS_PIL, reason="Pillow is installed")
-def test_image_folder_without_pillow_says_what_to_install(tmp_path):
+def test_image_folder_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     _make_tree(tmp_path, ["train/a/1.png"])
+    # A None entry makes "import PIL" fail, as it does where Pillow is not installed.
+    monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match="pip install pillow"):
         data.ImageFolder(str(tmp_path / "train"), 32)
 
