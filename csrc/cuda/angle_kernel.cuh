@@ -80,9 +80,9 @@ RKD_DEV int64_t clamp_dev(int64_t v, int64_t N) { return v < N ? v : N - 1; }
 
 // ---- dL/dA: where the gradient of a cosine comes from --------------------------------
 //
-// Each policy's eval() gives, for a triplet (i, j, k) and d = l'(A_a - A_b),
-// g() = G_ijk and gsym() = G_ijk + G_ikj. kLoss: whether d is needed (the
-// angle tensor's backward takes dL/dA as it comes).
+// Each policy's eval() gives gsym(i, j, k, d) = G_ijk + G_ikj for a triplet
+// (i, j, k) and d = l'(A_a - A_b). kLoss: whether d is needed (the angle
+// tensor's backward takes dL/dA as it comes).
 
 // A reduced loss: G = (upstream / div) d, symmetric in (j, k).
 template <typename Acc>
@@ -146,8 +146,7 @@ __global__ void __launch_bounds__(kBlock) angle_values_kernel(Edges<Acc> a, Edge
 // (0 for tiles below the diagonal).
 template <typename Acc>
 __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
-                                                                     Huber<Acc> huber,
-                                                                     int64_t rows_per_split,
+                                                                     Huber<Acc> huber, int64_t rows_per_split,
                                                                      double* __restrict__ partial) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], uKa[kChunk][kTB], uJb[kChunk][kTA], uKb[kChunk][kTB];
@@ -293,8 +292,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
 // of R: R[z] (N, N), symmetric.
 template <typename Acc, typename Up>
 __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                     Huber<Acc> huber, double eps2, int64_t rows_per_split,
-                                                                     double* __restrict__ R) {
+                                                                     Huber<Acc> huber, double eps2,
+                                                                     int64_t rows_per_split, double* __restrict__ R) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
   __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
