@@ -7,6 +7,9 @@
 #    csrc/cuda/standalone/compile_check.cu, for each architecture in
 #    RKD_CUDA_ARCHS (default "80 90") with the flags of PyTorch's extension
 #    build; ptxas's registers, spills and shared memory per kernel are shown.
+#    Then two translation units that include every header are linked
+#    together, as the extension's .cu files are: a non-inline definition in a
+#    header would be a duplicate symbol.
 # 2. The torch bindings (csrc/cuda/*.cu), as one translation unit against the
 #    installed torch's headers (host code and PTX), when torch is importable.
 #    A CPU-only torch wheel ships the c10/cuda headers but not the one CMake
@@ -40,6 +43,15 @@ start() {  # start NAME CMD...: run CMD in the background, output to $out/NAME.l
   "$@" >"$out/$name.log" 2>&1 &
   jobs+=($!) names+=("$name")
 }
+
+for f in csrc/cuda/*.cuh; do echo "#include \"$PWD/$f\""; done >"$out/headers.cu"
+odr() {
+  "$NVCC" -std=c++17 -O0 "${common[@]}" -Xcompiler -fPIC -gencode arch=compute_90,code=sm_90 \
+    -c "$out/headers.cu" -o "$out/headers_a.o" &&
+  cp "$out/headers_a.o" "$out/headers_b.o" &&
+  "$NVCC" -shared "$out/headers_a.o" "$out/headers_b.o" -o "$out/headers.so"
+}
+start headers_link odr
 
 for arch in $ARCHS; do
   start "kernels_sm_${arch}" "$NVCC" -std=c++17 -O3 "${common[@]}" -Xptxas -v \

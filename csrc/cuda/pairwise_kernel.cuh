@@ -134,10 +134,10 @@ RKD_DEV double sqdist_direct(const double* __restrict__ a, const double* __restr
 // One kTile x kTile block of the pair matrix on or above the diagonal (blocks
 // below it return at once); each pair is computed once and stored at (i, j)
 // and (j, i), so the matrix is exactly symmetric.
+template <PairKind kWhat>
 __global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* __restrict__ xc,
                                                                   const double* __restrict__ norms, int64_t N,
-                                                                  int64_t D, PairKind what, double eps,
-                                                                  double* __restrict__ out) {
+                                                                  int64_t D, double eps, double* __restrict__ out) {
   if (blockIdx.y > blockIdx.x) return;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
@@ -153,9 +153,9 @@ __global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* 
         const double norm_sum = norms[i] + norms[j];
         v = norm_sum - 2.0 * acc[r][c];
         if (!(v >= kNear * norm_sum)) v = sqdist_direct(xc + i * D, xc + j * D, D);
-        if (what == PairKind::Dist)
+        if (kWhat == PairKind::Dist)
           v = dist_from_sq(v, eps);
-        else if (what == PairKind::SqClamped)
+        else if (kWhat == PairKind::SqClamped)
           v = clamp_sq(v, eps);
       }
       out[i * N + j] = v;
@@ -201,8 +201,11 @@ void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, do
   double* norms = take<double>(alloc, N);
   centre(x, N, D, xc, norms, alloc, stream, check);
   const unsigned nt = grid_dim(ceil_div(N, kTile));
-  launch(check, gram_pairs_kernel, dim3(nt, nt), dim3(16, 16), stream, static_cast<const double*>(xc),
-         static_cast<const double*>(norms), N, D, what, eps, out);
+  auto kernel = what == PairKind::Dist        ? gram_pairs_kernel<PairKind::Dist>
+                : what == PairKind::SqClamped ? gram_pairs_kernel<PairKind::SqClamped>
+                                              : gram_pairs_kernel<PairKind::Sq>;
+  launch(check, kernel, dim3(nt, nt), dim3(16, 16), stream, static_cast<const double*>(xc),
+         static_cast<const double*>(norms), N, D, eps, out);
 }
 
 // W, w: the (N, N) weights and their row sums (build_weights). dx: contiguous (N, D).
