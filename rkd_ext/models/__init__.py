@@ -9,13 +9,14 @@ from .vgg import VGG, vgg11_bn
 __all__ = ["ARCHS", "STEMS", "BasicBlock", "Bottleneck", "ResNet", "VGG", "build_model",
            "resnet18", "resnet34", "resnet50", "vgg11_bn"]
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "vgg11_bn")
+_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+ARCHS = (*_RESNETS, "vgg11_bn")
 
 
 def build_model(arch, num_classes, width=1.0, stem="cifar"):
     """The model named ``arch`` (one of :data:`ARCHS`); ``stem`` applies to the ResNets only."""
+    if arch in _RESNETS:
+        return _RESNETS[arch](num_classes, width, stem)
     if arch == "vgg11_bn":
         return vgg11_bn(num_classes, width)
-    if arch in ARCHS:
-        return {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}[arch](num_classes, width, stem)
     raise ValueError(f"build_model: arch must be one of {ARCHS}, got {arch!r}")
