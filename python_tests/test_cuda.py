@@ -37,9 +37,12 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # distances and cosine numerators) for non-float64 losses. Half results differ
 # by about one unit in the last place.
 RTOL = {torch.float64: 1e-9, torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-# Absolute floors: with D = 1 every triplet is collinear and with N = 2 every
-# cosine is a constant, so the exact angle gradient is 0 and both backends
-# return rounding noise (the CPU's float32 gradient GEMM up to ~1e-4).
+# With N = 2 every cosine is a constant, and with D = 1 every triplet is
+# collinear: the exact angle gradient is 0 and both backends return what is
+# left of cancelling terms. For N = 2 that is rounding noise (the CPU's
+# float32 gradient GEMM up to ~1e-4); for D = 1 the terms grow like the
+# inverse square of the closest gap (~1e9 at N = 257), so only finiteness is
+# checked there.
 NOISE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 1e-3, torch.bfloat16: 1e-3}
 TINY = 1e-20
 
@@ -97,8 +100,10 @@ def _compare_with_cpu(name, n, dims, dtype, reduction="mean", kind="random", **k
     angles = name in ("angle_tensor", "rkd_angle_loss")
     for side, a, b, d in zip(("student", "teacher"), gg, gc, dims):
         assert a.dtype == b.dtype
-        floor = NOISE[dtype] if angles and (d == 1 or n <= 2) else TINY
-        close(a, b, RTOL[dtype], floor, f"{tag}: {side} gradient")
+        if angles and d == 1 and n > 2:
+            assert bool(torch.isfinite(a).all()), f"{tag}: {side} gradient not finite"
+            continue
+        close(a, b, RTOL[dtype], NOISE[dtype] if angles and n <= 2 else TINY, f"{tag}: {side} gradient")
 
 
 # ---- CUDA against CPU: values and gradients ------------------------------------------
