@@ -18,7 +18,9 @@
 #   MAX_JOBS               parallel compile jobs (default: all cores)
 #   RKD_GIT_COMMIT         the commit to record when the tree carries no .git
 #   PYTEST_ARGS            extra arguments for the test suite (e.g. "-x" or "-m 'not slow'")
-#   RKD_BENCH_*            benchmark selection (benchmarks/common.py); RKD_BENCH_DEVICES defaults to cuda
+#   RKD_BENCH_*            benchmark selection (benchmarks/common.py); defaults here: RKD_BENCH_DEVICES=cuda,
+#                          RKD_BENCH_N=256,1024,4096, RKD_BENCH_D=512
+#   RKD_BENCH_TIMEOUT      seconds the benchmark suite may run (default 360); the targets run before it
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,17 +48,23 @@ for stage in "${stages[@]}"; do
       } >"$out/build.log" 2>&1 || { status=1; tail -n 30 "$out/build.log"; }
       ;;
     test)
-      # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
+      eval "extra=(${PYTEST_ARGS:-})"  # shell words, so that quoted -m/-k expressions survive
       $PY -m pytest python_tests -q -p no:cacheprovider -rfE --durations=20 \
-        --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$out/tests.log" | tail -n 40
+        --junitxml="$out/tests.xml" "${extra[@]}" 2>&1 | tee "$out/tests.log" | tail -n 40
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
       ;;
     bench)
       $PY scripts/gpu_targets.py "$out/targets.json" 2>&1 | tee "$out/targets.log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
-      RKD_BENCH_DEVICES=${RKD_BENCH_DEVICES:-cuda} $PY -m pytest benchmarks --benchmark-only -q \
-        -p no:cacheprovider --benchmark-json="$out/benchmarks.json" 2>&1 | tee "$out/benchmarks.log" | tail -n 40
-      [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      RKD_BENCH_DEVICES=${RKD_BENCH_DEVICES:-cuda} RKD_BENCH_N=${RKD_BENCH_N:-256,1024,4096} \
+        RKD_BENCH_D=${RKD_BENCH_D:-512} timeout "${RKD_BENCH_TIMEOUT:-360}" $PY -m pytest benchmarks \
+        --benchmark-only -q -p no:cacheprovider --benchmark-json="$out/benchmarks.json" 2>&1 |
+        tee "$out/benchmarks.log" | tail -n 40
+      case ${PIPESTATUS[0]} in
+        0) ;;
+        124) status=1; echo "benchmarks stopped after ${RKD_BENCH_TIMEOUT:-360} s (RKD_BENCH_TIMEOUT)" ;;
+        *) status=1 ;;
+      esac
       ;;
     *)
       echo "unknown stage '$stage' (build, test, bench)" >&2
