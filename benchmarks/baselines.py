@@ -1,6 +1,24 @@
-"""What users write instead of rkd_ext, as benchmark baselines."""
+"""What users write instead of rkd_ext, as benchmark baselines: plain PyTorch only."""
 import torch
 import torch.nn.functional as F
+
+
+def offdiag_mean_normalize(d):
+    """d divided by the mean of its N(N-1) off-diagonal entries (the RKD normaliser)."""
+    n = d.shape[0]
+    return d / (d.sum() / (n * (n - 1)))
+
+
+def cdist_distance(x):
+    return torch.cdist(x, x)
+
+
+def cdist_normalized_distance(x):
+    return offdiag_mean_normalize(torch.cdist(x, x))
+
+
+def cdist_distance_loss(student, teacher):
+    return F.smooth_l1_loss(cdist_normalized_distance(student), cdist_normalized_distance(teacher))
 
 
 def law_of_cosines_angle(x, eps=1e-12):
@@ -20,15 +38,3 @@ def law_of_cosines_angle(x, eps=1e-12):
 
 def law_of_cosines_angle_loss(student, teacher, eps=1e-12):
     return F.smooth_l1_loss(law_of_cosines_angle(student, eps), law_of_cosines_angle(teacher, eps))
-
-
-def reference_angle_bytes(n, d, elem=4, backward=True):
-    """Rough peak memory of the reference angle loss: N x N x D differences (and
-    their normalised copy) plus a few N^3 tensors, about doubled by autograd."""
-    fwd = elem * (3 * n * n * d + 4 * n**3)
-    return 2 * fwd if backward else fwd
-
-
-def law_of_cosines_bytes(n, elem=4, backward=True):
-    fwd = elem * 8 * n**3
-    return 2 * fwd if backward else fwd

@@ -1,28 +1,104 @@
-"""Shared pieces of the benchmark suites: sizes, inputs, correctness gates, memory.
+"""The machinery every benchmark case goes through: sizes, inputs, skips, the correctness gate, memory, timing.
 
-Peak memory "above the inputs" is measured on CUDA with the allocator's peak
-counter, and on CPU with the process's peak resident set (VmHWM), reset before
-each measured call through /proc/self/clear_refs (Linux). The CPU figure counts
-pages actually touched, so it is the memory a run really needs; it is reported
-as None where the kernel does not support the reset.
+A case is one (op, implementation, device, dtype, mode, N, D). In order, it
+
+1. is skipped, with the estimate as the reason, when its estimated memory does
+   not fit the budget or (on CPU) one call is estimated to take too long;
+2. is checked against a float64 oracle (value, and the gradient in
+   forward+backward mode) before anything is timed;
+3. is warmed up (the gate's call), then its peak memory above the inputs is
+   measured: on CUDA with the allocator's peak counter, on CPU with the
+   process's peak resident set (VmHWM), reset before the measured call through
+   /proc/self/clear_refs (Linux; None where the kernel does not support the
+   reset), so the figure counts the pages a run really touches;
+4. is timed over rounds of one call each; every call ends with a CUDA
+   synchronise, so host timing measures the finished work.
+
+Environment:
+  RKD_BENCH_QUICK=1        few sizes and rounds (CI)
+  RKD_BENCH_DEVICES        comma list, default "cpu" plus "cuda" when present
+  RKD_BENCH_N, RKD_BENCH_D, RKD_BENCH_DTYPES   comma lists overriding the sizes and dtypes
+  RKD_BENCH_MEM_GB         memory budget per case (default: half the device's memory)
+  RKD_BENCH_MAX_CPU_S      longest estimated CPU call still run (default 20 s)
 """
 import ctypes
 import gc
 import os
+import time
 
+import pytest
 import torch
+
+import rkd_ext
+
+from . import costs, oracle
+from .impls import FORWARD, FORWARD_BACKWARD, IMPLS, KIND, MODES
 
 QUICK = os.environ.get("RKD_BENCH_QUICK", "0") == "1"
 
 
-def sizes(full, quick):
-    return quick if QUICK else full
+def _env_list(name, default, cast=str):
+    raw = os.environ.get(name)
+    return [cast(v) for v in raw.split(",") if v.strip()] if raw else default
+
+
+NS = _env_list("RKD_BENCH_N", [32, 64] if QUICK else [64, 256, 1024, 4096], int)
+DS = _env_list("RKD_BENCH_D", [128] if QUICK else [128, 512, 2048], int)
+DTYPES = _env_list("RKD_BENCH_DTYPES", ["float32", "bfloat16"])
+DEVICES = _env_list("RKD_BENCH_DEVICES", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+MAX_CPU_CALL_S = float(os.environ.get("RKD_BENCH_MAX_CPU_S", "20"))
+# Rounds: as many as fit in about TARGET_S of timing, within [MIN, MAX].
+TARGET_S, MIN_ROUNDS, MAX_ROUNDS = (0.05, 2, 3) if QUICK else (1.0, 3, 200)
+
+# Largest relative error (max |error| / max |truth|) of the value and of the
+# gradient that the gate accepts, by how the implementation computes.
+# Worst cases measured on CPU up to N=4096, D=2048: float32 2e-6; bfloat16 4e-3 for
+# ours, 0.13 for the rest (its means and normalisers are taken in bfloat16).
+RTOL_FUSED = {"float32": 1e-4, "bfloat16": 1e-2}  # float64 inside; bfloat16 only rounds the output
+RTOL_PLAIN = {"float32": 1e-4, "bfloat16": 0.3}
+# torch.cdist's expanded form leaves sqrt(rounding error) on the diagonal, where the
+# relations are exactly 0: 6e-4 in float32, 6e-2 in bfloat16.
+RTOL_CDIST = {"float32": 5e-3, "bfloat16": 0.3}
+
+SKIPPED = []  # skipped cases and why, for the JSON: pytest-benchmark records only what ran
+
+
+def cases(op):
+    """pytest params (dtype, n, d, mode, impl) for op; impl varies fastest so that consecutive cases share an oracle.
+
+    Quick mode compiles the reference once, for the angle loss forward+backward (the largest
+    graph): every compile costs seconds, and one keeps that path alive.
+    """
+    params = []
+    for dtype in DTYPES:
+        for n in NS:
+            for d in DS:
+                for mode in MODES:
+                    for impl in IMPLS[op]:
+                        if (QUICK and impl == "reference_compiled"
+                                and (op, dtype, n, mode) != ("angle_loss", DTYPES[0], NS[0], FORWARD_BACKWARD)):
+                            continue
+                        params.append(pytest.param(dtype, n, d, mode, impl, id=f"{dtype}-{n}-{d}-{mode}-{impl}"))
+    return params
 
 
 def features(n, d, device, dtype=torch.float32, seed=0, requires_grad=False):
+    # Drawn on the CPU, so every device benchmarks the same numbers.
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
     return x.requires_grad_(requires_grad)
+
+
+def relation_grad(op, n, device, dtype):
+    """The upstream gradient for a tensor op's backward: random, and zero on the degenerate
+    entries (j == i or k == i), where the implementations define the gradient differently
+    (the reference scales it by 1/eps there)."""
+    g = torch.Generator(device=device).manual_seed(3)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    if op == "angle_tensor":
+        grad = torch.randn((n, n, n), generator=g, device=device, dtype=dtype)
+        return grad.masked_fill_(eye.unsqueeze(2) | eye.unsqueeze(1), 0.0)
+    return torch.randn((n, n), generator=g, device=device, dtype=dtype).masked_fill_(eye, 0.0)
 
 
 def memory_budget(device):
@@ -70,31 +146,121 @@ def peak_memory_mb(fn, device):
     return None if base is None or peak is None else max(0.0, (peak - base) / 1024)
 
 
-def check_close(actual, expected, rtol, what):
-    """Correctness gate run before a case is timed."""
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    err = float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
-    if not err <= rtol:
-        raise AssertionError(f"{what}: relative error {err:.3e} > {rtol:.1e}; refusing to time a wrong result")
+def rel_err(actual, expected):
+    a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    return float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
 
 
-def loss_step(loss_fn, student, teacher, mode, device):
-    """A callable running loss_fn once, forward only ("forward", no autograd
-    graph) or forward and backward ("forward_backward"), then synchronising."""
+def step(fn, inputs, grad_out, mode, device):
+    """A callable running fn once: forward only (no autograd graph) or forward and backward;
+    it synchronises, so a host clock around it times finished work."""
+    x = inputs[0]
+
     def run():
-        if mode == "forward":
+        if mode == FORWARD:
             with torch.no_grad():
-                loss_fn(student, teacher)
+                fn(*inputs)
         else:
-            student.grad = None
-            loss_fn(student, teacher).backward()
+            x.grad = None
+            fn(*inputs).backward(grad_out)
         sync(device)
     return run
 
 
-def record(benchmark, run, device, rounds, **info):
-    """Warm up, record the peak memory above the inputs, then time run()."""
-    run()
-    benchmark.extra_info.update(device=device, peak_mb=peak_memory_mb(run, device), **info)
-    benchmark.group = " ".join(f"{k}={v}" for k, v in info.items() if k != "impl") + f" {device}"
+_oracle_cache = {}
+
+
+def _expected(key, op, inputs, grad_out, want_grad):
+    if key not in _oracle_cache:
+        _oracle_cache.clear()
+        _oracle_cache[key] = oracle.expected(op, inputs, grad_out, want_grad)
+    return _oracle_cache[key]
+
+
+def _rtol(impl, dtype):
+    if impl == "cdist":
+        return RTOL_CDIST[dtype]
+    return (RTOL_FUSED if impl == "ours" else RTOL_PLAIN)[dtype]
+
+
+def gate(case, fn, inputs, grad_out):
+    """Compare fn's value (and gradient) with the oracle; raise before a wrong result is timed.
+    Returns the errors, which go into extra_info."""
+    op, mode = case["op"], case["mode"]
+    want_grad = mode == FORWARD_BACKWARD
+    key = tuple(case[k] for k in ("op", "device", "dtype", "n", "d", "mode"))
+    value, grad = _expected(key, op, inputs, grad_out, want_grad)
+    with torch.set_grad_enabled(want_grad):
+        out = fn(*inputs)
+        if want_grad:
+            out.backward(grad_out)
+    if op == "angle_tensor":
+        out = out[oracle.angle_rows(case["n"]).to(out.device)]
+    errs = {"err": rel_err(out, value)}
+    if want_grad:
+        errs["grad_err"] = rel_err(inputs[0].grad, grad)
+        inputs[0].grad = None
+    rtol = _rtol(case["impl"], case["dtype"])
+    for what, err in errs.items():
+        if not err <= rtol:
+            raise AssertionError(f"{describe(case)}: {what} {err:.3e} > {rtol:.1e} against the float64 oracle; "
+                                 "refusing to time a wrong result")
+    return errs
+
+
+def describe(case):
+    return " ".join(f"{k}={case[k]}" for k in ("op", "impl", "device", "dtype", "mode", "n", "d"))
+
+
+def skip(case, why, reason):
+    """Skip a case; why ("memory", "time", "unsupported") labels its cell in the report."""
+    SKIPPED.append(dict(case, why=why, reason=reason))
+    pytest.skip(reason)
+
+
+def _size(b):
+    return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.3g} MiB"
+
+
+def run_case(benchmark, op, impl, device, dtype, mode, n, d):
+    case = dict(op=op, impl=impl, device=device, dtype=dtype, mode=mode, n=n, d=d)
+    tdtype = getattr(torch, dtype)
+    need = costs.memory_bytes(op, impl, mode, n, d)
+    held = costs.input_bytes(op, mode, n, d, tdtype)
+    budget = memory_budget(device)
+    if need + held > budget:
+        skip(case, "memory", f"needs about {_size(need)} above {_size(held)} of inputs (estimated), "
+                             f"budget {_size(budget)}")
+    if torch.device(device).type == "cpu":
+        threads = torch.get_num_threads()
+        seconds = costs.cpu_seconds(op, impl, mode, n, d, threads)
+        if seconds > MAX_CPU_CALL_S:
+            skip(case, "time", f"one call takes about {seconds:.3g} s on {threads} CPU threads (estimated), "
+                       f"limit {MAX_CPU_CALL_S:g} s")
+
+    if impl.startswith("ours") and torch.device(device).type == "cuda" and not rkd_ext.build_info().get("with_cuda"):
+        skip(case, "unsupported", "rkd_ext was built without CUDA kernels; this would time the pure-PyTorch fallback")
+
+    # Each case compiles afresh: no recompile limit, no cached graph from another shape.
+    torch._dynamo.reset()
+    fn = IMPLS[op][impl]
+    x = features(n, d, device, tdtype, seed=1, requires_grad=(mode == FORWARD_BACKWARD))
+    inputs = (x, features(n, d, device, tdtype, seed=2)) if KIND[op] == "loss" else (x,)
+    grad_out = relation_grad(op, n, device, tdtype) if KIND[op] == "tensor" and mode == FORWARD_BACKWARD else None
+    try:
+        errs = gate(case, fn, inputs, grad_out)
+    except (RuntimeError, NotImplementedError) as exc:
+        if "not implemented for" not in str(exc):
+            raise
+        skip(case, "unsupported", f"{impl} does not support {dtype} on {device}: {str(exc).splitlines()[0]}")
+
+    # The gate's call was the warm-up (compiling, for the compiled reference); the memory
+    # run is a second one, and its duration sets the number of rounds.
+    run = step(fn, inputs, grad_out, mode, device)
+    start = time.perf_counter()
+    peak_mb = peak_memory_mb(run, device)
+    once = time.perf_counter() - start
+    rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, int(TARGET_S / max(once, 1e-9))))
+    benchmark.extra_info.update(case, peak_mb=peak_mb, est_mb=need / 2**20, **errs)
+    benchmark.group = f"{op} {mode} {dtype} n={n} d={d} {device}"
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -1,30 +1,26 @@
-"""Distance loss: ours vs the reference, forward and forward+backward.
+"""Distance relations and loss: ours (fused, and the loss materialised from our op) vs the reference,
+the reference under torch.compile and torch.cdist; forward and forward+backward.
 
-Run: pytest benchmarks/test_distance_bench.py --benchmark-only
-     (RKD_BENCH_QUICK=1 for a quick pass over small sizes)
-Each case checks the result against the reference before it is timed, and
-records the peak memory above the inputs in extra_info["peak_mb"].
+Run: pytest benchmarks/test_distance_bench.py --benchmark-only   (RKD_BENCH_QUICK=1: small sizes)
+See common.py for what every case does before it is timed.
 """
 import pytest
 
-import rkd_ext
-from rkd_ext import reference as R
+from .common import cases, run_case
 
-from .common import check_close, features, loss_step, record, sizes
-
-NS = sizes([64, 256, 1024], [64, 256])
-DS = sizes([128, 512, 2048], [128])
-IMPLS = {"ours": rkd_ext.rkd_distance_loss, "reference": R.distance_loss}
+PARAMS = ("dtype", "n", "d", "mode", "impl")
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("d", DS)
-@pytest.mark.parametrize("n", NS)
-@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
-def test_distance_loss(benchmark, device, mode, n, d, impl):
-    fn = IMPLS[impl]
-    s = features(n, d, device, seed=1, requires_grad=(mode == "forward_backward"))
-    t = features(n, d, device, seed=2)
-    check_close(fn(s, t), R.distance_loss(s.double(), t.double()), 1e-4, f"{impl} n={n} d={d}")
-    record(benchmark, loss_step(fn, s, t, mode, device), device, sizes(10, 3),
-           op="distance_loss", mode=mode, n=n, d=d, impl=impl)
+@pytest.mark.parametrize(PARAMS, cases("pairwise_distance"))
+def test_pairwise_distance(benchmark, device, dtype, n, d, mode, impl):
+    run_case(benchmark, "pairwise_distance", impl, device, dtype, mode, n, d)
+
+
+@pytest.mark.parametrize(PARAMS, cases("normalized_distance"))
+def test_normalized_distance(benchmark, device, dtype, n, d, mode, impl):
+    run_case(benchmark, "normalized_distance", impl, device, dtype, mode, n, d)
+
+
+@pytest.mark.parametrize(PARAMS, cases("distance_loss"))
+def test_distance_loss(benchmark, device, dtype, n, d, mode, impl):
+    run_case(benchmark, "distance_loss", impl, device, dtype, mode, n, d)
