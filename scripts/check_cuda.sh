@@ -101,7 +101,7 @@ for n in "${!jobs[@]}"; do
       smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
       printf "%s\t%s\t%s\t%s\n", regs, spill, smem, kernel
     }' "$out/$name.log" | "$FILT" |
-    sed -E 's/rkd::gpu:://g; s/\(.*//; s/^([^\t]*\t[^\t]*\t[^\t]*\t)void /\1/' | sort -t$'\t' -k4 |
+    sed -E 's/rkd::gpu:://g; s/\([^()]*\)$//; s/^([^\t]*\t[^\t]*\t[^\t]*\t)void /\1/' | sort -t$'\t' -k4 |
     awk -F'\t' 'BEGIN { printf "  %5s %6s %6s  %s\n", "regs", "spill", "smem", "kernel" }
                 { printf "  %5s %6s %6s  %s\n", $1, $2, $3, $4 }'
 done
