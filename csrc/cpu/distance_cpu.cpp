@@ -87,7 +87,7 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad, const at::Tens
   const double* g = g64.const_data_ptr<double>();
   const double* d = dist.const_data_ptr<double>();
   const double sqrt_eps = std::sqrt(eps);
-  return grad_from_sq_cpu(x, false,
+  return grad_from_sq_cpu(x, false, GramPrecision::Fast,
                           [&](int64_t i, int64_t j) { return g[i * N + j] * ddist_dsq(d[i * N + j], sqrt_eps); });
 }
 
@@ -118,7 +118,7 @@ at::Tensor normalized_distance_backward_cpu(const at::Tensor& grad, const at::Te
   const double* d = dist.const_data_ptr<double>();
   const double inv_mu = 1.0 / mean_distance(d, N), sqrt_eps = std::sqrt(eps);
   const double c = mean_term(N, d, inv_mu, [&](int64_t i, int64_t j) { return g[i * N + j]; });
-  return grad_from_sq_cpu(x, false, [&](int64_t i, int64_t j) {
+  return grad_from_sq_cpu(x, false, GramPrecision::Fast, [&](int64_t i, int64_t j) {
     return (g[i * N + j] - c) * inv_mu * ddist_dsq(d[i * N + j], sqrt_eps);
   });
 }
@@ -191,13 +191,13 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   };
   if (student_grad) {
     const double c = mean_term(N, a, is, g);
-    gstu = grad_from_sq_cpu(student, !none, [&](int64_t i, int64_t j) {
+    gstu = grad_from_sq_cpu(student, !none, GramPrecision::Fast, [&](int64_t i, int64_t j) {
       return (g(i, j) - c) * is * dv_ds(a[i * N + j]);
     });
   }
   if (teacher_grad) {
     const double c = mean_term(N, b, it, g);
-    gtea = grad_from_sq_cpu(teacher, !none, [&](int64_t i, int64_t j) {
+    gtea = grad_from_sq_cpu(teacher, !none, GramPrecision::Fast, [&](int64_t i, int64_t j) {
       return (c - g(i, j)) * it * dv_ds(b[i * N + j]);
     });
   }

@@ -10,8 +10,8 @@
 // grad_from_sq_cpu: given dL/ds as a function gs(i, j), the gradient
 //   dL/dx_i = 2 sum_j W_ij (x_i - x_j) with W = gs + gs^T, evaluated on the
 //   centred features and returned in x's dtype. The product W x runs in
-//   float64 for float64 inputs; for the others in float32 with float64
-//   accumulation every few dozen terms.
+//   float64, or with GramPrecision::Fast for non-float64 inputs in float32
+//   with float64 accumulation every few dozen terms.
 //
 // Every output element is computed by one thread in a fixed order, whatever
 // the thread count: results are bitwise reproducible.
@@ -85,10 +85,13 @@ PairWeights<T> build_weights(int64_t N, bool symmetric, const F& gs) {
   return pw;
 }
 
+// With GramPrecision::F64 the product runs in float64 whatever x's dtype:
+// the angle ops need it, their W holds large terms that cancel.
 template <typename F>
-at::Tensor grad_from_sq_cpu(const at::Tensor& x, bool symmetric, const F& gs) {
+at::Tensor grad_from_sq_cpu(const at::Tensor& x, bool symmetric, GramPrecision precision, const F& gs) {
   const int64_t N = x.size(0);
-  if (x.scalar_type() == at::kDouble) return grad_from_weights_cpu(x, build_weights<double>(N, symmetric, gs));
+  if (precision == GramPrecision::F64 || x.scalar_type() == at::kDouble)
+    return grad_from_weights_cpu(x, build_weights<double>(N, symmetric, gs));
   return grad_from_weights_cpu(x, build_weights<float>(N, symmetric, gs));
 }
 
