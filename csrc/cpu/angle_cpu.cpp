@@ -14,6 +14,7 @@
 // the vertex-edge matrix V and row j of the opposite-edge matrix Rm, so no two
 // tasks write the same element and the summation order is fixed.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -91,6 +92,31 @@ RKD_CPU_CLONES void values_row(const Row& a, const Row* b, int64_t N, const Hube
   if (b)
     for (int64_t k = 0; k < N; ++k)
       out[k] = smooth_l1(out[k] - angle_from_sq(b->s_ij, b->s_i[k], b->s_j[k], b->u_ij, b->u_i[k]), h);
+}
+
+// The (N, N, N) tensor of cosines of a (b null), or of the elementwise loss
+// between a and b, written row by row straight into the output dtype.
+at::Tensor triplet_values(const Edges& a, const Edges* b, int64_t N, double beta, at::ScalarType dtype,
+                          const at::TensorOptions& opts) {
+  at::Tensor out = at::empty({N, N, N}, opts.dtype(dtype));
+  const Huber<double> h(beta);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "rkd_triplet_values", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
+      std::vector<double> row(static_cast<size_t>(N));
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t i = t / N, j = t % N;
+        if (b) {
+          const Row rb = row_of(*b, N, i, j);
+          values_row(row_of(a, N, i, j), &rb, N, h, row.data());
+        } else {
+          values_row(row_of(a, N, i, j), nullptr, N, h, row.data());
+        }
+        for (int64_t k = 0; k < N; ++k) o[t * N + k] = static_cast<scalar_t>(row[k]);
+      }
+    });
+  });
+  return out;
 }
 
 // Where dL/dA comes from in a backward row: the smooth-L1 of a loss with a
@@ -207,12 +233,7 @@ std::tuple<at::Tensor, at::Tensor> angle_tensor_cpu(const at::Tensor& x, double 
   check_eps("angle_tensor", eps);
   const int64_t N = x.size(0);
   const Edges e = edges_of(x, eps, normalize);
-  at::Tensor out = at::empty({N, N, N}, x.options().dtype(at::kDouble));
-  double* o = out.mutable_data_ptr<double>();
-  at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t b, int64_t end) {
-    for (int64_t t = b; t < end; ++t) values_row(row_of(e, N, t / N, t % N), nullptr, N, Huber<double>(0.0), o + t * N);
-  });
-  return {out.to(x.scalar_type()), e.sq};
+  return {triplet_values(e, nullptr, N, 0.0, x.scalar_type(), x.options()), e.sq};
 }
 
 // (N, N, N) upstream gradient in float64, and its (j, k)-symmetrised sum.
@@ -259,17 +280,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tens
   if (N < 3) {
     return {red == Reduction::None ? at::zeros({N, N, N}, out_opts) : at::zeros({}, out_opts), a.sq, b.sq};
   }
-  if (red == Reduction::None) {
-    at::Tensor out = at::empty({N, N, N}, a.sq.options());
-    double* o = out.mutable_data_ptr<double>();
-    at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / N), [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const Row rb = row_of(b, N, t / N, t % N);
-        values_row(row_of(a, N, t / N, t % N), &rb, N, Huber<double>(beta), o + t * N);
-      }
-    });
-    return {out.to(out_opts.dtype()), a.sq, b.sq};
-  }
+  if (red == Reduction::None)
+    return {triplet_values(a, &b, N, beta, out_opts.dtype().toScalarType(), student.options()), a.sq, b.sq};
   // A_ijk = A_ikj: each row (i, j) sums k > j twice plus k == j once. Rows i
   // j == i (and the k == i entries) are exactly 0 and contribute l(0) = 0.
   const Huber<double> h(beta);
