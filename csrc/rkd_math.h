@@ -54,26 +54,33 @@ RKD_HD T dclamped_dsq(T v, T eps) {
 
 // Smooth-L1 (Huber) with threshold beta, as torch.nn.functional.smooth_l1_loss:
 // 0.5 r^2 / beta when |r| < beta, |r| - 0.5 beta otherwise; beta == 0 is L1.
-// 1 / beta is kept alongside so the hot loops multiply instead of divide.
+// 1 / beta is kept alongside (infinite for beta == 0) so the hot loops
+// multiply instead of divide. Both functions are single selects over values
+// computed unconditionally, which vectorises; an infinite or NaN value in
+// the branch not taken is discarded by the select.
 template <typename T>
 struct Huber {
   T beta, inv_beta;
-  RKD_HD explicit Huber(T b) : beta(b), inv_beta(b > T(0) ? T(1) / b : T(0)) {}
+  RKD_HD explicit Huber(T b) : beta(b), inv_beta(T(1) / b) {}
 };
 
 template <typename T>
 RKD_HD T smooth_l1(T r, const Huber<T>& h) {
-  const T a = r < T(0) ? -r : r;
-  return a < h.beta ? T(0.5) * r * r * h.inv_beta : a - T(0.5) * h.beta;
+  const T a = fabs(r);
+  const T quadratic = T(0.5) * r * r * h.inv_beta;
+  const T linear = a - T(0.5) * h.beta;
+  return a < h.beta ? quadratic : linear;
 }
 
-// d smooth_l1 / d r: r / beta inside the quadratic zone, sign(r) outside
-// (NaN stays NaN, 0 stays 0).
+// d smooth_l1 / d r = clamp(r / beta, -1, 1): r / beta inside the quadratic
+// zone, sign(r) outside; 0 at r == 0 (also for beta == 0, where 0 / beta is
+// NaN); NaN stays NaN.
 template <typename T>
 RKD_HD T smooth_l1_grad(T r, const Huber<T>& h) {
-  const T a = r < T(0) ? -r : r;
-  const T outer = r > T(0) ? T(1) : (r < T(0) ? T(-1) : r);
-  return a < h.beta ? r * h.inv_beta : outer;
+  T x = r * h.inv_beta;
+  x = r == T(0) ? r : x;
+  x = x < T(-1) ? T(-1) : x;
+  return x > T(1) ? T(1) : x;
 }
 
 // ---- angles ------------------------------------------------------------------

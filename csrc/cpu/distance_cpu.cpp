@@ -66,6 +66,75 @@ double mean_term(int64_t N, const double* d, double inv_mu, const G& g) {
 
 at::Tensor as_f64(const at::Tensor& g) { return g.to(at::kDouble).contiguous(); }
 
+// ---- row kernels of the loss (cloned per ISA: they carry the O(N^2) passes) ----
+// A row's residuals are r_j = a_j * is - b_j * it (a, b: student and teacher
+// distance rows, is, it: their inverse means).
+
+RKD_CPU_CLONES double loss_row_sum(const double* __restrict a, const double* __restrict b, int64_t N, double is,
+                                   double it, const Huber<double>& h) {
+  return reduce_lanes(N, [&](int64_t j) RKD_LAMBDA_INLINE { return smooth_l1(a[j] * is - b[j] * it, h); });
+}
+
+// sum_j l'(r_j) a_j and sum_j l'(r_j) b_j: the row's share of the mean terms.
+RKD_CPU_CLONES void grad_sums_row(const double* __restrict a, const double* __restrict b, int64_t N, double is,
+                                  double it, const Huber<double>& h, double* out) {
+  out[0] = reduce_lanes(N, [&](int64_t j) RKD_LAMBDA_INLINE { return smooth_l1_grad(a[j] * is - b[j] * it, h) * a[j]; });
+  out[1] = reduce_lanes(N, [&](int64_t j) RKD_LAMBDA_INLINE { return smooth_l1_grad(a[j] * is - b[j] * it, h) * b[j]; });
+}
+
+// One row of W = 2 dL/ds for one side of a loss with a scalar upstream
+// gradient (then dL/ds is symmetric): W_j = 2 (k l'(r_j) - c) inv dv/ds(x_j),
+// x the side's stored values (distances, or clamped squares with `squared`).
+// Returns the row sum. The diagonal comes out 0: r = 0 there, and dv/ds(0) = 0.
+template <typename T, bool Squared>
+RKD_INLINE double weights_row(const double* __restrict a, const double* __restrict b, const double* __restrict x,
+                              int64_t N, double is, double it, const Huber<double>& h, double k, double c,
+                              double inv, double eps, T* __restrict w) {
+  const double sqrt_eps = std::sqrt(eps);
+  auto body = [&](int64_t j) RKD_LAMBDA_INLINE {
+    const double dv = Squared ? dclamped_dsq(x[j], eps) : ddist_dsq(x[j], sqrt_eps);
+    const double v = 2.0 * (k * smooth_l1_grad(a[j] * is - b[j] * it, h) - c) * inv * dv;
+    w[j] = static_cast<T>(v);
+    return v;
+  };
+  return reduce_lanes(N, body);
+}
+
+template <typename T>
+RKD_INLINE double weights_row_of(const double* a, const double* b, const double* x, int64_t N, double is, double it,
+                                 const Huber<double>& h, double k, double c, double inv, bool squared, double eps,
+                                 T* w) {
+  return squared ? weights_row<T, true>(a, b, x, N, is, it, h, k, c, inv, eps, w)
+                 : weights_row<T, false>(a, b, x, N, is, it, h, k, c, inv, eps, w);
+}
+
+RKD_CPU_CLONES double weights_row_any(const double* a, const double* b, const double* x, int64_t N, double is,
+                                      double it, const Huber<double>& h, double k, double c, double inv,
+                                      bool squared, double eps, float* w) {
+  return weights_row_of<float>(a, b, x, N, is, it, h, k, c, inv, squared, eps, w);
+}
+RKD_CPU_CLONES double weights_row_any(const double* a, const double* b, const double* x, int64_t N, double is,
+                                      double it, const Huber<double>& h, double k, double c, double inv,
+                                      bool squared, double eps, double* w) {
+  return weights_row_of<double>(a, b, x, N, is, it, h, k, c, inv, squared, eps, w);
+}
+
+// dL/dx for one side of a loss with a scalar upstream gradient.
+template <typename T>
+at::Tensor scalar_loss_grad(const at::Tensor& x, const double* a, const double* b, const double* side, int64_t N,
+                            double is, double it, const Huber<double>& h, double k, double c, double inv,
+                            bool squared, double eps) {
+  PairWeights<T> pw;
+  pw.W.resize(static_cast<size_t>(N * N));
+  pw.w.resize(static_cast<size_t>(N));
+  at::parallel_for(0, N, grain_for(N), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      pw.w[i] = weights_row_any(a + i * N, b + i * N, side + i * N, N, is, it, h, k, c, inv, squared, eps,
+                                pw.W.data() + i * N);
+  });
+  return grad_from_weights_cpu(x, pw);
+}
+
 // ---- pairwise_distance --------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_cpu(const at::Tensor& x, double eps) {
@@ -154,11 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss_cpu(const at::T
     });
     return {elem.to(out_opts.dtype()), ds, dt};
   }
-  double total = sum_rows(N, [&](int64_t i) {
-    const double* ar = a + i * N;
-    const double* br = b + i * N;
-    return reduce_lanes(N, [&](int64_t j) { return smooth_l1(ar[j] * is - br[j] * it, h); });
-  });
+  double total = sum_rows(N, [&](int64_t i) { return loss_row_sum(a + i * N, b + i * N, N, is, it, h); });
   if (red == Reduction::Mean) total /= static_cast<double>(N) * static_cast<double>(N);
   return {at::scalar_tensor(total, out_opts), ds, dt};
 }
@@ -181,6 +246,28 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
   const at::Tensor go = as_f64(grad);
   const double* up = go.const_data_ptr<double>();
   const bool none = red == Reduction::None;
+  if (!none) {
+    // dL/dpsi_student = u l'(r), dL/dpsi_teacher = -u l'(r); the mean terms
+    // c = inv_mu * sum g d / (N(N-1)) come from one pass for both sides.
+    const double u = up[0] * scale;
+    std::vector<double> sums(static_cast<size_t>(2 * N));
+    for_rows(N, [&](int64_t i) { grad_sums_row(a + i * N, b + i * N, N, is, it, h, sums.data() + 2 * i); });
+    double sa = 0.0, sb = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+      sa += sums[2 * i];
+      sb += sums[2 * i + 1];
+    }
+    const double ca = u * is * sa / pair_count(N), cb = u * it * sb / pair_count(N);
+    const bool f64 = student.scalar_type() == at::kDouble;
+    if (student_grad)
+      gstu = f64 ? scalar_loss_grad<double>(student, a, b, a, N, is, it, h, u, ca, is, squared, eps)
+                 : scalar_loss_grad<float>(student, a, b, a, N, is, it, h, u, ca, is, squared, eps);
+    const bool t64 = teacher.scalar_type() == at::kDouble;
+    if (teacher_grad)
+      gtea = t64 ? scalar_loss_grad<double>(teacher, a, b, b, N, is, it, h, -u, -cb, it, squared, eps)
+                 : scalar_loss_grad<float>(teacher, a, b, b, N, is, it, h, -u, -cb, it, squared, eps);
+    return {gstu, gtea};
+  }
   // d value / d s for the stored value v (a distance, or a clamped square).
   auto dv_ds = [&](double v) { return squared ? dclamped_dsq(v, eps) : ddist_dsq(v, sqrt_eps); };
   // g = dL/dpsi_student (dL/dpsi_teacher = -g), recomputed where needed

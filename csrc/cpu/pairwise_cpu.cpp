@@ -28,7 +28,7 @@ namespace {
 // several times below that of a plain float32 GEMM.
 constexpr int64_t kRows = 4;
 constexpr int64_t kVecs = 4;
-constexpr int64_t kFlush = 32;
+constexpr int64_t kFlush = 128;
 template <typename T>
 constexpr int64_t cols() {
   return kVecs * Vec<T>::lanes;
@@ -216,14 +216,19 @@ at::Tensor pair_matrix_cpu(const at::Tensor& x, PairOut what, double eps, GramPr
     gram_pairs<double>(c, N, D, what, eps, s);
   else
     gram_pairs<float>(c, N, D, what, eps, s);
-  // The lower triangle mirrors the upper one, copied in cache-sized blocks.
+  // The lower triangle mirrors the upper one, copied in cache-sized blocks;
+  // the block pairs are listed so that both threads get the same share.
   constexpr int64_t B = 64;
   const int64_t nb = (N + B - 1) / B;
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi)
-      for (int64_t bj = 0; bj <= bi; ++bj)
-        for (int64_t i = bi * B; i < std::min(N, bi * B + B); ++i)
-          for (int64_t j = bj * B; j < std::min(i, bj * B + B); ++j) s[i * N + j] = s[j * N + i];
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t bj = 0; bj <= bi; ++bj) blocks.emplace_back(bi, bj);
+  at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t t = b0; t < b1; ++t) {
+      const auto [bi, bj] = blocks[t];
+      for (int64_t i = bi * B; i < std::min(N, bi * B + B); ++i)
+        for (int64_t j = bj * B; j < std::min(i, bj * B + B); ++j) s[i * N + j] = s[j * N + i];
+    }
   });
   return out;
 }
