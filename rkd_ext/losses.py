@@ -17,7 +17,29 @@ from . import functional as F
 __all__ = ["RKDDistanceLoss", "RKDAngleLoss", "RKDLoss"]
 
 
-class RKDDistanceLoss(nn.Module):
+class _RelationLoss(nn.Module):
+    """One RKD term as a module: the loss function ``_loss`` and its arguments."""
+
+    _loss = None
+
+    def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
+        super().__init__()
+        self.beta = beta
+        self.eps = eps
+        self.reduction = reduction
+        self.gather_distributed = gather_distributed
+
+    def forward(self, student, teacher):
+        if self.gather_distributed:
+            student, teacher = distributed.gather_student_teacher(student, teacher)
+        return type(self)._loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
+
+    def extra_repr(self):
+        return (f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
+                + (", gather_distributed=True" if self.gather_distributed else ""))
+
+
+class RKDDistanceLoss(_RelationLoss):
     r"""Distance-wise RKD loss (Park et al., CVPR 2019).
 
     ``loss = smooth_l1(d(S) / mean d(S), d(T) / mean d(T))`` averaged over all N^2
@@ -36,24 +58,10 @@ class RKDDistanceLoss(nn.Module):
         (N the global batch size when gathering).
     """
 
-    def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
-        super().__init__()
-        self.beta = beta
-        self.eps = eps
-        self.reduction = reduction
-        self.gather_distributed = gather_distributed
-
-    def forward(self, student, teacher):
-        if self.gather_distributed:
-            student, teacher = distributed.gather_student_teacher(student, teacher)
-        return F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
-
-    def extra_repr(self):
-        return (f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
-                + (", gather_distributed=True" if self.gather_distributed else ""))
+    _loss = staticmethod(F.rkd_distance_loss)
 
 
-class RKDAngleLoss(nn.Module):
+class RKDAngleLoss(_RelationLoss):
     r"""Angle-wise RKD loss (Park et al., CVPR 2019).
 
     Smooth-L1 between the triplet-angle tensors of student and teacher features,
@@ -68,21 +76,7 @@ class RKDAngleLoss(nn.Module):
             ranks (see the module docstring).
     """
 
-    def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
-        super().__init__()
-        self.beta = beta
-        self.eps = eps
-        self.reduction = reduction
-        self.gather_distributed = gather_distributed
-
-    def forward(self, student, teacher):
-        if self.gather_distributed:
-            student, teacher = distributed.gather_student_teacher(student, teacher)
-        return F.rkd_angle_loss(student, teacher, beta=self.beta, eps=self.eps, reduction=self.reduction)
-
-    def extra_repr(self):
-        return (f"beta={self.beta}, eps={self.eps}, reduction={self.reduction!r}"
-                + (", gather_distributed=True" if self.gather_distributed else ""))
+    _loss = staticmethod(F.rkd_angle_loss)
 
 
 class RKDLoss(nn.Module):

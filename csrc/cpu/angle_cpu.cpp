@@ -221,7 +221,7 @@ at::Tensor angle_input_grad(Upstream U, const at::Tensor& x, const Edges& ea, co
       }
     }
   });
-  return grad_from_sq_cpu(x, false, GramPrecision::F64, [&](int64_t i, int64_t j) {
+  return grad_from_sq_cpu(x, GramPrecision::F64, [&](int64_t i, int64_t j) {
     return V[i * N + j] + opposite_edge_grad(Rm[i * N + j]);
   });
 }

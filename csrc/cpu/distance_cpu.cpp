@@ -121,7 +121,7 @@ RKD_CPU_CLONES double weights_row_any(const double* a, const double* b, const do
 
 // dL/dx for one side of a loss with a scalar upstream gradient.
 template <typename T>
-at::Tensor scalar_loss_grad(const at::Tensor& x, const double* a, const double* b, const double* side, int64_t N,
+at::Tensor scalar_loss_grad_as(const at::Tensor& x, const double* a, const double* b, const double* side, int64_t N,
                             double is, double it, const Huber<double>& h, double k, double c, double inv,
                             bool squared, double eps) {
   PairWeights<T> pw;
@@ -133,6 +133,15 @@ at::Tensor scalar_loss_grad(const at::Tensor& x, const double* a, const double* 
                                 pw.W.data() + i * N);
   });
   return grad_from_weights_cpu(x, pw);
+}
+
+// W in float64 for float64 inputs, float32 otherwise (see GramPrecision::Fast).
+at::Tensor scalar_loss_grad(const at::Tensor& x, const double* a, const double* b, const double* side, int64_t N,
+                            double is, double it, const Huber<double>& h, double k, double c, double inv,
+                            bool squared, double eps) {
+  if (x.scalar_type() == at::kDouble)
+    return scalar_loss_grad_as<double>(x, a, b, side, N, is, it, h, k, c, inv, squared, eps);
+  return scalar_loss_grad_as<float>(x, a, b, side, N, is, it, h, k, c, inv, squared, eps);
 }
 
 // ---- pairwise_distance --------------------------------------------------------
@@ -156,7 +165,7 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad, const at::Tens
   const double* g = g64.const_data_ptr<double>();
   const double* d = dist.const_data_ptr<double>();
   const double sqrt_eps = std::sqrt(eps);
-  return grad_from_sq_cpu(x, false, GramPrecision::Fast,
+  return grad_from_sq_cpu(x, GramPrecision::Fast,
                           [&](int64_t i, int64_t j) { return g[i * N + j] * ddist_dsq(d[i * N + j], sqrt_eps); });
 }
 
@@ -187,7 +196,7 @@ at::Tensor normalized_distance_backward_cpu(const at::Tensor& grad, const at::Te
   const double* d = dist.const_data_ptr<double>();
   const double inv_mu = 1.0 / mean_distance(d, N), sqrt_eps = std::sqrt(eps);
   const double c = mean_term(N, d, inv_mu, [&](int64_t i, int64_t j) { return g[i * N + j]; });
-  return grad_from_sq_cpu(x, false, GramPrecision::Fast, [&](int64_t i, int64_t j) {
+  return grad_from_sq_cpu(x, GramPrecision::Fast, [&](int64_t i, int64_t j) {
     return (g[i * N + j] - c) * inv_mu * ddist_dsq(d[i * N + j], sqrt_eps);
   });
 }
@@ -258,33 +267,27 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward_cpu(
       sb += sums[2 * i + 1];
     }
     const double ca = u * is * sa / pair_count(N), cb = u * it * sb / pair_count(N);
-    const bool f64 = student.scalar_type() == at::kDouble;
-    if (student_grad)
-      gstu = f64 ? scalar_loss_grad<double>(student, a, b, a, N, is, it, h, u, ca, is, squared, eps)
-                 : scalar_loss_grad<float>(student, a, b, a, N, is, it, h, u, ca, is, squared, eps);
-    const bool t64 = teacher.scalar_type() == at::kDouble;
-    if (teacher_grad)
-      gtea = t64 ? scalar_loss_grad<double>(teacher, a, b, b, N, is, it, h, -u, -cb, it, squared, eps)
-                 : scalar_loss_grad<float>(teacher, a, b, b, N, is, it, h, -u, -cb, it, squared, eps);
+    if (student_grad) gstu = scalar_loss_grad(student, a, b, a, N, is, it, h, u, ca, is, squared, eps);
+    if (teacher_grad) gtea = scalar_loss_grad(teacher, a, b, b, N, is, it, h, -u, -cb, it, squared, eps);
     return {gstu, gtea};
   }
   // d value / d s for the stored value v (a distance, or a clamped square).
   auto dv_ds = [&](double v) { return squared ? dclamped_dsq(v, eps) : ddist_dsq(v, sqrt_eps); };
-  // g = dL/dpsi_student (dL/dpsi_teacher = -g), recomputed where needed
-  // rather than stored: every pass over N x N matrices costs memory traffic.
+  // reduction 'none': g = dL/dpsi_student = upstream * l'(r) (dL/dpsi_teacher
+  // = -g), recomputed where needed rather than stored: every pass over N x N
+  // matrices costs memory traffic.
   auto g = [&](int64_t i, int64_t j) {
-    const double u = none ? up[i * N + j] : up[0];
-    return u * scale * smooth_l1_grad(a[i * N + j] * is - b[i * N + j] * it, h);
+    return up[i * N + j] * smooth_l1_grad(a[i * N + j] * is - b[i * N + j] * it, h);
   };
   if (student_grad) {
     const double c = mean_term(N, a, is, g);
-    gstu = grad_from_sq_cpu(student, !none, GramPrecision::Fast, [&](int64_t i, int64_t j) {
+    gstu = grad_from_sq_cpu(student, GramPrecision::Fast, [&](int64_t i, int64_t j) {
       return (g(i, j) - c) * is * dv_ds(a[i * N + j]);
     });
   }
   if (teacher_grad) {
     const double c = mean_term(N, b, it, g);
-    gtea = grad_from_sq_cpu(teacher, !none, GramPrecision::Fast, [&](int64_t i, int64_t j) {
+    gtea = grad_from_sq_cpu(teacher, GramPrecision::Fast, [&](int64_t i, int64_t j) {
       return (c - g(i, j)) * it * dv_ds(b[i * N + j]);
     });
   }

@@ -52,10 +52,9 @@ template <typename T>
 at::Tensor grad_from_weights_cpu(const at::Tensor& x, const PairWeights<T>& pw);
 
 // Builds PairWeights from gs(i, j) (its value at i == j is ignored) in 64 x 64 tiles,
-// so the transposed reads of a non-symmetric gs stay in cache. With
-// `symmetric`, gs(i, j) == gs(j, i) is assumed and evaluated once per entry.
+// so the transposed reads gs(j, i) stay in cache.
 template <typename T, typename F>
-PairWeights<T> build_weights(int64_t N, bool symmetric, const F& gs) {
+PairWeights<T> build_weights(int64_t N, const F& gs) {
   PairWeights<T> pw;
   pw.W.resize(static_cast<size_t>(N * N));
   pw.w.assign(static_cast<size_t>(N), 0.0);
@@ -70,10 +69,7 @@ PairWeights<T> build_weights(int64_t N, bool symmetric, const F& gs) {
         for (int64_t i = bi * B; i < i1; ++i) {
           // Branch-free loops over a row segment, so they vectorise; gs is
           // evaluated on the diagonal too and overwritten.
-          if (symmetric)
-            for (int64_t l = 0; l < nj; ++l) v[l] = 2.0 * gs(i, j0 + l);
-          else
-            for (int64_t l = 0; l < nj; ++l) v[l] = gs(i, j0 + l) + gs(j0 + l, i);
+          for (int64_t l = 0; l < nj; ++l) v[l] = gs(i, j0 + l) + gs(j0 + l, i);
           if (i >= j0 && i < j0 + nj) v[i - j0] = 0.0;
           T* row = pw.W.data() + i * N + j0;
           for (int64_t l = 0; l < nj; ++l) row[l] = static_cast<T>(v[l]);
@@ -88,11 +84,11 @@ PairWeights<T> build_weights(int64_t N, bool symmetric, const F& gs) {
 // With GramPrecision::F64 the product runs in float64 whatever x's dtype:
 // the angle ops need it, their W holds large terms that cancel.
 template <typename F>
-at::Tensor grad_from_sq_cpu(const at::Tensor& x, bool symmetric, GramPrecision precision, const F& gs) {
+at::Tensor grad_from_sq_cpu(const at::Tensor& x, GramPrecision precision, const F& gs) {
   const int64_t N = x.size(0);
   if (precision == GramPrecision::F64 || x.scalar_type() == at::kDouble)
-    return grad_from_weights_cpu(x, build_weights<double>(N, symmetric, gs));
-  return grad_from_weights_cpu(x, build_weights<float>(N, symmetric, gs));
+    return grad_from_weights_cpu(x, build_weights<double>(N, gs));
+  return grad_from_weights_cpu(x, build_weights<float>(N, gs));
 }
 
 }  // namespace rkd
