@@ -26,7 +26,8 @@ namespace {
 // and half inputs) accumulate kFlush products in float32, then add them to a
 // float64 total: half the cost of float64 arithmetic, and a rounding error
 // several times below that of a plain float32 GEMM.
-constexpr int64_t kRows = 4;
+// 6 x 4 accumulators, 4 panel loads and a broadcast: 29 of AVX-512's 32 vector registers.
+constexpr int64_t kRows = 6;
 constexpr int64_t kVecs = 4;
 constexpr int64_t kFlush = 128;
 template <typename T>
