@@ -48,6 +48,13 @@ def _warn_once(fn, msg):
         warnings.warn(f"{fn}: {msg}", UserWarning, stacklevel=3)
 
 
+def _no_relations(student, teacher, dtype, reduction, rank):
+    """The fallback's loss for a batch without relations: 0, connected to both
+    inputs so that backward gives them zero gradients; (N,) * rank zeros for 'none'."""
+    zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
+    return zero.expand((student.shape[0],) * rank).clone() if reduction == "none" else zero
+
+
 def _fallback_input(x):
     # The reference computes in the input dtype; half types are upcast so the
     # fallback, like the kernels, computes in float32 (the cast's gradient
@@ -128,8 +135,7 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
                                                    mean_offset)[0]
     dtype = ops.loss_dtype(student, teacher)
     if student.shape[0] < 2:
-        zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
-        return zero.expand(1, 1).clone() if reduction == "none" else zero
+        return _no_relations(student, teacher, dtype, reduction, 2)
     return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(squared),
                                    mean_offset)
 
@@ -195,6 +201,5 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     dtype = ops.loss_dtype(student, teacher)
     n = student.shape[0]
     if n < 3:
-        zero = (student.sum() * 0 + teacher.sum() * 0).to(dtype)
-        return zero.expand(n, n, n).clone() if reduction == "none" else zero
+        return _no_relations(student, teacher, dtype, reduction, 3)
     return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(normalize))
