@@ -8,9 +8,9 @@
 #include <cmath>
 #include <string>
 
-namespace rkd {
+#include "core/params.h"
 
-enum class Reduction { None = 0, Mean = 1, Sum = 2 };
+namespace rkd {
 
 inline Reduction parse_reduction(const char* op, const std::string& reduction) {
   if (reduction == "mean") return Reduction::Mean;
@@ -91,16 +91,6 @@ inline Reduction check_loss_backward(const char* op, const at::Tensor& grad, con
                       grad.sizes());
   }
   return red;
-}
-
-// The gradients a loss backward op returns when there is nothing to compute:
-// zeros for the inputs that want one, an empty tensor for the others.
-inline std::tuple<at::Tensor, at::Tensor> zero_loss_grads(const at::Tensor& student, const at::Tensor& teacher,
-                                                          bool student_grad, bool teacher_grad) {
-  auto make = [](const at::Tensor& x, bool wanted) {
-    return wanted ? at::zeros_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
-  };
-  return {make(student, student_grad), make(teacher, teacher_grad)};
 }
 
 // dtype of a loss: float32 for half inputs, float64 if either input is.

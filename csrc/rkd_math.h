@@ -83,10 +83,51 @@ RKD_HD T smooth_l1_grad(T r, const Huber<T>& h) {
   return x > T(1) ? T(1) : x;
 }
 
+// ---- distances ------------------------------------------------------------------
+
+// The residual of the distance loss between normalised distances:
+// psi_a - psi_b = a / mu_a - b / mu_b, with the inverse means inv_a, inv_b.
+template <typename T>
+RKD_HD T residual(T a, T inv_a, T b, T inv_b) {
+  return a * inv_a - b * inv_b;
+}
+
+// d value / d s for a stored pair value v: a clamped distance (ddist_dsq) or,
+// with `squared`, a clamped square (dclamped_dsq).
+template <typename T>
+RKD_HD T dvalue_dsq(T v, bool squared, T eps, T sqrt_eps) {
+  return squared ? dclamped_dsq(v, eps) : ddist_dsq(v, sqrt_eps);
+}
+
+// dL/ds_ij for psi = v / mu with dL/dpsi = g: (g - c) / mu dv/ds, where
+// c = sum_kl g_kl psi_kl / (N (N - 1)) is the gradient through the mean.
+template <typename T>
+RKD_HD T mean_grad(T g, T c, T inv_mu, T dv) {
+  return (g - c) * inv_mu * dv;
+}
+
+// ---- the O(N^2 D) products ----------------------------------------------------------
+
+// A Gram-form pair s = n_i + n_j - 2 <xc_i, xc_j> is kept when s >= kNear
+// (n_i + n_j); closer pairs are recomputed from direct differences. The
+// float64 form's error is about sqrt(D) 1e-16 (n_i + n_j), and a float32
+// product with float64 accumulation (Precision::Fast) about 1e-7 (n_i + n_j)
+// at worst: every kept pair is accurate to ~1e-14 and ~1e-5 relative.
+constexpr double kNear = 1e-2;
+
+RKD_HD double gram_sq(double n_i, double n_j, double g_ij) { return n_i + n_j - 2.0 * g_ij; }
+
+// Not `v < kNear (...)`: a NaN is recomputed (and stays NaN) rather than kept.
+RKD_HD bool gram_near(double v, double n_i, double n_j) { return !(v >= kNear * (n_i + n_j)); }
+
+// dL/dx_ik = 2 (w_i xc_ik - (W xc)_ik) with W = dL/ds + (dL/ds)^T, w its
+// row sums, xc the centred features.
+RKD_HD double grad_epilogue(double w_i, double xc_ik, double wx_ik) { return 2.0 * (w_i * xc_ik - wx_ik); }
+
 // ---- angles ------------------------------------------------------------------
 //
 // A_ijk = <e_ij, e_ik>, e_ij = (x_j - x_i) / max(||x_j - x_i||, eps), from the
-// squared distances alone (law of cosines):
+// squared distances alone (law of cosines, `cosine` below):
 //   A_ijk = 0.5 (s_ij + s_ik - s_jk) u_ij u_ik,   u = 1 / max(sqrt(s), eps).
 // Degenerate entries need no special case: with j == i or k == i the
 // numerator is exactly 0 (s is symmetric with a zero diagonal). The
@@ -113,23 +154,12 @@ RKD_HD T active_inv_edge(T s, T u, T eps2) {
   return s < eps2 ? T(0) : u;
 }
 
-template <typename T>
-RKD_HD T angle_from_sq(T s_ij, T s_ik, T s_jk, T u_ij, T u_ik) {
-  return T(0.5) * (s_ij + s_ik - s_jk) * u_ij * u_ik;
-}
-
-// angle_from_sq in two steps, so that the rest of the cosine can run in a
-// narrower type than s: angle_from_num(cos_numerator(s_ij, s_ik, s_jk), u_ij,
-// u_ik) is angle_from_sq bit for bit when all are one type. The numerator
-// cancels for near-duplicate points; keep it in float64.
-template <typename T>
-RKD_HD T cos_numerator(T s_ij, T s_ik, T s_jk) {
-  return s_ij + s_ik - s_jk;
-}
-
-template <typename T>
-RKD_HD T angle_from_num(T num, T u_ij, T u_ik) {
-  return T(0.5) * num * u_ij * u_ik;
+// The cosine at vertex i from the three squared distances. The numerator
+// s_ij + s_ik - s_jk cancels for near-duplicate points, so it is formed in
+// the type of s (float64); the rest runs in Acc, which may be narrower.
+template <typename Acc, typename S>
+RKD_HD Acc cosine(S s_ij, S s_ik, S s_jk, Acc u_ij, Acc u_ik) {
+  return Acc(0.5) * static_cast<Acc>(s_ij + s_ik - s_jk) * u_ij * u_ik;
 }
 
 // dL/ds_ij through the edge (i, j) at vertex i, summed over the triplets

@@ -1,60 +1,31 @@
-// CPU kernels of the angle-wise RKD ops: the N x N x N angle tensor and the
-// fused angle loss, forward and backward.
+// The angle-wise RKD ops on the CPU: angle_tensor and rkd_angle_loss,
+// forward and backward.
 //
-// Everything is built from the float64 squared-distance matrix s (law of
-// cosines, rkd_math.h), so the fused loss needs O(N^2) memory and no N^3 or
-// N^2 D buffer: O(N^2 D) for s (pairwise_cpu.cpp), then O(N^3) elementwise
-// work. s and every cosine numerator stay in float64: the numerator
-// s_ij + s_ik - s_jk cancels for near-duplicate points.
+// Their sequence of steps is csrc/core/angle_op.h, shared with the CUDA
+// build; the bindings are csrc/core/bind.h. Here are the CPU backend's
+// triplet primitives (cpu_backend.h): O(N^3) elementwise work over the
+// float64 squared distances s and u = inv_edge(s), in float64.
 //
-// Backward: for L = sum f(A_ijk), dL/ds gathers, per pair, the edge terms at
-// the vertex (p, q of rkd_math.h, summed over k for fixed (i, j)) and the
-// opposite-edge terms (r, summed over the vertex i for fixed (j, k)). Both are
-// computed in one pass where a task owns the point j: it writes column j of
-// the vertex-edge matrix V and row j of the opposite-edge matrix Rm, so no two
-// tasks write the same element and the summation order is fixed.
+// Backward: the vertex-edge terms V (p, q of rkd_math.h, summed over k for
+// fixed (i, j)) and the opposite-edge sums Rm_jk = sum_i G_ijk w_ij w_ik
+// (over the vertex i for fixed (j, k)) come from one pass where a task owns
+// the point j: it writes column j of V and row j of Rm, so no two tasks write
+// the same element and the summation order is fixed. R = Rm + Rm^T is what
+// the op layer's AngleWeight takes.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
-#include "../checks.h"
+#include "../core/bind.h"
 #include "../rkd_math.h"
+#include "cpu_backend.h"
 #include "cpu_util.h"
-#include "pairwise_cpu.h"
 
 namespace rkd {
 namespace {
-
-// The float64 s and u matrices of one input; for the unnormalised variant u
-// is all ones and eps2 < 0 (no clamp).
-struct Edges {
-  at::Tensor sq;   // (N, N) float64
-  at::Tensor inv;  // (N, N) float64: u
-  double eps2;
-  const double* s() const { return sq.const_data_ptr<double>(); }
-  const double* u() const { return inv.const_data_ptr<double>(); }
-};
-
-Edges make_edges(at::Tensor sq, double eps, bool normalize) {
-  const int64_t N = sq.size(0);
-  Edges e{sq, at::empty_like(sq), normalize ? eps * eps : -1.0};
-  const double* s = sq.const_data_ptr<double>();
-  double* u = e.inv.mutable_data_ptr<double>();
-  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < end; ++i)
-      for (int64_t j = 0; j < N; ++j) u[i * N + j] = normalize ? inv_edge(s[i * N + j], eps) : 1.0;
-  });
-  return e;
-}
-
-Edges edges_of(const at::Tensor& x, double eps, bool normalize) {
-  // The law of cosines subtracts squared distances: always the float64 Gram product.
-  return make_edges(pair_matrix_cpu(x, PairOut::Sq, 0.0, GramPrecision::F64), eps, normalize);
-}
 
 // Rows of one triplet row (i, j, *) of one input.
 struct Row {
@@ -64,10 +35,8 @@ struct Row {
   double s_ij, u_ij;
 };
 
-RKD_INLINE Row row_of(const Edges& e, int64_t N, int64_t i, int64_t j) {
-  const double* s = e.s();
-  const double* u = e.u();
-  return {s + i * N, s + j * N, u + i * N, s[i * N + j], u[i * N + j]};
+RKD_INLINE Row row_of(const Edges<double>& e, int64_t N, int64_t i, int64_t j) {
+  return {e.s + i * N, e.s + j * N, e.u + i * N, e.s[i * N + j], e.u[i * N + j]};
 }
 
 // sum over k in [k0, k1) of smooth_l1(A^a_ijk - A^b_ijk).
@@ -80,43 +49,18 @@ RKD_CPU_CLONES double loss_row(const Row& a, const Row& b, int64_t k0, int64_t k
   const double* bu_i = b.u_i;
   return reduce_lanes(k1 - k0, [&](int64_t t) RKD_LAMBDA_INLINE {
     const int64_t k = k0 + t;
-    const double r = angle_from_sq(a.s_ij, as_i[k], as_j[k], a.u_ij, au_i[k]) -
-                     angle_from_sq(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]);
+    const double r = cosine<double>(a.s_ij, as_i[k], as_j[k], a.u_ij, au_i[k]) -
+                     cosine<double>(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]);
     return smooth_l1(r, h);
   });
 }
 
 // Elementwise loss (or cosines of a alone, when b is null) of a triplet row.
 RKD_CPU_CLONES void values_row(const Row& a, const Row* b, int64_t N, const Huber<double>& h, double* out) {
-  for (int64_t k = 0; k < N; ++k) out[k] = angle_from_sq(a.s_ij, a.s_i[k], a.s_j[k], a.u_ij, a.u_i[k]);
+  for (int64_t k = 0; k < N; ++k) out[k] = cosine<double>(a.s_ij, a.s_i[k], a.s_j[k], a.u_ij, a.u_i[k]);
   if (b)
     for (int64_t k = 0; k < N; ++k)
-      out[k] = smooth_l1(out[k] - angle_from_sq(b->s_ij, b->s_i[k], b->s_j[k], b->u_ij, b->u_i[k]), h);
-}
-
-// The (N, N, N) tensor of cosines of a (b null), or of the elementwise loss
-// between a and b, written row by row straight into the output dtype.
-at::Tensor triplet_values(const Edges& a, const Edges* b, int64_t N, double beta, at::ScalarType dtype,
-                          const at::TensorOptions& opts) {
-  at::Tensor out = at::empty({N, N, N}, opts.dtype(dtype));
-  const Huber<double> h(beta);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "rkd_triplet_values", [&] {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
-      std::vector<double> row(static_cast<size_t>(N));
-      for (int64_t t = lo; t < hi; ++t) {
-        const int64_t i = t / N, j = t % N;
-        if (b) {
-          const Row rb = row_of(*b, N, i, j);
-          values_row(row_of(a, N, i, j), &rb, N, h, row.data());
-        } else {
-          values_row(row_of(a, N, i, j), nullptr, N, h, row.data());
-        }
-        for (int64_t k = 0; k < N; ++k) o[t * N + k] = static_cast<scalar_t>(row[k]);
-      }
-    });
-  });
-  return out;
+      out[k] = smooth_l1(out[k] - cosine<double>(b->s_ij, b->s_i[k], b->s_j[k], b->u_ij, b->u_i[k]), h);
 }
 
 // Where dL/dA comes from in a backward row: the smooth-L1 of a loss with a
@@ -150,13 +94,13 @@ RKD_INLINE void grad_row(const Row& a, const Row& b, const GradIn& in, int64_t N
   const double w_ij = active_inv_edge(a.s_ij, a.u_ij, in.eps2);
   double p[kLanes] = {}, q[kLanes] = {};
   auto body = [&](int64_t k, int64_t l) RKD_LAMBDA_INLINE {
-    const double A = angle_from_sq(a.s_ij, as_i[k], as_j[k], a.u_ij, au_i[k]);
+    const double A = cosine<double>(a.s_ij, as_i[k], as_j[k], a.u_ij, au_i[k]);
     double G, Gs;
     if constexpr (U == Upstream::Raw) {
       G = g[k];
       Gs = gsym[k];
     } else {
-      const double d = smooth_l1_grad(A - angle_from_sq(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]), in.huber);
+      const double d = smooth_l1_grad(A - cosine<double>(b.s_ij, bs_i[k], bs_j[k], b.u_ij, bu_i[k]), in.huber);
       if constexpr (U == Upstream::LossScalar) {
         G = in.scalar * d;
         Gs = 2.0 * G;  // dL/dA is symmetric in (j, k) when the upstream gradient is a scalar
@@ -191,25 +135,27 @@ RKD_CPU_CLONES void grad_row_raw(const Row& a, const Row& b, const GradIn& in, i
   grad_row<Upstream::Raw>(a, b, in, N, rm_j, pq);
 }
 
-// dL/dx for input x with edges ea, given dL/dA through `in` (b: the other
-// side of a loss; ignored for Raw). up/upsym: (N, N, N) upstream tensors for
-// LossTensor and Raw.
-at::Tensor angle_input_grad(Upstream U, const at::Tensor& x, const Edges& ea, const Edges& eb, double scalar,
-                            const double* up, const double* upsym, double beta, bool normalize) {
-  const int64_t N = x.size(0);
-  std::vector<double> V(static_cast<size_t>(N * N), 0.0);   // vertex-edge terms, [i][j]
-  std::vector<double> Rm(static_cast<size_t>(N * N), 0.0);  // opposite-edge sums, [j][k]
-  const double kappa = normalize ? 1.0 : 0.0;
+// V and R for side a, given dL/dA through `in` (b: the other side of a loss;
+// ignored for Raw). up/upsym: (N, N, N) upstream tensors for LossTensor and
+// Raw. V and R live in the backend's scratch.
+AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& ea, const Edges<double>& eb,
+                              int64_t N, double scalar, const double* up, const double* upsym,
+                              const AngleArgs& args) {
+  double* V = be.scratch<double>(N * N);   // vertex-edge terms, [i][j]
+  double* Rm = be.scratch<double>(N * N);  // opposite-edge sums, [j][k]
+  std::fill_n(V, N * N, 0.0);
+  std::fill_n(Rm, N * N, 0.0);
+  const double kappa = kappa_of(args), eps2 = clamp_eps2(args);
   at::parallel_for(0, N, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
-      double* rm_j = Rm.data() + j * N;
+      double* rm_j = Rm + j * N;
       for (int64_t i = 0; i < N; ++i) {
         if (i == j) continue;
         const Row a = row_of(ea, N, i, j);
         const Row b = U == Upstream::Raw ? a : row_of(eb, N, i, j);
         const int64_t off = (i * N + j) * N;
-        const GradIn in{scalar, up ? up + off : nullptr, upsym ? upsym + off : nullptr, Huber<double>(beta),
-                        ea.eps2};
+        const GradIn in{scalar, up ? up + off : nullptr, upsym ? upsym + off : nullptr, Huber<double>(args.beta),
+                        eps2};
         double pq[2];
         if (U == Upstream::LossScalar)
           grad_row_scalar(a, b, in, N, rm_j, pq);
@@ -217,31 +163,25 @@ at::Tensor angle_input_grad(Upstream U, const at::Tensor& x, const Edges& ea, co
           grad_row_tensor(a, b, in, N, rm_j, pq);
         else
           grad_row_raw(a, b, in, N, rm_j, pq);
-        V[i * N + j] = vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, ea.eps2), kappa);
+        V[i * N + j] = vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, eps2), kappa);
       }
     }
   });
-  return grad_from_sq_cpu(x, GramPrecision::F64, [&](int64_t i, int64_t j) {
-    return V[i * N + j] + opposite_edge_grad(Rm[i * N + j]);
+  // R = Rm + Rm^T: the opposite-edge sums over Gs_ijk = G_ijk + G_ikj.
+  double* R = be.scratch<double>(N * N);
+  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j)
+      for (int64_t k = 0; k < N; ++k) R[j * N + k] = Rm[j * N + k] + Rm[k * N + j];
   });
-}
-
-// ---- angle_tensor ---------------------------------------------------------------
-
-std::tuple<at::Tensor, at::Tensor> angle_tensor_cpu(const at::Tensor& x, double eps, bool normalize) {
-  check_features("angle_tensor", "x", x);
-  check_eps("angle_tensor", eps);
-  const int64_t N = x.size(0);
-  const Edges e = edges_of(x, eps, normalize);
-  return {triplet_values(e, nullptr, N, 0.0, x.scalar_type(), x.options()), e.sq};
+  return {V, R, 1};
 }
 
 // (N, N, N) upstream gradient in float64, and its (j, k)-symmetrised sum.
 // With `mask_degenerate`, the entries (i, i, k) and (i, j, i) are zeroed: the
 // cosines there are the constant 0, so their gradient must not flow (the
 // formulas of rkd_math.h only vanish there through l'(0) = 0 in a loss).
-std::pair<at::Tensor, at::Tensor> upstream_pair(const at::Tensor& grad, bool mask_degenerate) {
-  at::Tensor g = grad.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true).contiguous();
+std::pair<at::Tensor, at::Tensor> upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
+  at::Tensor g = at::from_blob(const_cast<double*>(up), {N, N, N}, at::kDouble).clone();
   if (mask_degenerate) {
     g.diagonal(0, 0, 1).zero_();
     g.diagonal(0, 0, 2).zero_();
@@ -249,41 +189,45 @@ std::pair<at::Tensor, at::Tensor> upstream_pair(const at::Tensor& grad, bool mas
   return {g, (g + g.transpose(1, 2)).contiguous()};
 }
 
-at::Tensor angle_tensor_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& sq, double eps,
-                                     bool normalize) {
-  constexpr const char* op = "angle_tensor_backward";
-  check_features(op, "x", x);
-  const int64_t N = x.size(0);
-  check_saved(op, "sq", sq, N);
-  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == N && grad.size(1) == N && grad.size(2) == N, op,
-                    ": grad must have shape (", N, ", ", N, ", ", N, "), got ", grad.sizes());
-  const Edges e = make_edges(sq, eps, normalize);
-  const auto [g, gsym] = upstream_pair(grad, true);
-  return angle_input_grad(Upstream::Raw, x, e, e, 0.0, g.const_data_ptr<double>(), gsym.const_data_ptr<double>(),
-                          0.0, normalize);
+}  // namespace
+
+template <>
+Edges<double> CpuBackend::edges<double>(const double* s, int64_t N, const AngleArgs& a) {
+  double* u = scratch<double>(N * N);
+  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; ++i)
+      for (int64_t j = 0; j < N; ++j) u[i * N + j] = a.normalize ? inv_edge(s[i * N + j], a.eps) : 1.0;
+  });
+  return {s, u};
 }
 
-// ---- rkd_angle_loss -----------------------------------------------------------------
+// The (N, N, N) cosines of a (b null), or the elementwise loss between a and
+// b, written row by row straight into the output dtype.
+void CpuBackend::angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta,
+                              const Buffer& out) {
+  const Huber<double> h(beta);
+  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+    using T = decltype(t);
+    T* o = static_cast<T*>(out.data);
+    at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
+      std::vector<double> row(static_cast<size_t>(N));
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t i = t / N, j = t % N;
+        if (b) {
+          const Row rb = row_of(*b, N, i, j);
+          values_row(row_of(a, N, i, j), &rb, N, h, row.data());
+        } else {
+          values_row(row_of(a, N, i, j), nullptr, N, h, row.data());
+        }
+        for (int64_t k = 0; k < N; ++k) o[t * N + k] = static_cast<T>(row[k]);
+      }
+    });
+  });
+}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tensor& student,
-                                                                  const at::Tensor& teacher, double beta,
-                                                                  double eps, c10::string_view reduction,
-                                                                  bool normalize) {
-  constexpr const char* op = "rkd_angle_loss";
-  check_pair(op, student, teacher);
-  check_beta(op, beta);
-  check_eps(op, eps);
-  const Reduction red = parse_reduction(op, std::string(reduction));
-  const int64_t N = student.size(0);
-  const auto out_opts = student.options().dtype(loss_dtype(student, teacher));
-  const Edges a = edges_of(student, eps, normalize), b = edges_of(teacher, eps, normalize);
-  if (N < 3) {
-    return {red == Reduction::None ? at::zeros({N, N, N}, out_opts) : at::zeros({}, out_opts), a.sq, b.sq};
-  }
-  if (red == Reduction::None)
-    return {triplet_values(a, &b, N, beta, out_opts.dtype().toScalarType(), student.options()), a.sq, b.sq};
-  // A_ijk = A_ikj: each row (i, j) sums k > j twice plus k == j once. Rows i
-  // j == i (and the k == i entries) are exactly 0 and contribute l(0) = 0.
+// A_ijk = A_ikj: each row (i, j) sums k > j twice plus k == j once. Rows
+// j == i (and the k == i entries) are exactly 0 and contribute l(0) = 0.
+double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta) {
   const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
   at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
@@ -299,46 +243,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss_cpu(const at::Tens
   });
   double total = 0.0;
   for (double v : rows) total += v;
-  if (red == Reduction::Mean) total /= static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N);
-  return {at::scalar_tensor(total, out_opts), a.sq, b.sq};
+  return total;
 }
 
-std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& sq_s,
-    const at::Tensor& sq_t, double beta, double eps, c10::string_view reduction, bool normalize, bool student_grad,
-    bool teacher_grad) {
-  const Reduction red = check_loss_backward("rkd_angle_loss_backward", grad, student, teacher, "sq_student", sq_s,
-                                            "sq_teacher", sq_t, std::string(reduction), 3);
-  const int64_t N = student.size(0);
-  if (N < 3 || (!student_grad && !teacher_grad)) return zero_loss_grads(student, teacher, student_grad, teacher_grad);
-  auto [gstu, gtea] = zero_loss_grads(student, teacher, false, false);
-  const Edges a = make_edges(sq_s, eps, normalize), b = make_edges(sq_t, eps, normalize);
-  // The teacher's gradient is the student's with the roles swapped: the
-  // residual changes sign, and so does dL/dA.
-  if (red == Reduction::None) {
-    const auto [g, gsym] = upstream_pair(grad, false);
-    const double* gp = g.const_data_ptr<double>();
-    const double* gs = gsym.const_data_ptr<double>();
-    if (student_grad) gstu = angle_input_grad(Upstream::LossTensor, student, a, b, 0.0, gp, gs, beta, normalize);
-    if (teacher_grad) gtea = angle_input_grad(Upstream::LossTensor, teacher, b, a, 0.0, gp, gs, beta, normalize);
-  } else {
-    double up = grad.to(at::kDouble).item<double>();
-    if (red == Reduction::Mean) up /= static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N);
-    if (student_grad)
-      gstu = angle_input_grad(Upstream::LossScalar, student, a, b, up, nullptr, nullptr, beta, normalize);
-    if (teacher_grad)
-      gtea = angle_input_grad(Upstream::LossScalar, teacher, b, a, up, nullptr, nullptr, beta, normalize);
-  }
-  return {gstu, gtea};
+AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up,
+                                   int64_t N, const AngleArgs& args) {
+  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, *up.up / up.div, nullptr, nullptr, args);
 }
 
-}  // namespace
+AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up,
+                                   int64_t N, const AngleArgs& args) {
+  const auto [g, gsym] = upstream_pair(up.up, N, false);
+  return vertex_and_opposite(*this, Upstream::LossTensor, a, b, N, 0.0, g.const_data_ptr<double>(),
+                             gsym.const_data_ptr<double>(), args);
+}
 
-TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) {
-  m.impl("angle_tensor", &angle_tensor_cpu);
-  m.impl("angle_tensor_backward", &angle_tensor_backward_cpu);
-  m.impl("rkd_angle_loss", &rkd_angle_loss_cpu);
-  m.impl("rkd_angle_loss_backward", &rkd_angle_loss_backward_cpu);
+AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>&, const RawUpstream<double>& up,
+                                   int64_t N, const AngleArgs& args) {
+  const auto [g, gsym] = upstream_pair(up.up, N, true);
+  return vertex_and_opposite(*this, Upstream::Raw, a, a, N, 0.0, g.const_data_ptr<double>(),
+                             gsym.const_data_ptr<double>(), args);
 }
 
 }  // namespace rkd
+
+TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) { rkd::bind::register_angle_ops<rkd::CpuCtx>(m); }

@@ -32,7 +32,6 @@ namespace rkd {
 typedef double v8d __attribute__((vector_size(64)));
 typedef double v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 RKD_INLINE v8d load8(const double* p) { return *reinterpret_cast<const v8d_u*>(p); }
-RKD_INLINE void store8(double* p, v8d v) { *reinterpret_cast<v8d_u*>(p) = v; }
 
 // Sixteen float32 lanes, the same register width as v8d.
 typedef float v16f __attribute__((vector_size(64)));

@@ -1,7 +1,7 @@
 // CUDA kernels of the angle-wise RKD ops (torch-free), the counterparts of
 // csrc/cpu/angle_cpu.cpp: the angle tensor and the fused angle loss, forward
 // and backward, built from the float64 squared-distance matrices s of
-// pairwise_kernel.cuh by the law of cosines (rkd_math.h). Besides s they need
+// pair_matrix_kernel.cuh by the law of cosines (rkd_math.h). Besides s they need
 // O(N^2) memory: nothing of size N^3 or N^2 D is allocated (except the
 // (N, N, N) outputs and upstream gradients of the elementwise variants).
 //
@@ -26,27 +26,16 @@
 //     q_ij = sum_k Gs_ijk A_ijk, and V_ij = vertex_edge_grad(p, q, w_ij);
 //   opposite pass: a block owns (j, k) with k >= j, loops over i:
 //     R_jk = sum_i Gs_ijk w_ij w_ik, symmetric, stored at (j, k) and (k, j).
-// Then W_ij = V_ij + V_ji + opposite_edge_grad(R_ij) (common.cuh's weights
-// kernel) feeds grad_from_weights of pairwise_kernel.cuh.
+// Then W_ij = V_ij + V_ji + opposite_edge_grad(R_ij) (the op layer's
+// AngleWeight) feeds grad_from_weights of pair_matrix_kernel.cuh. The host
+// side that launches these kernels is gpu_backend.cuh.
 #pragma once
 
+#include "../core/angle_op.h"
 #include "common.cuh"
 
 namespace rkd {
 namespace gpu {
-
-// One side of the loss: s and u = inv_edge(s) (1 for the unnormalised
-// variant), both (N, N) and symmetric.
-template <typename Acc>
-struct Edges {
-  const double* s;
-  const Acc* u;
-};
-
-template <typename Acc>
-RKD_DEV Acc cosine(double s_ij, double s_ik, double s_jk, Acc u_ij, Acc u_ik) {
-  return angle_from_num(static_cast<Acc>(cos_numerator(s_ij, s_ik, s_jk)), u_ij, u_ik);
-}
 
 // Triplet tiling: 16 x 16 threads, each a kRows x kCols micro-tile (first
 // tile index ty + 16 r, second tx + 16 c), kChunk loop steps per stage.
@@ -77,50 +66,6 @@ RKD_DEV void stage(double (*s)[W], Acc (*u)[W], Acc (*w)[W], const Edges<Acc>& e
 }
 
 RKD_DEV int64_t clamp_dev(int64_t v, int64_t N) { return v < N ? v : N - 1; }
-
-// ---- dL/dA: where the gradient of a cosine comes from --------------------------------
-//
-// Each policy's eval() gives gsym(i, j, k, d) = G_ijk + G_ikj for a triplet
-// (i, j, k) and d = l'(A_a - A_b). kLoss: whether d is needed (the angle
-// tensor's backward takes dL/dA as it comes).
-
-// A reduced loss: G = (upstream / div) d, symmetric in (j, k).
-template <typename Acc>
-struct ScalarUpstream {
-  static constexpr bool kLoss = true;
-  const double* up;  // the upstream gradient, one float64 element on the device
-  double div;        // N^3 for 'mean', 1 for 'sum'
-  struct Eval {
-    Acc c;
-    RKD_DEV Acc gsym(int64_t, int64_t, int64_t, Acc d) const { return Acc(2) * (c * d); }
-  };
-  RKD_DEV Eval eval() const { return {static_cast<Acc>(*up / div)}; }
-};
-
-// Reduction 'none': G_ijk = up_ijk d.
-template <typename Acc>
-struct TensorUpstream {
-  static constexpr bool kLoss = true;
-  const Acc* up;  // (N, N, N)
-  int64_t N;
-  RKD_DEV TensorUpstream eval() const { return *this; }
-  RKD_DEV Acc gsym(int64_t i, int64_t j, int64_t k, Acc d) const {
-    return (up[(i * N + j) * N + k] + up[(i * N + k) * N + j]) * d;
-  }
-};
-
-// The angle tensor: G_ijk = up_ijk, except on the degenerate entries
-// (j == i or k == i), whose cosines are the constant 0.
-template <typename Acc>
-struct RawUpstream {
-  static constexpr bool kLoss = false;
-  const Acc* up;  // (N, N, N)
-  int64_t N;
-  RKD_DEV RawUpstream eval() const { return *this; }
-  RKD_DEV Acc gsym(int64_t i, int64_t j, int64_t k, Acc) const {
-    return (j == i || k == i) ? Acc(0) : up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
-  }
-};
 
 // ---- kernels ---------------------------------------------------------------------------
 
@@ -363,7 +308,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
   }
 }
 
-// ---- host side ----------------------------------------------------------------------------
+// ---- launch geometry ----------------------------------------------------------------------------
 
 struct InvEdge {
   const double* s;
@@ -371,18 +316,6 @@ struct InvEdge {
   double eps;
   bool normalize;
   RKD_DEV double operator()(int64_t i, int64_t j) const { return normalize ? inv_edge(s[i * N + j], eps) : 1.0; }
-};
-
-// W_ij = V_ij + V_ji + opposite_edge_grad(R_ij), R summed over its slices in order.
-struct AngleWeight {
-  const double* V;
-  const double* R;
-  int64_t slices, N;
-  RKD_DEV double operator()(int64_t i, int64_t j) const {
-    double r = 0.0;
-    for (int64_t z = 0; z < slices; ++z) r += R[z * N * N + i * N + j];
-    return V[i * N + j] + V[j * N + i] + opposite_edge_grad(r);
-  }
 };
 
 // Tiles of the (kTA, kTB) grid that reach on or above the diagonal.
@@ -403,83 +336,6 @@ inline int64_t vertex_splits(int64_t N) {
 }
 
 inline int64_t rows_per_split(int64_t N, int64_t splits) { return ceil_div(ceil_div(N, kChunk), splits) * kChunk; }
-
-template <typename Acc, typename Alloc, typename Check>
-Edges<Acc> make_edges(const double* s, int64_t N, double eps, bool normalize, Alloc& alloc, cudaStream_t stream,
-                      const Check& check) {
-  Acc* u = take<Acc>(alloc, N * N);
-  map<Acc>(InvEdge{s, N, eps, normalize}, N, u, stream, check);
-  return {s, u};
-}
-
-// out: (N, N, N) cosines in T.
-template <typename Acc, typename T, typename Alloc, typename Check>
-void angle_tensor(const double* s, int64_t N, double eps, bool normalize, T* out, Alloc& alloc, cudaStream_t stream,
-                  const Check& check) {
-  const Edges<Acc> e = make_edges<Acc>(s, N, eps, normalize, alloc, stream, check);
-  launch(check, angle_values_kernel<Acc, T, false>, dim3(grid_dim(N), grid_dim(N)), dim3(kBlock), stream, e, e, N,
-         Huber<Acc>(Acc(0)), out);
-}
-
-// The loss of the sides a and b (N >= 3): (N, N, N) for reduction 'none',
-// else a scalar.
-template <typename Acc, typename Alloc, typename Check>
-void angle_loss(const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, double beta, Reduce red, Acc* out, Alloc& alloc,
-                cudaStream_t stream, const Check& check) {
-  if (red == Reduce::None) {
-    launch(check, angle_values_kernel<Acc, Acc, true>, dim3(grid_dim(N), grid_dim(N)), dim3(kBlock), stream, a, b, N,
-           Huber<Acc>(static_cast<Acc>(beta)), out);
-    return;
-  }
-  const int64_t splits = vertex_splits(N), na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
-  double* partial = take<double>(alloc, na * nb * splits);
-  launch(check, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(splits)), dim3(kTri, kTri),
-         stream, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), rows_per_split(N, splits), partial);
-  const double n = static_cast<double>(N);
-  finish(static_cast<const double*>(partial), na * nb * splits,
-         StoreLoss<Acc>{out, red == Reduce::Mean ? n * n * n : 1.0}, stream, check);
-}
-
-// W, w (N >= 3) for dL/dA given by the policy `up`; b: the other side of the
-// loss (ignored when !Up::kLoss).
-template <typename Acc, typename Up, typename Alloc, typename Check>
-void angle_weights(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, double beta, double eps,
-                   bool normalize, double* W, double* w, Alloc& alloc, cudaStream_t stream, const Check& check) {
-  const double eps2 = normalize ? eps * eps : -1.0, kappa = normalize ? 1.0 : 0.0;
-  const Huber<Acc> huber(static_cast<Acc>(beta));
-  double* V = take<double>(alloc, N * N);
-  launch(check, angle_vertex_kernel<Acc, Up>, dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA))),
-         dim3(kTri, kTri), stream, a, b, up, N, huber, eps2, kappa, V);
-  const int64_t splits = vertex_splits(N);
-  double* R = take<double>(alloc, splits * N * N);
-  launch(check, angle_opposite_kernel<Acc, Up>,
-         dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(splits)), dim3(kTri, kTri), stream,
-         a, b, up, N, huber, eps2, rows_per_split(N, splits), R);
-  build_weights(AngleWeight{V, R, splits, N}, N, W, w, stream, check);
-}
-
-// Side a's weights for the loss: up is the float64 upstream scalar (reduction
-// 'mean' or 'sum') or, for 'none', the (N, N, N) upstream gradient in Acc.
-template <typename Acc, typename Alloc, typename Check>
-void angle_loss_weights(const Edges<Acc>& a, const Edges<Acc>& b, const void* up, Reduce red, int64_t N, double beta,
-                        double eps, bool normalize, double* W, double* w, Alloc& alloc, cudaStream_t stream,
-                        const Check& check) {
-  if (red == Reduce::None) {
-    angle_weights(a, b, TensorUpstream<Acc>{static_cast<const Acc*>(up), N}, N, beta, eps, normalize, W, w, alloc,
-                  stream, check);
-  } else {
-    const double n = static_cast<double>(N);
-    angle_weights(a, b, ScalarUpstream<Acc>{static_cast<const double*>(up), red == Reduce::Mean ? n * n * n : 1.0}, N,
-                  beta, eps, normalize, W, w, alloc, stream, check);
-  }
-}
-
-// The angle tensor's weights; up: its (N, N, N) upstream gradient in Acc.
-template <typename Acc, typename Alloc, typename Check>
-void angle_tensor_weights(const Edges<Acc>& e, const Acc* up, int64_t N, double eps, bool normalize, double* W,
-                          double* w, Alloc& alloc, cudaStream_t stream, const Check& check) {
-  angle_weights(e, e, RawUpstream<Acc>{up, N}, N, 0.0, eps, normalize, W, w, alloc, stream, check);
-}
 
 }  // namespace gpu
 }  // namespace rkd

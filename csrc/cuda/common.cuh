@@ -1,6 +1,7 @@
 // Torch-free building blocks of the CUDA kernels: the launch helper, dtype
-// conversions, a fixed-order block reduction and the small generic N x N
-// kernels (row sums, a one-block finish, the GEMM weight matrix, maps).
+// conversions, a fixed-order block reduction and the small generic kernels
+// (row sums, a one-block finish, the GEMM weight matrix, maps, conversions)
+// that the GPU backend (gpu_backend.cuh) runs the op layer's terms through.
 //
 // Nothing here depends on torch: the headers compile with plain nvcc (see
 // scripts/check_cuda.sh) and take raw pointers, sizes and a stream. Scratch
@@ -20,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../core/params.h"
 #include "../rkd_math.h"
 
 #define RKD_DEV __device__ __forceinline__
@@ -29,8 +31,6 @@ namespace gpu {
 
 // Threads of the one-dimensional kernels.
 constexpr int kBlock = 256;
-
-enum class Reduce { None, Mean, Sum };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kBlock) finish_kernel(const double* v, int64_t
 }
 
 // The weight matrix of the gradient GEMM: W_ij = f(i, j) off the diagonal
-// (f symmetric: W = dL/ds + (dL/ds)^T), W_ii = 0, and w_i = sum_j W_ij.
+// (W = dL/ds + (dL/ds)^T), W_ii = 0, and w_i = sum_j W_ij.
 template <typename F>
 __global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, double* W, double* w) {
   __shared__ double red[kBlock];
@@ -178,20 +178,28 @@ void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
   launch(check, map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, out);
 }
 
-// Stores a reduced loss: total / div (div is N^2 or N^3 for 'mean', 1 for 'sum').
-template <typename Out>
-struct StoreLoss {
-  Out* out;
-  double div;
-  RKD_DEV void operator()(double total) const { *out = narrow<Out>(total / div); }
-};
+// out[l] = in[l] converted, for n elements.
+template <typename In, typename Out>
+__global__ void __launch_bounds__(kBlock) convert_kernel(const In* __restrict__ in, int64_t n, Out* __restrict__ out) {
+  const int64_t l = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (l < n) out[l] = narrow<Out>(widen(in[l]));
+}
 
-// Functor reading an N x N float64 matrix.
-struct MatrixAt {
-  const double* m;
-  int64_t N;
-  RKD_DEV double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
-};
+template <typename Out>
+__global__ void __launch_bounds__(kBlock) zero_kernel(int64_t n, Out* __restrict__ out) {
+  const int64_t l = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (l < n) out[l] = narrow<Out>(0.0);
+}
+
+template <typename In, typename Out, typename Check>
+void convert(const In* in, int64_t n, Out* out, cudaStream_t stream, const Check& check) {
+  launch(check, convert_kernel<In, Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, in, n, out);
+}
+
+template <typename Out, typename Check>
+void zero(int64_t n, Out* out, cudaStream_t stream, const Check& check) {
+  launch(check, zero_kernel<Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, n, out);
+}
 
 }  // namespace gpu
 }  // namespace rkd

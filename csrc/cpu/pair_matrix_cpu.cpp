@@ -1,6 +1,8 @@
-#include "pairwise_cpu.h"
+// The O(N^2 D) primitives of the CPU backend (cpu_backend.h): the pair
+// matrix and the gradient from pair weights, one blocked GEMM, and the small
+// conversions the op layer asks for.
+#include "cpu_backend.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -22,10 +24,10 @@ namespace {
 // multiplies the centred features by their transpose (the Gram matrix), the
 // backward multiplies W = dL/ds + (dL/ds)^T by the centred features.
 //
-// float64 tiles accumulate in float64. float32 tiles (the backward of float32
-// and half inputs) accumulate kFlush products in float32, then add them to a
-// float64 total: half the cost of float64 arithmetic, and a rounding error
-// several times below that of a plain float32 GEMM.
+// float64 tiles accumulate in float64. float32 tiles (Precision::Fast)
+// accumulate kFlush products in float32, then add them to a float64 total:
+// half the cost of float64 arithmetic, and a rounding error several times
+// below that of a plain float32 GEMM.
 // 6 x 4 accumulators, 4 panel loads and a broadcast: 29 of AVX-512's 32 vector registers.
 constexpr int64_t kRows = 6;
 constexpr int64_t kVecs = 4;
@@ -34,17 +36,6 @@ template <typename T>
 constexpr int64_t cols() {
   return kVecs * Vec<T>::lanes;
 }
-// A pair whose Gram-form s is below near<T>() * (n_i + n_j) is recomputed
-// from direct differences in float64. The float64 Gram form's error is about
-// sqrt(D) * 1e-16 * (n_i + n_j), so every pair it keeps is accurate to ~1e-12
-// relative; the float32 one (with float64 accumulation every kFlush terms)
-// keeps pairs to ~1e-7 relative at worst and ~1e-9 typically, several times
-// better than a float32 evaluation of the reference's expanded form.
-template <typename T>
-constexpr double near() {
-  return std::is_same<T, double>::value ? 1e-3 : 1e-2;
-}
-
 template <typename T>
 inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T* bp, int64_t K, double* out) {
   using V = typename Vec<T>::type;
@@ -75,15 +66,13 @@ RKD_CPU_CLONES void gemm_tile_any(const float* const* a, const float* bp, int64_
   gemm_tile<float>(a, bp, K, out);
 }
 
-// v[l] = s from the Gram entry: n_i + n_j - 2 g. Returns how many pairs are too
-// close for that to be accurate (recomputed by the caller).
-RKD_CPU_CLONES int64_t gram_to_sq(const double* g, double ni, const double* nj, int64_t n, double rel,
-                                  double* v) {
+// v[l] = s from the Gram entry. Returns how many pairs are too close for that
+// to be accurate (recomputed by the caller).
+RKD_CPU_CLONES int64_t gram_to_sq(const double* g, double ni, const double* nj, int64_t n, double* v) {
   int64_t close = 0;
   for (int64_t l = 0; l < n; ++l) {
-    const double norms = ni + nj[l];
-    v[l] = norms - 2.0 * g[l];
-    close += !(v[l] >= rel * norms);
+    v[l] = gram_sq(ni, nj[l], g[l]);
+    close += gram_near(v[l], ni, nj[l]);
   }
   return close;
 }
@@ -118,12 +107,6 @@ std::vector<T> pack_panels(const double* m, int64_t R, int64_t C, int64_t rs, in
   return out;
 }
 
-// Features centred on the batch mean, in float64, with squared norms.
-struct Centred {
-  std::vector<double> x;  // N x D row-major
-  std::vector<double> n;  // ||x_i - mean||^2
-};
-
 template <typename T>
 Centred centre_impl(const T* x, int64_t N, int64_t D) {
   Centred c;
@@ -136,34 +119,27 @@ Centred centre_impl(const T* x, int64_t N, int64_t D) {
       for (int64_t k = b; k < e; ++k) mean[k] += static_cast<double>(x[i * D + k]);
     for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(N);
   });
+  std::vector<double> amax(static_cast<size_t>(N), 0.0);
   at::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       double* row = c.x.data() + i * D;
-      for (int64_t k = 0; k < D; ++k) row[k] = static_cast<double>(x[i * D + k]) - mean[k];
+      double m = 0.0;
+      for (int64_t k = 0; k < D; ++k) {
+        row[k] = static_cast<double>(x[i * D + k]) - mean[k];
+        const double a = std::fabs(row[k]);
+        m = a > m || a != a ? a : m;  // NaN sticks
+      }
+      amax[i] = m;
       c.n[i] = dot_lanes(row, row, D);
     }
   });
+  for (double m : amax) c.amax = m > c.amax || m != m ? m : c.amax;
   return c;
 }
-
-Centred centre(const at::Tensor& x_in) {
-  const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), D = x.size(1);
-  Centred c;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rkd_centre", [&] {
-    c = centre_impl<scalar_t>(x.const_data_ptr<scalar_t>(), N, D);
-  });
-  return c;
-}
-
-}  // namespace
-
-namespace {
 
 template <typename T>
-void gram_pairs(const Centred& c, int64_t N, int64_t D, PairOut what, double eps, double* s) {
+void gram_pairs(const Centred& c, int64_t N, int64_t D, PairKind what, double eps, double* s) {
   constexpr int64_t kCols = cols<T>();
-  constexpr double rel = near<T>();
   std::vector<T> xt;  // A-operand rows in T (float64 ones are c.x itself)
   const T* xa;
   if constexpr (std::is_same<T, double>::value) {
@@ -191,12 +167,12 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, PairOut what, double eps
       gemm_tile_any(a, bp.data() + p * D * kCols, D, g);
       for (int64_t r = 0; r < kRows && i0 + r < N; ++r) {
         const int64_t i = i0 + r;
-        if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, rel, v) != 0)
+        if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
           for (int64_t l = 0; l < nj; ++l)
-            if (!(v[l] >= rel * (c.n[i] + c.n[j0 + l])))
+            if (gram_near(v[l], c.n[i], c.n[j0 + l]))
               v[l] = sqdist_lanes(c.x.data() + i * D, c.x.data() + (j0 + l) * D, D);
-        if (what == PairOut::Dist) sq_to_dist(v, nj, eps);
-        if (what == PairOut::SqClamped)
+        if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
+        if (what == PairKind::SqClamped)
           for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
         // Only j > i is stored here; the diagonal is exactly 0.
         for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < nj; ++l) s[i * N + j0 + l] = v[l];
@@ -206,19 +182,9 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, PairOut what, double eps
   });
 }
 
-}  // namespace
-
-at::Tensor pair_matrix_cpu(const at::Tensor& x, PairOut what, double eps, GramPrecision precision) {
-  const int64_t N = x.size(0), D = x.size(1);
-  const Centred c = centre(x);
-  at::Tensor out = at::empty({N, N}, x.options().dtype(at::kDouble));
-  double* s = out.mutable_data_ptr<double>();
-  if (precision == GramPrecision::F64 || x.scalar_type() == at::kDouble)
-    gram_pairs<double>(c, N, D, what, eps, s);
-  else
-    gram_pairs<float>(c, N, D, what, eps, s);
-  // The lower triangle mirrors the upper one, copied in cache-sized blocks;
-  // the block pairs are listed so that both threads get the same share.
+// The lower triangle of s mirrors the upper one, copied in cache-sized
+// blocks; the block pairs are listed so that both threads get the same share.
+void mirror_lower(double* s, int64_t N) {
   constexpr int64_t B = 64;
   const int64_t nb = (N + B - 1) / B;
   std::vector<std::pair<int64_t, int64_t>> blocks;
@@ -231,49 +197,122 @@ at::Tensor pair_matrix_cpu(const at::Tensor& x, PairOut what, double eps, GramPr
         for (int64_t j = bj * B; j < std::min(i, bj * B + B); ++j) s[i * N + j] = s[j * N + i];
     }
   });
-  return out;
 }
 
-template <typename T>
-at::Tensor grad_from_weights_cpu(const at::Tensor& x, const PairWeights<T>& pw) {
-  const int64_t N = x.size(0), D = x.size(1);
-  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (D == 0) return dx;
+// dx_i = 2 (w_i xc_i - sum_j W_ij xc_j) on the centred features xc: the same
+// value as with x (translation invariance) without the cancellation a common
+// offset causes.
+template <typename T, typename Out>
+void grad_gemm(const Centred& c, int64_t N, int64_t D, const T* W, const double* w, Out* out) {
   constexpr int64_t kCols = cols<T>();
-  // dx_i = 2 (w_i xc_i - sum_j W_ij xc_j) on the centred features xc: the
-  // same value as with x (translation invariance) without the cancellation a
-  // common offset causes.
-  const Centred c = centre(x);
   const std::vector<T> xp = pack_panels<T>(c.x.data(), N, D, D, 1);
-  const T* W = pw.W.data();
-  const double* w = pw.w.data();
   const int64_t nrb = (N + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows, 1));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "rkd_grad_from_weights", [&] {
-    scalar_t* out = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, nrb * np, grain, [&](int64_t b, int64_t e) {
-      double blk[kRows * kCols];
-      for (int64_t t = b; t < e; ++t) {
-        // Panel-major order: a thread sweeps the row blocks over one panel
-        // while the panel stays in its cache.
-        const int64_t p = t / nrb, i0 = (t % nrb) * kRows;
-        const T* a[kRows];
-        for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, N - 1) * N;
-        gemm_tile_any(a, xp.data() + p * N * kCols, N, blk);
-        for (int64_t r = 0; r < kRows && i0 + r < N; ++r) {
-          const int64_t i = i0 + r;
-          for (int64_t l = 0; l < kCols && p * kCols + l < D; ++l) {
-            const int64_t k = p * kCols + l;
-            out[i * D + k] = static_cast<scalar_t>(2.0 * (w[i] * c.x[i * D + k] - blk[r * kCols + l]));
-          }
+  at::parallel_for(0, nrb * np, grain, [&](int64_t b, int64_t e) {
+    double blk[kRows * kCols];
+    for (int64_t t = b; t < e; ++t) {
+      // Panel-major order: a thread sweeps the row blocks over one panel
+      // while the panel stays in its cache.
+      const int64_t p = t / nrb, i0 = (t % nrb) * kRows;
+      const T* a[kRows];
+      for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, N - 1) * N;
+      gemm_tile_any(a, xp.data() + p * N * kCols, N, blk);
+      for (int64_t r = 0; r < kRows && i0 + r < N; ++r) {
+        const int64_t i = i0 + r;
+        for (int64_t l = 0; l < kCols && p * kCols + l < D; ++l) {
+          const int64_t k = p * kCols + l;
+          out[i * D + k] = static_cast<Out>(grad_epilogue(w[i], c.x[i * D + k], blk[r * kCols + l]));
         }
       }
-    });
+    }
   });
-  return dx;
 }
 
-template at::Tensor grad_from_weights_cpu<float>(const at::Tensor&, const PairWeights<float>&);
-template at::Tensor grad_from_weights_cpu<double>(const at::Tensor&, const PairWeights<double>&);
+}  // namespace
+
+const Centred& CpuBackend::centred(const Features& x) {
+  for (const auto& [data, c] : centred_)
+    if (data == x.data) return *c;
+  auto c = std::make_unique<Centred>();
+  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    *c = centre_impl<T>(static_cast<const T*>(x.data), x.N, x.D);
+  });
+  centred_.emplace_back(x.data, std::move(c));
+  return *centred_.back().second;
+}
+
+bool CpuBackend::fast(const Features& x, Precision precision) {
+  if (precision == Precision::F64 || x.dtype == Dtype::Float64) return false;
+  const double m = centred(x).amax;
+  return m == 0.0 || (m >= kFastMin && m <= kFastMax);
+}
+
+void CpuBackend::pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out) {
+  const Centred& c = centred(x);
+  if (fast(x, precision))
+    gram_pairs<float>(c, x.N, x.D, kind, eps, out);
+  else
+    gram_pairs<double>(c, x.N, x.D, kind, eps, out);
+  mirror_lower(out, x.N);
+}
+
+CpuWeights CpuBackend::weights(const Features& x, Precision precision) {
+  CpuWeights W;
+  W.N = x.N;
+  W.f64 = !fast(x, precision);
+  const size_t nn = static_cast<size_t>(x.N * x.N);
+  if (W.f64)
+    W.Wd.resize(nn);
+  else
+    W.Wf.resize(nn);
+  W.w.resize(static_cast<size_t>(x.N));
+  return W;
+}
+
+void CpuBackend::grad_from_weights(const Features& x, const CpuWeights& W, const Buffer& dx) {
+  if (x.D == 0) return;
+  const Centred& c = centred(x);
+  visit_dtype<c10::Half, c10::BFloat16>(dx.dtype, [&](auto t) {
+    using Out = decltype(t);
+    Out* out = static_cast<Out*>(dx.data);
+    if (W.f64)
+      grad_gemm(c, x.N, x.D, W.Wd.data(), W.w.data(), out);
+    else
+      grad_gemm(c, x.N, x.D, W.Wf.data(), W.w.data(), out);
+  });
+}
+
+template <typename Acc>
+const Acc* CpuBackend::to(const Operand& op, int64_t n) {
+  if (op.dtype == Dtype::Float64) return static_cast<const double*>(op.data);
+  double* out = scratch<double>(n);
+  visit_dtype<c10::Half, c10::BFloat16>(op.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* in = static_cast<const T*>(op.data);
+    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t l = b; l < e; ++l) out[l] = static_cast<double>(in[l]);
+    });
+  });
+  return out;
+}
+template const double* CpuBackend::to<double>(const Operand&, int64_t);
+
+void CpuBackend::fill_zero(const Buffer& out, int64_t n) {
+  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+    using T = decltype(t);
+    std::fill_n(static_cast<T*>(out.data), n, T(0));
+  });
+}
+
+void CpuBackend::convert(const double* v, int64_t n, const Buffer& out) {
+  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+    using T = decltype(t);
+    T* o = static_cast<T*>(out.data);
+    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t l = b; l < e; ++l) o[l] = static_cast<T>(v[l]);
+    });
+  });
+}
 
 }  // namespace rkd

@@ -1,17 +1,19 @@
 // The O(N^2 D) CUDA kernels every RKD op is built from (torch-free), the
-// counterparts of csrc/cpu/pairwise_cpu.cpp:
+// counterparts of csrc/cpu/pair_matrix_cpu.cpp:
 //
 // pair_matrix: the N x N float64 matrix of squared distances s_ij (or of
 //   max(s_ij, eps), or of sqrt(max(s_ij, eps))), diagonal exactly 0, exactly
 //   symmetric. s is the Gram form n_i + n_j - 2 <xc_i, xc_j> on the
 //   batch-centred features xc in float64 (relations are translation
 //   invariant; centring removes the cancellation a common offset causes);
-//   pairs too close for that form (s < 1e-3 (n_i + n_j)) are recomputed from
-//   direct differences, so near-duplicates are accurate and exact duplicates
-//   give exactly 0.
+//   pairs too close for that form (rkd_math.h's gram_near) are recomputed
+//   from direct differences, so near-duplicates are accurate and exact
+//   duplicates give exactly 0.
 // grad_from_weights: dL/dx_i = 2 (w_i xc_i - sum_j W_ij xc_j), with
 //   W = dL/ds + (dL/ds)^T and w its row sums (common.cuh builds both), in
 //   float64, returned in x's dtype.
+// Both run in float64 whatever the op layer's Precision: the fast float32
+// product is a CPU option.
 //
 // Both products run through one shared-memory tiled float64 GEMM: each
 // output element is one thread's sum over k in a fixed order.
@@ -21,12 +23,6 @@
 
 namespace rkd {
 namespace gpu {
-
-enum class PairKind { Sq, SqClamped, Dist };
-
-// The Gram form keeps a pair when s >= kNear (n_i + n_j): its float64 error is
-// about sqrt(D) 1e-16 (n_i + n_j), so every kept pair is accurate to ~1e-12.
-constexpr double kNear = 1e-3;
 
 // GEMM tiling: a 16 x 16 thread block computes a kTile x kTile block of the
 // output, kMicro x kMicro elements per thread (rows ty + 16 r, columns
@@ -150,9 +146,8 @@ __global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* 
       if (i >= N || j >= N || j < i) continue;
       double v = 0.0;
       if (j != i) {
-        const double norm_sum = norms[i] + norms[j];
-        v = norm_sum - 2.0 * acc[r][c];
-        if (!(v >= kNear * norm_sum)) v = sqdist_direct(xc + i * D, xc + j * D, D);
+        v = gram_sq(norms[i], norms[j], acc[r][c]);
+        if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
         if (kWhat == PairKind::Dist)
           v = dist_from_sq(v, eps);
         else if (kWhat == PairKind::SqClamped)
@@ -178,7 +173,7 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
 #pragma unroll
     for (int c = 0; c < kMicro; ++c) {
       const int64_t i = row0 + threadIdx.y + 16 * r, k = col0 + threadIdx.x + 16 * c;
-      if (i < N && k < D) dx[i * D + k] = narrow<T>(2.0 * (w[i] * xc[i * D + k] - acc[r][c]));
+      if (i < N && k < D) dx[i * D + k] = narrow<T>(grad_epilogue(w[i], xc[i * D + k], acc[r][c]));
     }
   }
 }

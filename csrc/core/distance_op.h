@@ -1,0 +1,267 @@
+// The distance-wise RKD ops, once for every backend: pairwise_distance,
+// normalized_distance and rkd_distance_loss, forward and backward.
+//
+// Each op is a sequence of steps over the backend B, which supplies the
+// primitives (see csrc/cpu/cpu_backend.h and csrc/cuda/gpu_backend.cuh):
+//   scratch<T>(n)                       memory that lives as long as the backend
+//   to_f64(Operand, n)                  a float64 view or copy of an operand
+//   fill_zero(Buffer, n), convert(const double*, n, Buffer)
+//   pair_matrix(Features, PairKind, eps, Precision, double* out)
+//   reduce(F, N, Fin)                   Fin(sum over i, j of F(i, j)), a fixed order
+//   map(F, N, Buffer)                   out_ij = F(i, j)
+//   weights(Features, Precision) -> W, build_weights(F, W), grad_from_weights(Features, W, Buffer)
+// Scalars the steps derive (inverse means, the mean-gradient term) live in
+// backend memory and are read by the functors below, so nothing waits for
+// the host on a GPU.
+//
+// The functors are the per-element terms: host and device code, evaluated by
+// every backend. A weight functor's f(i, j) is W_ij = dL/ds_ij + dL/ds_ji,
+// the weight matrix of the gradient product (its diagonal is ignored: W_ii
+// = 0); f.rowwise() says f(i, j) reads nothing of row j, so a backend may
+// evaluate W along rows rather than in tiles that keep the transposed reads
+// in cache.
+#pragma once
+
+#include <cmath>
+
+#include "../rkd_math.h"
+#include "params.h"
+
+namespace rkd {
+
+inline double pair_count(int64_t N) { return static_cast<double>(N) * static_cast<double>(N - 1); }
+
+// ---- scalar stores (Fin of a reduction) ------------------------------------------------
+
+// *out = 1 / (total / pairs + offset): the inverse of the off-diagonal mean
+// (plus an offset) from the sum of all entries (the diagonal is 0).
+struct StoreInvMean {
+  double* out;
+  double pairs, offset;
+  RKD_HD void operator()(double total) const { *out = 1.0 / (total / pairs + offset); }
+};
+
+// *out = (*inv) total / pairs: the gradient through the mean,
+// c = inv_mu sum_kl g_kl v_kl / (N (N - 1)).
+struct StoreMeanTerm {
+  double* out;
+  const double* inv;
+  double pairs;
+  RKD_HD void operator()(double total) const { *out = *inv * total / pairs; }
+};
+
+// A reduced loss: total / div (N^2 or N^3 for 'mean', 1 for 'sum'), in Out.
+template <typename Out>
+struct StoreLoss {
+  Out* out;
+  double div;
+  RKD_HD void operator()(double total) const { *out = static_cast<Out>(total / div); }
+};
+
+// ---- N x N terms ---------------------------------------------------------------------
+
+struct MatrixAt {
+  const double* m;
+  int64_t N;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
+};
+
+struct ScaledBy {
+  const double* d;
+  int64_t N;
+  const double* inv;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return d[i * N + j] * *inv; }
+};
+
+struct ProductAt {
+  const double* a;
+  const double* b;
+  int64_t N;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return a[i * N + j] * b[i * N + j]; }
+};
+
+// pairwise_distance: dL/ds_ij = g_ij dd/ds.
+struct PairwiseWeight {
+  const double* g;
+  const double* d;
+  int64_t N;
+  double sqrt_eps;
+  RKD_HD double gs(int64_t i, int64_t j) const { return g[i * N + j] * ddist_dsq(d[i * N + j], sqrt_eps); }
+  RKD_HD double operator()(int64_t i, int64_t j) const { return gs(i, j) + gs(j, i); }
+  RKD_HD bool rowwise() const { return false; }
+};
+
+// normalized_distance, psi = d / mu: stats = {1 / mu, c}.
+struct NormalizedWeight {
+  const double* g;
+  const double* d;
+  int64_t N;
+  const double* stats;
+  double sqrt_eps;
+  RKD_HD double gs(int64_t i, int64_t j) const {
+    return mean_grad(g[i * N + j], stats[1], stats[0], ddist_dsq(d[i * N + j], sqrt_eps));
+  }
+  RKD_HD double operator()(int64_t i, int64_t j) const { return gs(i, j) + gs(j, i); }
+  RKD_HD bool rowwise() const { return false; }
+};
+
+// The loss between sides a and b (their stored pair values: distances, or
+// clamped squares with `squared`); stats[0], stats[1]: 1 / (mean + offset) of
+// a and of b.
+struct LossTerm {
+  const double* a;
+  const double* b;
+  int64_t N;
+  const double* stats;
+  Huber<double> huber;
+  RKD_HD double r(int64_t i, int64_t j) const { return residual(a[i * N + j], stats[0], b[i * N + j], stats[1]); }
+  RKD_HD double operator()(int64_t i, int64_t j) const { return smooth_l1(r(i, j), huber); }
+};
+
+// dL/dpsi_a = upstream * scale * l'(psi_a - psi_b); up holds N x N values for
+// reduction 'none', else one. The other side's gradient is the same term
+// with a and b swapped: the residual, and with it every term, changes sign.
+struct LossGrad {
+  LossTerm t;
+  const double* up;
+  double scale;
+  bool none;
+  RKD_HD double up_at(int64_t i, int64_t j) const { return none ? up[i * t.N + j] : up[0]; }
+  RKD_HD double operator()(int64_t i, int64_t j) const {
+    return up_at(i, j) * scale * smooth_l1_grad(t.r(i, j), t.huber);
+  }
+};
+
+// The mean term's summand g_ij a_ij.
+struct LossGradTimesValue {
+  LossGrad g;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return g(i, j) * g.t.a[i * g.t.N + j]; }
+};
+
+// dL/ds_ij of side a: mean_grad(g, c, 1 / mu_a, dv/ds), c = stats[2].
+struct LossWeight {
+  LossGrad g;
+  double eps, sqrt_eps;
+  bool squared;
+  RKD_HD double gs(int64_t i, int64_t j) const {
+    const double dv = dvalue_dsq(g.t.a[i * g.t.N + j], squared, eps, sqrt_eps);
+    return mean_grad(g(i, j), g.t.stats[2], g.t.stats[0], dv);
+  }
+  // a and b are symmetric, and so is gs when the upstream gradient is a
+  // scalar: then gs(j, i) == gs(i, j) bit for bit, and doubling is exact.
+  RKD_HD double operator()(int64_t i, int64_t j) const { return g.none ? gs(i, j) + gs(j, i) : 2.0 * gs(i, j); }
+  RKD_HD bool rowwise() const { return !g.none; }
+};
+
+// ---- the ops ---------------------------------------------------------------------------
+
+// The pair matrices of the distance family tolerate the fast product: unlike
+// angles they never subtract squared distances from each other.
+template <typename B>
+void distance_pairs(B& be, const Features& x, PairKind kind, double eps, double* out) {
+  be.pair_matrix(x, kind, eps, Precision::Fast, out);
+}
+
+template <typename B>
+void inverse_mean(B& be, const double* d, int64_t N, double offset, double* out) {
+  be.reduce(MatrixAt{d, N}, N, StoreInvMean{out, pair_count(N), offset});
+}
+
+// dL/dx through the weights of f.
+template <typename B, typename F>
+void grad_through(B& be, const Features& x, const F& f, const Buffer& dx) {
+  auto W = be.weights(x, Precision::Fast);
+  be.build_weights(f, W);
+  be.grad_from_weights(x, W, dx);
+}
+
+// d64: (N, N) float64 distances (kept for the backward); dist: the same in x's dtype.
+template <typename B>
+void pairwise_distance(B& be, const Features& x, double eps, double* d64, const Buffer& dist) {
+  distance_pairs(be, x, PairKind::Dist, eps, d64);
+  be.convert(d64, x.N * x.N, dist);
+}
+
+template <typename B>
+void pairwise_distance_backward(B& be, const Operand& grad, const Features& x, const double* d64, double eps,
+                                const Buffer& dx) {
+  const double* g = be.to_f64(grad, x.N * x.N);
+  grad_through(be, x, PairwiseWeight{g, d64, x.N, std::sqrt(eps)}, dx);
+}
+
+template <typename B>
+void normalized_distance(B& be, const Features& x, double eps, double* d64, const Buffer& psi) {
+  const int64_t N = x.N;
+  distance_pairs(be, x, PairKind::Dist, eps, d64);
+  if (N < 2) return be.fill_zero(psi, N * N);  // no pairs, no mean
+  double* inv = be.template scratch<double>(1);
+  inverse_mean(be, d64, N, 0.0, inv);
+  be.map(ScaledBy{d64, N, inv}, N, psi);
+}
+
+template <typename B>
+void normalized_distance_backward(B& be, const Operand& grad, const Features& x, const double* d64, double eps,
+                                  const Buffer& dx) {
+  const int64_t N = x.N;
+  if (N < 2) return be.fill_zero(dx, N * x.D);
+  const double* g = be.to_f64(grad, N * N);
+  double* stats = be.template scratch<double>(2);
+  inverse_mean(be, d64, N, 0.0, stats);
+  be.reduce(ProductAt{g, d64, N}, N, StoreMeanTerm{stats + 1, stats, pair_count(N)});
+  grad_through(be, x, NormalizedWeight{g, d64, N, stats, std::sqrt(eps)}, dx);
+}
+
+inline double mean_divisor(Reduction red, double elements) { return red == Reduction::Mean ? elements : 1.0; }
+
+// ds, dt: the (N, N) float64 pair values of each side (kept for the
+// backward); loss: (N, N) for reduction 'none', else one element.
+template <typename B>
+void rkd_distance_loss(B& be, const Features& s, const Features& t, const DistanceArgs& a, double* ds, double* dt,
+                       const Buffer& loss) {
+  const int64_t N = s.N;
+  const PairKind kind = a.squared ? PairKind::SqClamped : PairKind::Dist;
+  distance_pairs(be, s, kind, a.eps, ds);
+  distance_pairs(be, t, kind, a.eps, dt);
+  const bool none = a.reduction == Reduction::None;
+  if (N < 2) return be.fill_zero(loss, none ? N * N : 1);
+  double* stats = be.template scratch<double>(2);
+  inverse_mean(be, ds, N, a.mean_offset, stats);
+  inverse_mean(be, dt, N, a.mean_offset, stats + 1);
+  // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
+  const LossTerm term{ds, dt, N, stats, Huber<double>(a.beta)};
+  if (none) return be.map(term, N, loss);
+  const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
+  if (loss.dtype == Dtype::Float64)
+    be.reduce(term, N, StoreLoss<double>{static_cast<double*>(loss.data), div});
+  else
+    be.reduce(term, N, StoreLoss<float>{static_cast<float*>(loss.data), div});
+}
+
+// gs, gt: the gradients wanted (a null Buffer for one that is not).
+template <typename B>
+void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, const Features& t, const double* ds,
+                                const double* dt, const DistanceArgs& a, const Buffer& gs, const Buffer& gt) {
+  const int64_t N = s.N;
+  if (!gs.data && !gt.data) return;
+  if (N < 2) {
+    if (gs.data) be.fill_zero(gs, N * s.D);
+    if (gt.data) be.fill_zero(gt, N * t.D);
+    return;
+  }
+  const bool none = a.reduction == Reduction::None;
+  const double* up = be.to_f64(grad, none ? N * N : 1);
+  const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
+  // The teacher's gradient is the student's with the roles swapped.
+  auto side = [&](const Features& x, const double* mine, const double* other, const Buffer& dx) {
+    double* stats = be.template scratch<double>(3);
+    inverse_mean(be, mine, N, a.mean_offset, stats);
+    inverse_mean(be, other, N, a.mean_offset, stats + 1);
+    const LossGrad g{LossTerm{mine, other, N, stats, Huber<double>(a.beta)}, up, scale, none};
+    be.reduce(LossGradTimesValue{g}, N, StoreMeanTerm{stats + 2, stats, pair_count(N)});
+    grad_through(be, x, LossWeight{g, a.eps, std::sqrt(a.eps), a.squared}, dx);
+  };
+  if (gs.data) side(s, ds, dt, gs);
+  if (gt.data) side(t, dt, ds, gt);
+}
+
+}  // namespace rkd

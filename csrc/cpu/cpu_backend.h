@@ -1,0 +1,200 @@
+// The CPU backend of the op layer (csrc/core/*_op.h): the primitives every
+// op is sequenced from, on host memory, parallel over at::parallel_for.
+//
+// pair_matrix: the N x N float64 matrix of s_ij = ||x_i - x_j||^2 (or of
+//   max(s, eps), or sqrt(max(s, eps))), diagonal exactly 0, exactly
+//   symmetric: the Gram form on the batch-centred features (relations are
+//   translation invariant; centring removes the cancellation a common offset
+//   causes), pairs too close for it (rkd_math.h's gram_near) recomputed from
+//   direct differences in float64.
+// grad_from_weights: dL/dx_i = 2 (w_i xc_i - sum_j W_ij xc_j) on the centred
+//   features, returned in x's dtype.
+// Both products are one blocked GEMM (pair_matrix_cpu.cpp). With
+// Precision::Fast, non-float64 features whose centred values lie within
+// [kFastMin, kFastMax] use float32 products with float64 accumulation every
+// few dozen terms; float64 otherwise (float32 products would overflow or
+// underflow outside that range).
+//
+// Every output element is computed by one thread in a fixed order, whatever
+// the thread count: results are bitwise reproducible.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/core/Device.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "../core/angle_op.h"
+#include "cpu_util.h"
+
+namespace rkd {
+
+// Features centred on the batch mean, in float64, with squared norms.
+struct Centred {
+  std::vector<double> x;  // N x D row-major
+  std::vector<double> n;  // ||x_i - mean||^2
+  double amax = 0.0;      // max |x - mean|, NaN if any value is NaN
+};
+
+// W = gs + gs^T (zero diagonal) in the GEMM's element type (float32 for the
+// fast product, float64 otherwise), and its row sums in float64.
+struct CpuWeights {
+  int64_t N = 0;
+  bool f64 = true;
+  std::vector<double> Wd;
+  std::vector<float> Wf;
+  std::vector<double> w;
+};
+
+template <typename F>
+RKD_CPU_CLONES void weights_row(const F& f, int64_t i, int64_t N, double* v) {
+  for (int64_t j = 0; j < N; ++j) v[j] = f(i, j);
+  v[i] = 0.0;
+}
+
+template <typename F>
+RKD_CPU_CLONES double reduce_row(const F& f, int64_t i, int64_t N) {
+  return reduce_lanes(N, [&](int64_t j) RKD_LAMBDA_INLINE { return f(i, j); });
+}
+
+class CpuBackend {
+ public:
+  // The triplet arithmetic runs in float64 for every result type.
+  template <typename T>
+  using Triplet = double;
+  using Weights = CpuWeights;
+
+  static constexpr double kFastMin = 1e-10, kFastMax = 1e10;
+
+  template <typename T>
+  T* scratch(int64_t n) {
+    held_.emplace_back(new unsigned char[static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)]);
+    return reinterpret_cast<T*>(held_.back().get());
+  }
+
+  // Operands in Acc (float64 here): the operand itself when it is one.
+  template <typename Acc>
+  const Acc* to(const Operand& op, int64_t n);
+  const double* to_f64(const Operand& op, int64_t n) { return to<double>(op, n); }
+  void fill_zero(const Buffer& out, int64_t n);
+  void convert(const double* v, int64_t n, const Buffer& out);
+
+  void pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out);
+
+  // fin(sum over i, j of f(i, j)): rows in parallel, each in a fixed lane
+  // order, row sums added in row order.
+  template <typename F, typename Fin>
+  void reduce(const F& f, int64_t N, const Fin& fin) {
+    std::vector<double> rows(static_cast<size_t>(N));
+    at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) rows[i] = reduce_row(f, i, N);
+    });
+    double total = 0.0;
+    for (double v : rows) total += v;
+    fin(total);
+  }
+
+  template <typename F>
+  void map(const F& f, int64_t N, const Buffer& out) {
+    visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* o = static_cast<T*>(out.data);
+      at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          for (int64_t j = 0; j < N; ++j) o[i * N + j] = static_cast<T>(f(i, j));
+      });
+    });
+  }
+
+  Weights weights(const Features& x, Precision precision);
+
+  template <typename F>
+  void build_weights(const F& f, Weights& W) {
+    if (W.f64)
+      fill_weights(f, W.N, W.Wd.data(), W.w.data());
+    else
+      fill_weights(f, W.N, W.Wf.data(), W.w.data());
+  }
+
+  void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx);
+
+  // ---- angle primitives (angle_cpu.cpp) ----
+  template <typename Acc>
+  Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a);
+  void angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta, const Buffer& out);
+  double angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta);
+  template <typename Fin>
+  void angle_loss_sum(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta, const Fin& fin) {
+    fin(angle_loss_total(a, b, N, beta));
+  }
+  AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up, int64_t N,
+                         const AngleArgs& args);
+  AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up, int64_t N,
+                         const AngleArgs& args);
+  AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const RawUpstream<double>& up, int64_t N,
+                         const AngleArgs& args);
+
+ private:
+  // The centred features of x, computed once per op call.
+  const Centred& centred(const Features& x);
+  bool fast(const Features& x, Precision precision);
+
+  // W in 64 x 64 tiles, so that the transposed reads stay in cache, or by rows.
+  template <typename T, typename F>
+  void fill_weights(const F& f, int64_t N, T* W, double* w) {
+    if (f.rowwise()) {
+      at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+        std::vector<double> v(static_cast<size_t>(N));
+        for (int64_t i = b; i < e; ++i) {
+          weights_row(f, i, N, v.data());
+          for (int64_t j = 0; j < N; ++j) W[i * N + j] = static_cast<T>(v[j]);
+          w[i] = sum_lanes(v.data(), N);
+        }
+      });
+      return;
+    }
+    constexpr int64_t B = 64;
+    const int64_t nb = (N + B - 1) / B;
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      double v[B];
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const int64_t i1 = std::min(N, bi * B + B);
+        for (int64_t i = bi * B; i < i1; ++i) w[i] = 0.0;
+        for (int64_t bj = 0; bj < nb; ++bj) {
+          const int64_t j0 = bj * B, nj = std::min(N, j0 + B) - j0;
+          for (int64_t i = bi * B; i < i1; ++i) {
+            // f is evaluated on the diagonal too and overwritten: branch-free rows vectorise.
+            for (int64_t l = 0; l < nj; ++l) v[l] = f(i, j0 + l);
+            if (i >= j0 && i < j0 + nj) v[i - j0] = 0.0;
+            T* row = W + i * N + j0;
+            for (int64_t l = 0; l < nj; ++l) row[l] = static_cast<T>(v[l]);
+            w[i] += sum_lanes(v, nj);  // tiles in column order: a fixed summation order
+          }
+        }
+      }
+    });
+  }
+
+  std::vector<std::unique_ptr<unsigned char[]>> held_;
+  std::vector<std::pair<const void*, std::unique_ptr<Centred>>> centred_;
+};
+
+template <>
+Edges<double> CpuBackend::edges<double>(const double* s, int64_t N, const AngleArgs& a);
+extern template const double* CpuBackend::to<double>(const Operand&, int64_t);
+
+// The CPU side of the bindings (csrc/core/bind.h): no guard, a fresh backend per call.
+struct CpuCtx {
+  template <typename F>
+  static void run(const c10::Device&, const F& f) {
+    CpuBackend be;
+    f(be);
+  }
+};
+
+}  // namespace rkd

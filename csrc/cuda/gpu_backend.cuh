@@ -1,0 +1,169 @@
+// The GPU backend of the op layer (csrc/core/*_op.h): the primitives every op
+// is sequenced from, as launches of the torch-free kernels of
+// pair_matrix_kernel.cuh, angle_kernel.cuh and common.cuh on one stream.
+//
+// Torch-free: the CUDA bindings (csrc/core/bind.h with cuda_context.h) run it
+// with PyTorch's caching allocator and C10_CUDA_KERNEL_LAUNCH_CHECK, the host
+// emulator (standalone/emulate.cpp) with host memory and fibers. Alloc has
+// one method, `void* bytes(size_t)`, and must be stream-ordered (PyTorch's
+// caching allocator is): scratch is released when the op returns, before its
+// kernels have run. Check runs after every launch.
+//
+// The O(N^2 D) products are float64 whatever the op layer's Precision; the
+// triplet arithmetic runs in the result's type (Triplet<T> = T).
+#pragma once
+
+#include "../core/angle_op.h"
+#include "angle_kernel.cuh"
+#include "common.cuh"
+#include "pair_matrix_kernel.cuh"
+
+namespace rkd {
+namespace gpu {
+
+struct GpuWeights {
+  double* W;
+  double* w;
+  int64_t N;
+};
+
+template <typename Alloc, typename Check>
+class GpuBackend {
+ public:
+  template <typename T>
+  using Triplet = T;
+  using Weights = GpuWeights;
+
+  GpuBackend(Alloc& alloc, cudaStream_t stream, Check check) : alloc_(alloc), stream_(stream), check_(check) {}
+
+  template <typename T>
+  T* scratch(int64_t n) {
+    return take<T>(alloc_, n);
+  }
+
+  template <typename Acc>
+  const Acc* to(const Operand& op, int64_t n) {
+    const Dtype want = sizeof(Acc) == 8 ? Dtype::Float64 : Dtype::Float32;
+    if (op.dtype == want) return static_cast<const Acc*>(op.data);
+    Acc* out = scratch<Acc>(n);
+    visit(op.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::convert(static_cast<const T*>(op.data), n, out, stream_, check_);
+    });
+    return out;
+  }
+  const double* to_f64(const Operand& op, int64_t n) { return to<double>(op, n); }
+
+  void fill_zero(const Buffer& out, int64_t n) {
+    visit(out.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::zero(n, static_cast<T*>(out.data), stream_, check_);
+    });
+  }
+
+  void convert(const double* v, int64_t n, const Buffer& out) {
+    visit(out.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::convert(v, n, static_cast<T*>(out.data), stream_, check_);
+    });
+  }
+
+  void pair_matrix(const Features& x, PairKind kind, double eps, Precision, double* out) {
+    visit(x.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::pair_matrix(static_cast<const T*>(x.data), x.N, x.D, kind, eps, out, alloc_, stream_, check_);
+    });
+  }
+
+  template <typename F, typename Fin>
+  void reduce(const F& f, int64_t N, const Fin& fin) {
+    double* rows = scratch<double>(N);
+    gpu::row_sums(f, N, rows, stream_, check_);
+    gpu::finish(static_cast<const double*>(rows), N, fin, stream_, check_);
+  }
+
+  template <typename F>
+  void map(const F& f, int64_t N, const Buffer& out) {
+    visit(out.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::map<T>(f, N, static_cast<T*>(out.data), stream_, check_);
+    });
+  }
+
+  Weights weights(const Features& x, Precision) { return {scratch<double>(x.N * x.N), scratch<double>(x.N), x.N}; }
+
+  template <typename F>
+  void build_weights(const F& f, Weights& W) {
+    gpu::build_weights(f, W.N, W.W, W.w, stream_, check_);
+  }
+
+  void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx) {
+    visit(x.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, static_cast<const double*>(W.W),
+                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), alloc_, stream_, check_);
+    });
+  }
+
+  // ---- angle primitives ----
+
+  template <typename Acc>
+  Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a) {
+    Acc* u = scratch<Acc>(N * N);
+    gpu::map<Acc>(InvEdge{s, N, a.eps, a.normalize}, N, u, stream_, check_);
+    return {s, u};
+  }
+
+  // The (N, N, N) cosines of a (b null) or the elementwise loss, a block per row (i, j).
+  template <typename Acc>
+  void angle_values(const Edges<Acc>& a, const Edges<Acc>* b, int64_t N, double beta, const Buffer& out) {
+    const Huber<Acc> huber(static_cast<Acc>(beta));
+    const dim3 grid(grid_dim(N), grid_dim(N));
+    visit(out.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* o = static_cast<T*>(out.data);
+      if (b)
+        launch(check_, angle_values_kernel<Acc, T, true>, grid, dim3(kBlock), stream_, a, *b, N, huber, o);
+      else
+        launch(check_, angle_values_kernel<Acc, T, false>, grid, dim3(kBlock), stream_, a, a, N, huber, o);
+    });
+  }
+
+  template <typename Acc, typename Fin>
+  void angle_loss_sum(const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, double beta, const Fin& fin) {
+    const int64_t splits = vertex_splits(N), na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
+    double* partial = scratch<double>(na * nb * splits);
+    launch(check_, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(splits)), dim3(kTri, kTri),
+           stream_, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), rows_per_split(N, splits), partial);
+    gpu::finish(static_cast<const double*>(partial), na * nb * splits, fin, stream_, check_);
+  }
+
+  // The vertex pass (V) and the opposite pass (R, in vertex_splits(N) slices).
+  template <typename Acc, typename Up>
+  AngleGrad angle_passes(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, const AngleArgs& args) {
+    const double eps2 = clamp_eps2(args);
+    const Huber<Acc> huber(static_cast<Acc>(args.beta));
+    const dim3 tiles(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)));
+    double* V = scratch<double>(N * N);
+    launch(check_, angle_vertex_kernel<Acc, Up>, tiles, dim3(kTri, kTri), stream_, a, b, up, N, huber, eps2,
+           kappa_of(args), V);
+    const int64_t splits = vertex_splits(N);
+    double* R = scratch<double>(splits * N * N);
+    launch(check_, angle_opposite_kernel<Acc, Up>, dim3(tiles.x, tiles.y, grid_dim(splits)), dim3(kTri, kTri),
+           stream_, a, b, up, N, huber, eps2, rows_per_split(N, splits), R);
+    return {V, R, splits};
+  }
+
+ private:
+  template <typename F>
+  static void visit(Dtype dtype, const F& f) {
+    visit_dtype<__half, __nv_bfloat16>(dtype, f);
+  }
+
+  Alloc& alloc_;
+  cudaStream_t stream_;
+  Check check_;
+};
+
+}  // namespace gpu
+}  // namespace rkd

@@ -1,0 +1,116 @@
+// Every op of the op layer (csrc/core/*_op.h) as a C function on raw
+// pointers, run on the GPU backend (gpu_backend.cuh): what the host emulator
+// exposes to scripts/emulate_cuda.py (emulate.cpp) and what plain nvcc
+// compiles for the device (compile_check.cu), so that both go through the
+// same op sequences as the CUDA bindings.
+//
+// The including file defines, before including this header,
+//   template <typename F> void with_backend(const F& f);
+// which makes a GPU backend and calls f(backend). Pointers are device memory
+// (host memory under the emulator); dtype codes are rkd::Dtype's, reduction
+// codes rkd::Reduction's. Outputs are allocated by the caller with the shapes
+// of the op schemas (csrc/ops.cpp); a null gradient output is not wanted.
+#pragma once
+
+#include "../../core/angle_op.h"
+
+namespace rkd {
+namespace entry {
+
+inline Features features(const void* x, int dtype, int64_t N, int64_t D) { return {x, static_cast<Dtype>(dtype), N, D}; }
+inline Buffer buffer(void* p, int dtype) { return {p, static_cast<Dtype>(dtype)}; }
+inline Operand operand(const void* p, int dtype) { return {p, static_cast<Dtype>(dtype)}; }
+
+}  // namespace entry
+}  // namespace rkd
+
+extern "C" {
+
+// pairwise_distance (normalized = 0) or normalized_distance (1).
+void rkd_distance_matrix(int normalized, int dtype, const void* x, int64_t N, int64_t D, double eps, double* d64,
+                         void* out) {
+  using namespace rkd::entry;
+  with_backend([&](auto& be) {
+    if (normalized)
+      rkd::normalized_distance(be, features(x, dtype, N, D), eps, d64, buffer(out, dtype));
+    else
+      rkd::pairwise_distance(be, features(x, dtype, N, D), eps, d64, buffer(out, dtype));
+  });
+}
+
+void rkd_distance_matrix_backward(int normalized, int grad_dtype, const void* grad, int dtype, const void* x, int64_t N,
+                                  int64_t D, const double* d64, double eps, void* dx) {
+  using namespace rkd::entry;
+  with_backend([&](auto& be) {
+    if (normalized)
+      rkd::normalized_distance_backward(be, operand(grad, grad_dtype), features(x, dtype, N, D), d64, eps,
+                                        buffer(dx, dtype));
+    else
+      rkd::pairwise_distance_backward(be, operand(grad, grad_dtype), features(x, dtype, N, D), d64, eps,
+                                      buffer(dx, dtype));
+  });
+}
+
+void rkd_distance_loss_c(int ds_, const void* s, int dt_, const void* t, int64_t N, int64_t Ds, int64_t Dt, double beta,
+                         double eps, int reduction, int squared, double mean_offset, double* dist_s, double* dist_t,
+                         int loss_dtype, void* loss) {
+  using namespace rkd::entry;
+  const rkd::DistanceArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), squared != 0, mean_offset};
+  with_backend([&](auto& be) {
+    rkd::rkd_distance_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, dist_s, dist_t,
+                           buffer(loss, loss_dtype));
+  });
+}
+
+void rkd_distance_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* s, int dt_, const void* t,
+                                  int64_t N, int64_t Ds, int64_t Dt, const double* dist_s, const double* dist_t,
+                                  double beta, double eps, int reduction, int squared, double mean_offset, void* gs,
+                                  void* gt) {
+  using namespace rkd::entry;
+  const rkd::DistanceArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), squared != 0, mean_offset};
+  with_backend([&](auto& be) {
+    rkd::rkd_distance_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt),
+                                    dist_s, dist_t, args, buffer(gs, ds_), buffer(gt, dt_));
+  });
+}
+
+void rkd_angle_tensor_c(int dtype, const void* x, int64_t N, int64_t D, double eps, int normalize, double* sq,
+                        void* out) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{0.0, eps, rkd::Reduction::None, normalize != 0};
+  with_backend([&](auto& be) { rkd::angle_tensor(be, features(x, dtype, N, D), args, sq, buffer(out, dtype)); });
+}
+
+void rkd_angle_tensor_backward_c(int grad_dtype, const void* grad, int dtype, const void* x, int64_t N, int64_t D,
+                                 const double* sq, double eps, int normalize, void* dx) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{0.0, eps, rkd::Reduction::None, normalize != 0};
+  with_backend([&](auto& be) {
+    rkd::angle_tensor_backward(be, operand(grad, grad_dtype), features(x, dtype, N, D), sq, args, buffer(dx, dtype));
+  });
+}
+
+void rkd_angle_loss_c(int ds_, const void* s, int dt_, const void* t, int64_t N, int64_t Ds, int64_t Dt, double beta,
+                      double eps, int reduction, int normalize, double* sq_s, double* sq_t, int loss_dtype,
+                      void* loss) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), normalize != 0};
+  with_backend([&](auto& be) {
+    rkd::rkd_angle_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, sq_s, sq_t,
+                        buffer(loss, loss_dtype));
+  });
+}
+
+void rkd_angle_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* s, int dt_, const void* t,
+                               int64_t N, int64_t Ds, int64_t Dt, const double* sq_s, const double* sq_t, double beta,
+                               double eps, int reduction, int normalize, int loss_dtype, void* gs, void* gt) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), normalize != 0};
+  with_backend([&](auto& be) {
+    rkd::rkd_angle_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt),
+                                 sq_s, sq_t, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_),
+                                 buffer(gt, dt_));
+  });
+}
+
+}  // extern "C"
