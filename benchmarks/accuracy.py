@@ -11,17 +11,7 @@ import torch
 
 import rkd_ext
 from rkd_ext import reference as R
-
-
-def batch(n, d, kind, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    if kind == "offset":
-        x = x + 100.0
-    elif kind == "near":
-        half = (n + 1) // 2
-        x = torch.cat([x[:half], x[:half] + 1e-3 * torch.randn(half, d, generator=g, dtype=torch.float64)])[:n]
-    return x
+from rkd_ext.testing import make_features, max_rel_err
 
 
 def errors(fn, truth_fn, s64, t64):
@@ -31,11 +21,7 @@ def errors(fn, truth_fn, s64, t64):
     s32 = s64.float().requires_grad_(True)
     val = fn(s32, t64.float())
     (grad,) = torch.autograd.grad(val, s32)
-
-    def rel(a, b):
-        return float((a.double() - b).abs().max() / b.abs().max())
-
-    return rel(val.detach(), truth.detach()), rel(grad, truth_grad)
+    return max_rel_err(val, truth), max_rel_err(grad, truth_grad)
 
 
 def main(argv=None):
@@ -50,7 +36,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for name, (ours, ref) in losses.items():
         for kind in ("random", "offset", "near"):
-            s, t = batch(args.n, args.d, kind, 0), batch(args.n, args.d, kind, 1)
+            s, t = make_features(args.n, args.d, seed=0, kind=kind), make_features(args.n, args.d, seed=1, kind=kind)
             ov, og = errors(ours, ref, s, t)
             rv, rg = errors(ref, ref, s, t)
             print(f"| {name} | {kind} | {ov:.1e} | {rv:.1e} | {og:.1e} | {rg:.1e} |")

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 import rkd_ext
+from rkd_ext.testing import make_features, max_rel_err
 
 from . import costs, oracle
 from .impls import FORWARD, FORWARD_BACKWARD, IMPLS, KIND, MODES
@@ -80,13 +81,6 @@ def cases(op):
                             continue
                         params.append(pytest.param(dtype, n, d, mode, impl, id=f"{dtype}-{n}-{d}-{mode}-{impl}"))
     return params
-
-
-def features(n, d, device, dtype=torch.float32, seed=0, requires_grad=False):
-    # Drawn on the CPU, so every device benchmarks the same numbers.
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
-    return x.requires_grad_(requires_grad)
 
 
 def relation_grad(op, n, device, dtype):
@@ -146,11 +140,6 @@ def peak_memory_mb(fn, device):
     return None if base is None or peak is None else max(0.0, (peak - base) / 1024)
 
 
-def rel_err(actual, expected):
-    a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
-    return float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
-
-
 def step(fn, inputs, grad_out, mode, device):
     """A callable running fn once: forward only (no autograd graph) or forward and backward;
     it synchronises, so a host clock around it times finished work."""
@@ -196,9 +185,9 @@ def gate(case, fn, inputs, grad_out):
             out.backward(grad_out)
     if op == "angle_tensor":
         out = out[oracle.angle_rows(case["n"]).to(out.device)]
-    errs = {"err": rel_err(out, value)}
+    errs = {"err": max_rel_err(out, value)}
     if want_grad:
-        errs["grad_err"] = rel_err(inputs[0].grad, grad)
+        errs["grad_err"] = max_rel_err(inputs[0].grad, grad)
         inputs[0].grad = None
     rtol = _rtol(case["impl"], case["dtype"])
     for what, err in errs.items():
@@ -244,8 +233,10 @@ def run_case(benchmark, op, impl, device, dtype, mode, n, d):
     # Each case compiles afresh: no recompile limit, no cached graph from another shape.
     torch._dynamo.reset()
     fn = IMPLS[op][impl]
-    x = features(n, d, device, tdtype, seed=1, requires_grad=(mode == FORWARD_BACKWARD))
-    inputs = (x, features(n, d, device, tdtype, seed=2)) if KIND[op] == "loss" else (x,)
+    # Drawn in float32: the batches the committed results were measured on.
+    batch = dict(dtype=tdtype, device=device, draw_dtype=torch.float32)
+    x = make_features(n, d, seed=1, requires_grad=(mode == FORWARD_BACKWARD), **batch)
+    inputs = (x, make_features(n, d, seed=2, **batch)) if KIND[op] == "loss" else (x,)
     grad_out = relation_grad(op, n, device, tdtype) if KIND[op] == "tensor" and mode == FORWARD_BACKWARD else None
     try:
         errs = gate(case, fn, inputs, grad_out)

@@ -6,11 +6,11 @@ float64 for parity and as ground truth for accuracy comparisons.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (DEVICES, TOL, assert_bitwise_equal_runs, assert_close, make_features, max_rel_err,
-                      run_with_threads)
+from conftest import DEVICES, assert_bitwise_equal_runs, run_with_threads
 
 import rkd_ext
 from rkd_ext import reference as R
+from rkd_ext.testing import TOL, assert_close, make_features, max_rel_err
 
 REDUCTIONS = ["mean", "sum", "none"]
 

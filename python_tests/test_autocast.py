@@ -8,11 +8,11 @@ the float32 oracle's up to that dtype's rounding.
 """
 import pytest
 import torch
-from conftest import assert_close, make_features, max_rel_err
 from test_compat import CASES, case_inputs
 
 import rkd_ext
 from rkd_ext import reference as R
+from rkd_ext.testing import assert_close, make_features, max_rel_err
 
 AUTOCAST = [
     pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),

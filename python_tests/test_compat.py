@@ -15,12 +15,13 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, assert_close, make_features, max_rel_err
+from conftest import DEVICES
 
 import rkd_ext.compat
 import rkd_ext.functional
 from rkd_ext import reference as R
 from rkd_ext.compat import kdlib, lenscloth, mdistiller, mmrazor, repdistiller, torchdistill
+from rkd_ext.testing import assert_close, make_features, max_rel_err
 
 
 def _flat(x):

@@ -11,12 +11,13 @@ import io
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import DEVICES, assert_close, make_features
+from conftest import DEVICES
 from test_compat import CASES, case_inputs
 from torch import nn
 
 import rkd_ext
 from rkd_ext.compat import mmrazor
+from rkd_ext.testing import assert_close, make_features
 
 
 @pytest.fixture(autouse=True)

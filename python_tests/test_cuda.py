@@ -14,10 +14,12 @@ scripts/gpu_run.sh builds and runs everything on a GPU machine.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA_KERNELS, HAS_CUDA, assert_close, make_features
+from conftest import CUDA_KERNELS, HAS_CUDA
 
 import rkd_ext
 from rkd_ext import reference as R
+from rkd_ext.testing import DTYPES, TINY, assert_close, make_features
+from rkd_ext.testing import KERNEL_FLOOR as FLOOR, KERNEL_NOISE as NOISE, KERNEL_RTOL as RTOL
 
 pytestmark = [
     pytest.mark.cuda,
@@ -29,26 +31,6 @@ OPS = torch.ops.rkd_ext
 NS = [1, 2, 3, 31, 128, 257, 1000]
 # (D_student, D_teacher): every D in {1, 3, 64, 512}, never equal.
 DIMS = [(1, 3), (3, 64), (64, 512), (512, 1)]
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-# The oracle of the sweep is the CPU op run in float64 on the same input
-# values (exact upcasts), with the same upstream weights. Error bounds,
-# relative to its largest element: the kernels compute in float64, or with
-# float32 triplet arithmetic on float64 squared distances and cosine
-# numerators (measured within 3e-7 of float64, near-duplicates included);
-# half results add the rounding of the output.
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-# With N = 2 every cosine is a constant, and with D = 1 every triplet is
-# collinear: the exact angle gradient is 0 and what is left of cancelling
-# terms is noise. For N = 2 that is rounding noise; for D = 1 the terms grow
-# like the inverse square of the closest gap (~1e9 at N = 257; the CPU's
-# float32 gradient is then ~100), so only finiteness is checked there.
-NOISE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-3}
-# Absolute floors: a quantity that is exactly 0 in float64 may be a rounding
-# error squared here; float16 rounds subnormal results (below 6e-5) to
-# multiples of 2^-24.
-TINY = 1e-20
-FLOOR = {torch.float64: TINY, torch.float32: TINY, torch.float16: 2.0**-24, torch.bfloat16: TINY}
 LOSSES = ("rkd_distance_loss", "rkd_angle_loss")
 
 

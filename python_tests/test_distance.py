@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import (DEVICES, TOL, assert_bitwise_equal_runs, assert_close, make_features, max_rel_err,
-                      run_with_threads)
+from conftest import DEVICES, assert_bitwise_equal_runs, run_with_threads
 
 import rkd_ext
 from rkd_ext import reference as R
+from rkd_ext.testing import TOL, assert_close, make_features, max_rel_err
 
 REDUCTIONS = ["mean", "sum", "none"]
 

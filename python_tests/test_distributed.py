@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import assert_close
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import rkd_ext
 from rkd_ext import distributed
 from rkd_ext import reference as R
+from rkd_ext.testing import assert_close
 
 WORLD = 2
 SIZES = (3, 5)  # unequal on purpose: the last batch of an epoch can differ per rank
