@@ -253,9 +253,12 @@ def run_distance(emu, rep, n, ds, dt, dtype, kind, quick):
             rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
             g = upstream(ref[0].shape, loss_dtype(dtype), 4)
             gr = CPU.rkd_distance_loss_backward(g.double(), s64, t64, ref[1], ref[2], *args, True, True)
+            # With N = 2 both normalised distances are 1 (a mean offset aside):
+            # the exact gradient is 0, and each backend's is its rounding noise.
+            atol = NOISE[dtype] if n == 2 else FLOOR[dtype]
             for wanted in ((True, True), (False, True)) if red == "mean" else ((True, True),):
                 gm = emu.rkd_distance_loss_backward(g, s, t, mine[1], mine[2], *args, *wanted)
-                check_grads(rep, vt, wanted, gm, gr, tol, FLOOR[dtype], FLOOR[dtype])
+                check_grads(rep, vt, wanted, gm, gr, tol, atol, atol)
 
 
 def run_angle(emu, rep, n, ds, dt, dtype, kind, quick):
