@@ -211,6 +211,19 @@ def _size(b):
     return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.3g} MiB"
 
 
+PARAMS = ("dtype", "n", "d", "mode", "impl")
+
+
+def bench(op):
+    """The benchmark test of op over cases(op): a suite assigns it to ``test_<op>``."""
+    @pytest.mark.parametrize(PARAMS, cases(op))
+    def test(benchmark, device, dtype, n, d, mode, impl):
+        run_case(benchmark, op, impl, device, dtype, mode, n, d)
+
+    test.__name__ = test.__qualname__ = f"test_{op}"
+    return test
+
+
 def run_case(benchmark, op, impl, device, dtype, mode, n, d):
     case = dict(op=op, impl=impl, device=device, dtype=dtype, mode=mode, n=n, d=d)
     tdtype = getattr(torch, dtype)

@@ -69,9 +69,17 @@ inline void check_saved(const char* op, const char* arg, const at::Tensor& sq, i
                     ") float64 matrix saved by the forward op, got ", sq.scalar_type(), " of shape ", sq.sizes());
 }
 
+// A tensor handed to a backward op must live where the features do: the
+// kernels dereference its pointer on that device.
+inline void check_same_device(const char* op, const char* arg, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", arg, " must be on the features' device ", x.device(),
+                    ", got ", t.device());
+}
+
 // The checks every loss backward op makes: the pair, the reduction, the two
 // saved float64 matrices, and the upstream gradient (a scalar for 'mean' and
-// 'sum', rank `elem_rank` with every size N for 'none'). Returns the reduction.
+// 'sum', rank `elem_rank` with every size N for 'none'), all on the
+// features' device. Returns the reduction.
 inline Reduction check_loss_backward(const char* op, const at::Tensor& grad, const at::Tensor& student,
                                      const at::Tensor& teacher, const char* saved_s_name, const at::Tensor& saved_s,
                                      const char* saved_t_name, const at::Tensor& saved_t,
@@ -81,6 +89,9 @@ inline Reduction check_loss_backward(const char* op, const at::Tensor& grad, con
   const int64_t N = student.size(0);
   check_saved(op, saved_s_name, saved_s, N);
   check_saved(op, saved_t_name, saved_t, N);
+  check_same_device(op, "grad", grad, student);
+  check_same_device(op, saved_s_name, saved_s, student);
+  check_same_device(op, saved_t_name, saved_t, student);
   if (red == Reduction::None) {
     bool ok = grad.dim() == elem_rank;
     for (int64_t d = 0; ok && d < elem_rank; ++d) ok = grad.size(d) == N;

@@ -56,30 +56,26 @@ struct ScalarUpstream {
   RKD_HD Eval eval() const { return {static_cast<Acc>(*up / div)}; }
 };
 
-// Reduction 'none': G_ijk = up_ijk d.
-template <typename Acc>
-struct TensorUpstream {
-  static constexpr bool kLoss = true;
-  const Acc* up;  // (N, N, N)
+// An (N, N, N) upstream gradient. Of a loss with reduction 'none' (kLoss):
+// G_ijk = up_ijk d. Of the angle tensor: G_ijk = up_ijk, except on the
+// degenerate entries (j == i or k == i), whose cosines are the constant 0.
+template <typename Acc, bool kLossTerm>
+struct CubeUpstream {
+  static constexpr bool kLoss = kLossTerm;
+  const Acc* up;
   int64_t N;
-  RKD_HD TensorUpstream eval() const { return *this; }
+  RKD_HD CubeUpstream eval() const { return *this; }
   RKD_HD Acc gsym(int64_t i, int64_t j, int64_t k, Acc d) const {
-    return (up[(i * N + j) * N + k] + up[(i * N + k) * N + j]) * d;
+    const Acc g = up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
+    if (kLoss) return g * d;
+    return (j == i || k == i) ? Acc(0) : g;
   }
 };
 
-// The angle tensor: G_ijk = up_ijk, except on the degenerate entries
-// (j == i or k == i), whose cosines are the constant 0.
 template <typename Acc>
-struct RawUpstream {
-  static constexpr bool kLoss = false;
-  const Acc* up;  // (N, N, N)
-  int64_t N;
-  RKD_HD RawUpstream eval() const { return *this; }
-  RKD_HD Acc gsym(int64_t i, int64_t j, int64_t k, Acc) const {
-    return (j == i || k == i) ? Acc(0) : up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
-  }
-};
+using TensorUpstream = CubeUpstream<Acc, true>;
+template <typename Acc>
+using RawUpstream = CubeUpstream<Acc, false>;
 
 // What angle_passes returns: V (N, N) and R as `slices` (N, N) partial sums.
 struct AngleGrad {
@@ -179,11 +175,7 @@ void rkd_angle_loss_backward(B& be, const Operand& grad, const Features& s, cons
                              const Buffer& gt) {
   const int64_t N = s.N;
   if (!gs.data && !gt.data) return;
-  if (N < 3) {
-    if (gs.data) be.fill_zero(gs, N * s.D);
-    if (gt.data) be.fill_zero(gt, N * t.D);
-    return;
-  }
+  if (N < 3) return zero_grads(be, s, t, gs, gt);
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
     const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a), eb = be.template edges<Acc>(sq_t, N, a);

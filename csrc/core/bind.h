@@ -53,14 +53,34 @@ inline at::Tensor input_grad(const at::Tensor& x, bool wanted) {
                 : at::empty({0}, x.options());
 }
 
-inline Buffer wanted_buffer(at::Tensor& g, bool wanted) { return wanted ? buffer(g) : Buffer{nullptr, dtype_of(g)}; }
+// The contiguous inputs of a loss op and the float64 pair matrices it
+// computes (forward) or was handed (backward).
+struct LossOperands {
+  at::Tensor s, t, ps, pt;
+  Features fs() const { return features(s); }
+  Features ft() const { return features(t); }
+};
 
-// A tensor handed to a backward op must live where the features do: the
-// kernels dereference its pointer on that device.
-inline void check_same_device(const char* op, const char* arg, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", arg, " must be on the features' device ", x.device(),
-                    ", got ", t.device());
+inline LossOperands loss_forward_operands(const char* op, const at::Tensor& student, const at::Tensor& teacher,
+                                          double beta, double eps) {
+  check_pair(op, student, teacher);
+  check_beta(op, beta);
+  check_eps(op, eps);
+  const at::Tensor s = student.contiguous();
+  return {s, teacher.contiguous(), square(s, at::kDouble), square(s, at::kDouble)};
 }
+
+// The gradients a loss backward op returns: empty tensors for the inputs
+// that want none (and null buffers for the op layer).
+struct LossGrads {
+  at::Tensor gs, gt;
+  Buffer bs, bt;
+  LossGrads(const LossOperands& in, bool student_grad, bool teacher_grad)
+      : gs(input_grad(in.s, student_grad)), gt(input_grad(in.t, teacher_grad)) {
+    bs = student_grad ? buffer(gs) : Buffer{nullptr, dtype_of(in.s)};
+    bt = teacher_grad ? buffer(gt) : Buffer{nullptr, dtype_of(in.t)};
+  }
+};
 
 // The checks of a single-input backward op: x, the saved matrix, the upstream gradient of rank `rank`.
 inline void check_single_backward(const char* op, const at::Tensor& grad, const at::Tensor& x, const char* saved_name,
@@ -115,17 +135,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss(const at::Tenso
                                                                  double beta, double eps, c10::string_view reduction,
                                                                  bool squared, double mean_offset) {
   constexpr const char* op = "rkd_distance_loss";
-  check_pair(op, student, teacher);
-  check_beta(op, beta);
-  check_eps(op, eps);
+  LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
   check_mean_offset(op, mean_offset);
   const DistanceArgs args{beta, eps, parse_reduction(op, std::string(reduction)), squared, mean_offset};
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
-  at::Tensor ds = square(s, at::kDouble), dt = square(s, at::kDouble), loss = loss_output(s, t, args.reduction, 2);
-  Ctx::run(s.device(), [&](auto& be) {
-    rkd::rkd_distance_loss(be, features(s), features(t), args, f64(ds), f64(dt), buffer(loss));
+  at::Tensor loss = loss_output(in.s, in.t, args.reduction, 2);
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_distance_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
   });
-  return {loss, ds, dt};
+  return {loss, in.ps, in.pt};
 }
 
 template <typename Ctx>
@@ -133,21 +150,17 @@ std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& ds,
     const at::Tensor& dt, double beta, double eps, c10::string_view reduction, bool squared, double mean_offset,
     bool student_grad, bool teacher_grad) {
-  constexpr const char* op = "rkd_distance_loss_backward";
-  const Reduction red =
-      check_loss_backward(op, grad, student, teacher, "dist64_student", ds, "dist64_teacher", dt, std::string(reduction), 2);
-  check_same_device(op, "grad", grad, student);
-  check_same_device(op, "dist64_student", ds, student);
-  check_same_device(op, "dist64_teacher", dt, student);
+  const Reduction red = check_loss_backward("rkd_distance_loss_backward", grad, student, teacher, "dist64_student", ds,
+                                            "dist64_teacher", dt, std::string(reduction), 2);
   const DistanceArgs args{beta, eps, red, squared, mean_offset};
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), g = grad.contiguous();
-  at::Tensor gs = input_grad(s, student_grad), gt = input_grad(t, teacher_grad);
-  Ctx::run(s.device(), [&](auto& be) {
-    rkd::rkd_distance_loss_backward(be, operand(g), features(s), features(t), ds.const_data_ptr<double>(),
-                                    dt.const_data_ptr<double>(), args, wanted_buffer(gs, student_grad),
-                                    wanted_buffer(gt, teacher_grad));
+  const LossOperands in{student.contiguous(), teacher.contiguous(), ds, dt};
+  const at::Tensor g = grad.contiguous();
+  const LossGrads out(in, student_grad, teacher_grad);
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_distance_loss_backward(be, operand(g), in.fs(), in.ft(), ds.const_data_ptr<double>(),
+                                    dt.const_data_ptr<double>(), args, out.bs, out.bt);
   });
-  return {gs, gt};
+  return {out.gs, out.gt};
 }
 
 // ---- angle family ---------------------------------------------------------------------
@@ -183,16 +196,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_angle_loss(const at::Tensor& 
                                                               double beta, double eps, c10::string_view reduction,
                                                               bool normalize) {
   constexpr const char* op = "rkd_angle_loss";
-  check_pair(op, student, teacher);
-  check_beta(op, beta);
-  check_eps(op, eps);
+  LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
   const AngleArgs args{beta, eps, parse_reduction(op, std::string(reduction)), normalize};
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
-  at::Tensor sq_s = square(s, at::kDouble), sq_t = square(s, at::kDouble), loss = loss_output(s, t, args.reduction, 3);
-  Ctx::run(s.device(), [&](auto& be) {
-    rkd::rkd_angle_loss(be, features(s), features(t), args, f64(sq_s), f64(sq_t), buffer(loss));
+  at::Tensor loss = loss_output(in.s, in.t, args.reduction, 3);
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_angle_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
   });
-  return {loss, sq_s, sq_t};
+  return {loss, in.ps, in.pt};
 }
 
 template <typename Ctx>
@@ -201,21 +211,18 @@ std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward(const at::Tensor& gra
                                                            const at::Tensor& sq_t, double beta, double eps,
                                                            c10::string_view reduction, bool normalize,
                                                            bool student_grad, bool teacher_grad) {
-  constexpr const char* op = "rkd_angle_loss_backward";
-  const Reduction red =
-      check_loss_backward(op, grad, student, teacher, "sq_student", sq_s, "sq_teacher", sq_t, std::string(reduction), 3);
-  check_same_device(op, "grad", grad, student);
-  check_same_device(op, "sq_student", sq_s, student);
-  check_same_device(op, "sq_teacher", sq_t, student);
+  const Reduction red = check_loss_backward("rkd_angle_loss_backward", grad, student, teacher, "sq_student", sq_s,
+                                            "sq_teacher", sq_t, std::string(reduction), 3);
   const AngleArgs args{beta, eps, red, normalize};
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), g = grad.contiguous();
-  at::Tensor gs = input_grad(s, student_grad), gt = input_grad(t, teacher_grad);
-  Ctx::run(s.device(), [&](auto& be) {
-    rkd::rkd_angle_loss_backward(be, operand(g), features(s), features(t), sq_s.const_data_ptr<double>(),
-                                 sq_t.const_data_ptr<double>(), args, dtype_of(loss_output(s, t, red, 3)),
-                                 wanted_buffer(gs, student_grad), wanted_buffer(gt, teacher_grad));
+  const LossOperands in{student.contiguous(), teacher.contiguous(), sq_s, sq_t};
+  const at::Tensor g = grad.contiguous();
+  const LossGrads out(in, student_grad, teacher_grad);
+  const Dtype loss = loss_dtype(student, teacher) == at::kDouble ? Dtype::Float64 : Dtype::Float32;
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_angle_loss_backward(be, operand(g), in.fs(), in.ft(), sq_s.const_data_ptr<double>(),
+                                 sq_t.const_data_ptr<double>(), args, loss, out.bs, out.bt);
   });
-  return {gs, gt};
+  return {out.gs, out.gt};
 }
 
 // The ops of each family, for one backend's TORCH_LIBRARY_IMPL block.

@@ -80,19 +80,25 @@ struct ProductAt {
   RKD_HD double operator()(int64_t i, int64_t j) const { return a[i * N + j] * b[i * N + j]; }
 };
 
+// The weight functor of a term G with G::gs(i, j) = dL/ds_ij.
+template <typename G>
+struct Symmetrised {
+  G g;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return g.gs(i, j) + g.gs(j, i); }
+  RKD_HD bool rowwise() const { return false; }
+};
+
 // pairwise_distance: dL/ds_ij = g_ij dd/ds.
-struct PairwiseWeight {
+struct PairwiseGrad {
   const double* g;
   const double* d;
   int64_t N;
   double sqrt_eps;
   RKD_HD double gs(int64_t i, int64_t j) const { return g[i * N + j] * ddist_dsq(d[i * N + j], sqrt_eps); }
-  RKD_HD double operator()(int64_t i, int64_t j) const { return gs(i, j) + gs(j, i); }
-  RKD_HD bool rowwise() const { return false; }
 };
 
 // normalized_distance, psi = d / mu: stats = {1 / mu, c}.
-struct NormalizedWeight {
+struct NormalizedGrad {
   const double* g;
   const double* d;
   int64_t N;
@@ -101,8 +107,6 @@ struct NormalizedWeight {
   RKD_HD double gs(int64_t i, int64_t j) const {
     return mean_grad(g[i * N + j], stats[1], stats[0], ddist_dsq(d[i * N + j], sqrt_eps));
   }
-  RKD_HD double operator()(int64_t i, int64_t j) const { return gs(i, j) + gs(j, i); }
-  RKD_HD bool rowwise() const { return false; }
 };
 
 // The loss between sides a and b (their stored pair values: distances, or
@@ -186,7 +190,7 @@ template <typename B>
 void pairwise_distance_backward(B& be, const Operand& grad, const Features& x, const double* d64, double eps,
                                 const Buffer& dx) {
   const double* g = be.to_f64(grad, x.N * x.N);
-  grad_through(be, x, PairwiseWeight{g, d64, x.N, std::sqrt(eps)}, dx);
+  grad_through(be, x, Symmetrised<PairwiseGrad>{{g, d64, x.N, std::sqrt(eps)}}, dx);
 }
 
 template <typename B>
@@ -208,7 +212,7 @@ void normalized_distance_backward(B& be, const Operand& grad, const Features& x,
   double* stats = be.template scratch<double>(2);
   inverse_mean(be, d64, N, 0.0, stats);
   be.reduce(ProductAt{g, d64, N}, N, StoreMeanTerm{stats + 1, stats, pair_count(N)});
-  grad_through(be, x, NormalizedWeight{g, d64, N, stats, std::sqrt(eps)}, dx);
+  grad_through(be, x, Symmetrised<NormalizedGrad>{{g, d64, N, stats, std::sqrt(eps)}}, dx);
 }
 
 inline double mean_divisor(Reduction red, double elements) { return red == Reduction::Mean ? elements : 1.0; }
@@ -237,17 +241,20 @@ void rkd_distance_loss(B& be, const Features& s, const Features& t, const Distan
     be.reduce(term, N, StoreLoss<float>{static_cast<float*>(loss.data), div});
 }
 
+// The gradients of a loss without relations: zeros where wanted.
+template <typename B>
+void zero_grads(B& be, const Features& s, const Features& t, const Buffer& gs, const Buffer& gt) {
+  if (gs.data) be.fill_zero(gs, s.N * s.D);
+  if (gt.data) be.fill_zero(gt, t.N * t.D);
+}
+
 // gs, gt: the gradients wanted (a null Buffer for one that is not).
 template <typename B>
 void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, const Features& t, const double* ds,
                                 const double* dt, const DistanceArgs& a, const Buffer& gs, const Buffer& gt) {
   const int64_t N = s.N;
   if (!gs.data && !gt.data) return;
-  if (N < 2) {
-    if (gs.data) be.fill_zero(gs, N * s.D);
-    if (gt.data) be.fill_zero(gt, N * t.D);
-    return;
-  }
+  if (N < 2) return zero_grads(be, s, t, gs, gt);
   const bool none = a.reduction == Reduction::None;
   const double* up = be.to_f64(grad, none ? N * N : 1);
   const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));

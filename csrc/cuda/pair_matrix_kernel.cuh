@@ -127,6 +127,16 @@ RKD_DEV double sqdist_direct(const double* __restrict__ a, const double* __restr
   return acc;
 }
 
+// epi(i, j, acc[r][c]) for the output elements (i, j) = (row0 + ty + 16 r,
+// col0 + tx + 16 c) of a thread's micro-tile.
+template <typename Epi>
+RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMicro][kMicro], const Epi& epi) {
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
+}
+
 // One kTile x kTile block of the pair matrix on or above the diagonal (blocks
 // below it return at once); each pair is computed once and stored at (i, j)
 // and (j, i), so the matrix is exactly symmetric.
@@ -138,25 +148,20 @@ __global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* 
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
   gemm_f64<true>(xc, D, N, xc, D, N, D, row0, col0, acc);
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-    for (int c = 0; c < kMicro; ++c) {
-      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
-      if (i >= N || j >= N || j < i) continue;
-      double v = 0.0;
-      if (j != i) {
-        v = gram_sq(norms[i], norms[j], acc[r][c]);
-        if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-        if (kWhat == PairKind::Dist)
-          v = dist_from_sq(v, eps);
-        else if (kWhat == PairKind::SqClamped)
-          v = clamp_sq(v, eps);
-      }
-      out[i * N + j] = v;
-      out[j * N + i] = v;
+  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
+    if (i >= N || j >= N || j < i) return;
+    double v = 0.0;
+    if (j != i) {
+      v = gram_sq(norms[i], norms[j], g);
+      if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
+      if (kWhat == PairKind::Dist)
+        v = dist_from_sq(v, eps);
+      else if (kWhat == PairKind::SqClamped)
+        v = clamp_sq(v, eps);
     }
-  }
+    out[i * N + j] = v;
+    out[j * N + i] = v;
+  });
 }
 
 // dx = 2 (w_i xc_i - (W xc)_i) in T: one kTile (rows) x kTile (features) block.
@@ -168,14 +173,9 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
   gemm_f64<false>(W, N, N, xc, D, D, N, row0, col0, acc);
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-    for (int c = 0; c < kMicro; ++c) {
-      const int64_t i = row0 + threadIdx.y + 16 * r, k = col0 + threadIdx.x + 16 * c;
-      if (i < N && k < D) dx[i * D + k] = narrow<T>(grad_epilogue(w[i], xc[i * D + k], acc[r][c]));
-    }
-  }
+  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t k, double wx) {
+    if (i < N && k < D) dx[i * D + k] = narrow<T>(grad_epilogue(w[i], xc[i * D + k], wx));
+  });
 }
 
 // xc (N x D) and, when norms is not null, the squared norms of its rows.

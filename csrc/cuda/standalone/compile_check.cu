@@ -3,28 +3,18 @@
 // the device code the extension builds: every kernel for every dtype it is
 // used with. Never run: the bindings (csrc/cuda/*_cuda.cu) are what executes
 // these.
+#include <cuda_runtime.h>
+
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 
-#include "../gpu_backend.cuh"
-
-namespace {
-
-struct DeviceScratch {
-  std::vector<void*> held;
-  void* bytes(size_t n) {
+struct Platform {
+  static void* alloc(size_t n) {
     void* p = nullptr;
-    if (n != 0 && cudaMalloc(&p, n) == cudaSuccess) held.push_back(p);
-    return p;
+    return cudaMalloc(&p, n) == cudaSuccess ? p : nullptr;
   }
-  ~DeviceScratch() {
-    for (void* p : held) cudaFree(p);
-  }
-};
-
-struct LaunchCheck {
-  void operator()() const {
+  static void release(void* p) { cudaFree(p); }
+  static void check() {
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) {
       std::fprintf(stderr, "kernel launch failed: %s\n", cudaGetErrorString(e));
@@ -32,14 +22,5 @@ struct LaunchCheck {
     }
   }
 };
-
-template <typename F>
-void with_backend(const F& f) {
-  DeviceScratch scratch;
-  rkd::gpu::GpuBackend<DeviceScratch, LaunchCheck> be(scratch, nullptr, LaunchCheck{});
-  f(be);
-}
-
-}  // namespace
 
 #include "entry_points.h"

@@ -4,36 +4,11 @@
 #include "emulate.h"
 
 #include <cstdlib>
-#include <vector>
 
-#include "../gpu_backend.cuh"
-
-namespace {
-
-struct HostScratch {
-  std::vector<void*> held;
-  void* bytes(size_t n) {
-    if (n == 0) return nullptr;
-    void* p = std::aligned_alloc(256, (n + 255) / 256 * 256);
-    held.push_back(p);
-    return p;
-  }
-  ~HostScratch() {
-    for (void* p : held) std::free(p);
-  }
+struct Platform {
+  static void* alloc(size_t n) { return std::aligned_alloc(256, (n + 255) / 256 * 256); }
+  static void release(void* p) { std::free(p); }
+  static void check() {}
 };
-
-struct NoCheck {
-  void operator()() const {}
-};
-
-template <typename F>
-void with_backend(const F& f) {
-  HostScratch scratch;
-  rkd::gpu::GpuBackend<HostScratch, NoCheck> be(scratch, nullptr, NoCheck{});
-  f(be);
-}
-
-}  // namespace
 
 #include "entry_points.h"

@@ -4,18 +4,44 @@
 // compiles for the device (compile_check.cu), so that both go through the
 // same op sequences as the CUDA bindings.
 //
-// The including file defines, before including this header,
-//   template <typename F> void with_backend(const F& f);
-// which makes a GPU backend and calls f(backend). Pointers are device memory
-// (host memory under the emulator); dtype codes are rkd::Dtype's, reduction
-// codes rkd::Reduction's. Outputs are allocated by the caller with the shapes
+// The including file defines, before including this header, a struct
+// Platform with `static void* alloc(size_t)`, `static void release(void*)`
+// and `static void check()` (run after every launch). Pointers are device
+// memory (host memory under the emulator); dtype codes are rkd::Dtype's,
+// reduction codes rkd::Reduction's. Outputs are allocated by the caller with the shapes
 // of the op schemas (csrc/ops.cpp); a null gradient output is not wanted.
 #pragma once
 
-#include "../../core/angle_op.h"
+#include <vector>
+
+#include "../gpu_backend.cuh"
 
 namespace rkd {
 namespace entry {
+
+// Scratch memory of one op call, released when it returns.
+struct Scratch {
+  std::vector<void*> held;
+  void* bytes(size_t n) {
+    void* p = n == 0 ? nullptr : Platform::alloc(n);
+    if (p != nullptr) held.push_back(p);
+    return p;
+  }
+  ~Scratch() {
+    for (void* p : held) Platform::release(p);
+  }
+};
+
+struct Check {
+  void operator()() const { Platform::check(); }
+};
+
+template <typename F>
+void with_backend(const F& f) {
+  Scratch scratch;
+  gpu::GpuBackend<Scratch, Check> be(scratch, nullptr, Check{});
+  f(be);
+}
 
 inline Features features(const void* x, int dtype, int64_t N, int64_t D) { return {x, static_cast<Dtype>(dtype), N, D}; }
 inline Buffer buffer(void* p, int dtype) { return {p, static_cast<Dtype>(dtype)}; }
