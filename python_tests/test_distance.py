@@ -322,3 +322,32 @@ def test_no_warning_on_ordinary_batches():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rkd_ext.rkd_distance_loss(s, t)
+
+
+# ---- extreme scales -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_extreme_scales_keep_their_digits(dtype, scale):
+    # Distances near 1e20 (squares near 1e40) and near 1e-20 (squares near
+    # 1e-40) are in float32's range although their squares are not: the
+    # products must neither overflow nor underflow. eps scales along, or it
+    # would clamp every tiny distance.
+    eps = 1e-12 * scale**2
+    x = (make_features(6, 5, seed=40) * scale).to(dtype)
+    y = (make_features(6, 4, seed=41) * scale).to(dtype)
+    x64, y64 = x.double(), y.double()
+    rtol = TOL[dtype][0]
+    d = rkd_ext.pairwise_distance(x, eps=eps)
+    assert torch.isfinite(d).all()
+    assert max_rel_err(d, R.pairwise_distance(x64, eps=eps)) < rtol
+    s = x.detach().clone().requires_grad_(True)
+    loss = rkd_ext.rkd_distance_loss(s, y, eps=eps)
+    (g,) = torch.autograd.grad(loss, s)
+    s64 = x64.clone().requires_grad_(True)
+    truth = R.distance_loss(s64, y64, eps=eps)
+    (truth_grad,) = torch.autograd.grad(truth, s64)
+    assert max_rel_err(loss, truth) < 1e-5  # float32 arithmetic on the exact upcast inputs
+    assert torch.isfinite(g).all()
+    assert max_rel_err(g, truth_grad) < rtol
