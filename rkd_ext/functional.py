@@ -21,7 +21,7 @@ every input that requires them, the teacher included.
 
 Degenerate input: with N = 1 there are no pairs. The reference returns NaN,
 which poisons a training run; these functions return 0 with a zero gradient and
-warn once.
+warn once per process (under torch.compile, once while the graph is traced).
 
 Squared distances are computed from direct differences in float64, not the
 reference's cancellation-prone expanded form: offset features (post-ReLU) and
@@ -32,6 +32,7 @@ scales it by :math:`1/\epsilon`).
 import warnings
 
 import torch
+from torch._dynamo.comptime import comptime
 
 from . import _checks, _ext, ops, reference
 
@@ -43,9 +44,19 @@ _NO_PAIRS = ("a batch of one sample has no pairs; returning 0 with a zero gradie
 
 
 def _warn_once(fn, msg):
-    if fn not in _warned:
+    if torch.compiler.is_dynamo_compiling():
+        # Dynamo cannot put warnings.warn in a graph (an error under
+        # fullgraph=True): warn while the graph is traced instead, once per
+        # process as in eager mode.
+        comptime(_warn_while_tracing)
+    elif fn not in _warned:
         _warned.add(fn)
         warnings.warn(f"{fn}: {msg}", UserWarning, stacklevel=3)
+
+
+def _warn_while_tracing(ctx):
+    # Runs as plain Python at trace time, reading _warn_once's (constant) arguments.
+    _warn_once(ctx.get_local("fn").as_python_constant(), ctx.get_local("msg").as_python_constant())
 
 
 def _no_relations(student, teacher, dtype, reduction, rank):
