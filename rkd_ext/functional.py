@@ -144,16 +144,15 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
     mean_offset = _checks.non_negative(fn, "mean_offset", mean_offset)
+    squared = _checks.flag(fn, "squared", squared)
     if student.shape[0] < 2:
         _warn_once(fn, _NO_PAIRS)
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, bool(squared),
-                                                   mean_offset)[0]
+        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, squared, mean_offset)[0]
     dtype = ops.loss_dtype(student, teacher)
     if student.shape[0] < 2:
         return _no_relations(student, teacher, dtype, reduction, 2)
-    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(squared),
-                                   mean_offset)
+    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, squared, mean_offset)
 
 
 def angle_tensor(x, *, eps=1e-12, normalize=True):
@@ -175,9 +174,10 @@ def angle_tensor(x, *, eps=1e-12, normalize=True):
     fn = "angle_tensor"
     x = _checks.features(fn, "x", x)
     eps = _checks.eps(fn, eps)
+    normalize = _checks.flag(fn, "normalize", normalize)
     if _ext.usable_for(x):
-        return torch.ops.rkd_ext.angle_tensor(x, eps, bool(normalize))[0]
-    return reference.angle_tensor(_fallback_input(x), eps, bool(normalize)).to(x.dtype)
+        return torch.ops.rkd_ext.angle_tensor(x, eps, normalize)[0]
+    return reference.angle_tensor(_fallback_input(x), eps, normalize).to(x.dtype)
 
 
 def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", normalize=True):
@@ -209,13 +209,14 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     beta = _checks.beta(fn, beta)
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
+    normalize = _checks.flag(fn, "normalize", normalize)
     if student.shape[0] < 3:
         _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient "
                    "(the reference implementation returns NaN or 0 here)")
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, bool(normalize))[0]
+        return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, normalize)[0]
     dtype = ops.loss_dtype(student, teacher)
     n = student.shape[0]
     if n < 3:
         return _no_relations(student, teacher, dtype, reduction, 3)
-    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(normalize))
+    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, normalize)
