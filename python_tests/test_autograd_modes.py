@@ -1,14 +1,15 @@
 """Differentiation beyond loss.backward(): torch.func's transforms and forward-mode AD.
 
 Oracle: torch.autograd on rkd_ext.reference in float64. Reverse mode through
-torch.func (grad, vjp, jacrev, also under torch.compile) must give the
-reference's derivatives; forward mode, which the operators do not implement,
-must be a clear error rather than a zero tangent.
+torch.func (grad, vjp, jacrev, also under torch.compile) and through compiled
+autograd must give the reference's derivatives; forward mode, which the
+operators do not implement, must be a clear error rather than a zero tangent.
 """
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from conftest import assert_close, make_features
+from torch._dynamo import compiled_autograd
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import rkd_ext
@@ -158,3 +159,16 @@ def test_forward_mode_is_a_clear_error(name, mode):
     s, t = _inputs()
     with pytest.raises(RuntimeError, match=f"forward-mode AD .* through {name} is not supported.*reverse mode"):
         FORWARD_MODES[mode](ours, s, t)
+
+
+def test_compiled_autograd_matches_reference():
+    ours, ref = SCALAR["RKDLoss"]
+    s, t = (x.clone().requires_grad_() for x in _inputs())
+    loss = ours(s, t)
+    torch._dynamo.reset()
+    try:
+        with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+            loss.backward()
+    finally:
+        torch._dynamo.reset()
+    _assert_grads_match((s.grad, t.grad), _reference_grads(ref, s.detach(), t.detach()), "compiled autograd")

@@ -160,6 +160,8 @@ def _register_autograd_formula(name, backward, setup_context):
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(backward),
         "jvp": staticmethod(jvp),
+        # What compiled autograd identifies a Function's backward by.
+        "_compiled_autograd_key": staticmethod(torch.autograd.Function._compiled_autograd_key),
     })
 
     def kernel(*args):
