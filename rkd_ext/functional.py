@@ -21,17 +21,23 @@ every input that requires them, the teacher included.
 
 Degenerate input: with N = 1 there are no pairs. The reference returns NaN,
 which poisons a training run; these functions return 0 with a zero gradient and
-warn once.
+warn once per process (under torch.compile, once while the graph is traced).
 
-Squared distances are computed from direct differences in float64, not the
-reference's cancellation-prone expanded form: offset features (post-ReLU) and
-near-duplicate samples keep their digits. Exactly coincident samples
+Squared distances come from the Gram form
+:math:`s_{ij} = \|\bar x_i\|^2 + \|\bar x_j\|^2 - 2 \bar x_i \cdot \bar x_j` on the
+batch-centred features :math:`\bar x = x - \operatorname{mean}(x)`, accumulated in
+float64 (relations are translation invariant, and centring removes the
+cancellation that the offset of post-ReLU features causes in the reference's
+expanded form on raw features); pairs too close for the Gram form to keep their
+digits are recomputed from direct differences :math:`\|x_i - x_j\|^2`, so
+near-duplicate samples stay accurate. Exactly coincident samples
 (:math:`s_{ij} = 0`) get a zero subgradient through that pair (the reference
 scales it by :math:`1/\epsilon`).
 """
 import warnings
 
 import torch
+from torch._dynamo.comptime import comptime
 
 from . import _checks, _ext, ops, reference
 
@@ -43,9 +49,19 @@ _NO_PAIRS = ("a batch of one sample has no pairs; returning 0 with a zero gradie
 
 
 def _warn_once(fn, msg):
-    if fn not in _warned:
+    if torch.compiler.is_dynamo_compiling():
+        # Dynamo cannot put warnings.warn in a graph (an error under
+        # fullgraph=True): warn while the graph is traced instead, once per
+        # process as in eager mode.
+        comptime(_warn_while_tracing)
+    elif fn not in _warned:
         _warned.add(fn)
         warnings.warn(f"{fn}: {msg}", UserWarning, stacklevel=3)
+
+
+def _warn_while_tracing(ctx):
+    # Runs as plain Python at trace time, reading _warn_once's (constant) arguments.
+    _warn_once(ctx.get_local("fn").as_python_constant(), ctx.get_local("msg").as_python_constant())
 
 
 def _no_relations(student, teacher, dtype, reduction, rank):
@@ -128,16 +144,15 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
     mean_offset = _checks.non_negative(fn, "mean_offset", mean_offset)
+    squared = _checks.flag(fn, "squared", squared)
     if student.shape[0] < 2:
         _warn_once(fn, _NO_PAIRS)
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, bool(squared),
-                                                   mean_offset)[0]
+        return torch.ops.rkd_ext.rkd_distance_loss(student, teacher, beta, eps, reduction, squared, mean_offset)[0]
     dtype = ops.loss_dtype(student, teacher)
     if student.shape[0] < 2:
         return _no_relations(student, teacher, dtype, reduction, 2)
-    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(squared),
-                                   mean_offset)
+    return reference.distance_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, squared, mean_offset)
 
 
 def angle_tensor(x, *, eps=1e-12, normalize=True):
@@ -159,9 +174,10 @@ def angle_tensor(x, *, eps=1e-12, normalize=True):
     fn = "angle_tensor"
     x = _checks.features(fn, "x", x)
     eps = _checks.eps(fn, eps)
+    normalize = _checks.flag(fn, "normalize", normalize)
     if _ext.usable_for(x):
-        return torch.ops.rkd_ext.angle_tensor(x, eps, bool(normalize))[0]
-    return reference.angle_tensor(_fallback_input(x), eps, bool(normalize)).to(x.dtype)
+        return torch.ops.rkd_ext.angle_tensor(x, eps, normalize)[0]
+    return reference.angle_tensor(_fallback_input(x), eps, normalize).to(x.dtype)
 
 
 def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", normalize=True):
@@ -193,13 +209,14 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     beta = _checks.beta(fn, beta)
     eps = _checks.eps(fn, eps)
     reduction = _checks.reduction(fn, reduction)
+    normalize = _checks.flag(fn, "normalize", normalize)
     if student.shape[0] < 3:
         _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient "
                    "(the reference implementation returns NaN or 0 here)")
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, bool(normalize))[0]
+        return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, normalize)[0]
     dtype = ops.loss_dtype(student, teacher)
     n = student.shape[0]
     if n < 3:
         return _no_relations(student, teacher, dtype, reduction, 3)
-    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, bool(normalize))
+    return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, normalize)

@@ -11,7 +11,7 @@ initialised process group the local batch is the global one.
 import torch
 from torch import nn
 
-from . import distributed
+from . import _checks, distributed
 from . import functional as F
 
 __all__ = ["RKDDistanceLoss", "RKDAngleLoss", "RKDLoss"]
@@ -24,10 +24,11 @@ class _RelationLoss(nn.Module):
 
     def __init__(self, beta=1.0, eps=1e-12, reduction="mean", gather_distributed=False):
         super().__init__()
-        self.beta = beta
-        self.eps = eps
-        self.reduction = reduction
-        self.gather_distributed = gather_distributed
+        fn = type(self).__name__
+        self.beta = _checks.beta(fn, beta)
+        self.eps = _checks.eps(fn, eps)
+        self.reduction = _checks.reduction(fn, reduction)
+        self.gather_distributed = _checks.flag(fn, "gather_distributed", gather_distributed)
 
     def forward(self, student, teacher):
         if self.gather_distributed:
@@ -83,7 +84,8 @@ class RKDLoss(nn.Module):
     r"""The full RKD objective: ``distance_weight * distance loss + angle_weight * angle loss``.
 
     Defaults are the paper's (and mmrazor's / RepDistiller's) weights 25 and 50.
-    A weight of 0 skips that term's computation entirely.
+    Weights are finite numbers >= 0; a weight of 0 skips that term's
+    computation entirely (the inputs are checked all the same).
 
     Args:
         distance_weight: weight of the distance-wise term.
@@ -96,15 +98,18 @@ class RKDLoss(nn.Module):
 
     def __init__(self, distance_weight=25.0, angle_weight=50.0, beta=1.0, eps=1e-12, gather_distributed=False):
         super().__init__()
-        self.distance_weight = distance_weight
-        self.angle_weight = angle_weight
-        self.beta = beta
-        self.eps = eps
-        self.gather_distributed = gather_distributed
+        fn = "RKDLoss"
+        self.distance_weight = _checks.non_negative(fn, "distance_weight", distance_weight)
+        self.angle_weight = _checks.non_negative(fn, "angle_weight", angle_weight)
+        self.beta = _checks.beta(fn, beta)
+        self.eps = _checks.eps(fn, eps)
+        self.gather_distributed = _checks.flag(fn, "gather_distributed", gather_distributed)
 
     def forward(self, student, teacher):
         if self.gather_distributed:
             student, teacher = distributed.gather_student_teacher(student, teacher)
+        # Checked here too, not only by the terms: with both weights 0 no term runs.
+        student, teacher = _checks.pair("RKDLoss", student, teacher)
         loss = None
         if self.distance_weight != 0:
             loss = self.distance_weight * F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps)

@@ -1,22 +1,30 @@
-"""Fake kernels, autograd and autocast for the torch.ops.rkd_ext operators.
+r"""Fake kernels, autograd and autocast for the torch.ops.rkd_ext operators.
 
 The schemas and the real kernels are registered by the compiled extension
 (csrc/ops.cpp and the per-backend files). This module adds what torch needs on
-top, so that the operators work under autograd, torch.compile, torch.export,
-opcheck and autocast:
+top, so that the operators work under autograd, torch.func, torch.compile,
+torch.export, opcheck and autocast:
 
 * a fake (meta) kernel per operator: output shapes and dtypes only;
 * autograd for each forward operator, whose backward calls the matching
-  registered ``*_backward`` operator;
+  registered ``*_backward`` operator; it also serves torch.func's reverse-mode
+  transforms (grad, vjp, jacrev, and vmap over them);
 * for the ``*_backward`` operators, an autograd formula that raises a clear
   error: double backward is not supported;
+* forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) raises a
+  clear error instead of dropping the tangent;
 * autocast (CPU and CUDA): inputs in float16/bfloat16 are cast to float32, so
   the operators always compute and return in float32 or wider.
 
-Forward operators also return the float64 clamped distance matrices they
-computed ("dist64"); the autograd context keeps them for the backward operator.
+Forward operators also return the float64 matrices their backward needs, so
+that it never recomputes the O(N^2 D) part: the distance ops the clamped
+distances ``dist64`` (:math:`\sqrt{\max(s, \epsilon)}`, zero diagonal), the angle
+ops the squared distances ``sq`` (the law of cosines needs :math:`s` itself).
+The autograd context keeps them for the backward operator.
 """
 import torch
+from torch._functorch.utils import enable_single_level_autograd_function
+from torch.autograd.forward_ad import _set_fwd_grad_enabled
 
 from . import _ext
 
@@ -114,6 +122,55 @@ def _register_angle_fakes():
         return out(student, student_grad), out(teacher, teacher_grad)
 
 
+_LIB = torch.library.Library("rkd_ext", "IMPL")
+
+_NO_FORWARD_AD = (
+    "rkd_ext: forward-mode AD (torch.func.jvp, torch.func.jacfwd, torch.autograd.forward_ad) through {op} is "
+    "not supported: the operators only have a backward formula. Use reverse mode (loss.backward(), "
+    "torch.autograd.grad, torch.func.grad, torch.func.vjp, torch.func.jacrev), or rkd_ext.reference for "
+    "forward-mode derivatives")
+
+
+def _register_autograd_formula(name, backward, setup_context):
+    """Autograd for ``rkd_ext::name``: its Autograd kernel applies an autograd.Function.
+
+    Not torch.library.register_autograd: the Function it generates has no
+    ``setup_context``, which torch.func's transforms require
+    (pytorch/pytorch#170834), and it skips autograd unless an input requires
+    grad, which drops a forward-mode tangent silently. Like a C++ autograd
+    kernel, this kernel is reached once per torch.func level, so it records
+    the op at that level only: a single-level Function, as torch.func itself
+    generates for an autograd.Function. Its ``jvp`` says forward mode is
+    unsupported.
+    """
+    op = getattr(torch.ops.rkd_ext, name).default
+
+    def forward(*args):
+        # The Function runs forward with gradients off; turned back on, the
+        # levels of enclosing torch.func transforms record the op too (as
+        # torch.func does for its own autograd.Function support).
+        with torch.enable_grad(), _set_fwd_grad_enabled(True), torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_FORWARD_AD.format(op=name))
+
+    function = type(name, (torch.autograd.function._SingleLevelFunction,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp),
+        # What compiled autograd identifies a Function's backward by.
+        "_compiled_autograd_key": staticmethod(torch.autograd.Function._compiled_autograd_key),
+    })
+
+    def kernel(*args):
+        with enable_single_level_autograd_function():
+            return function.apply(*args)
+
+    _LIB.impl(name, kernel, "Autograd")
+
+
 def _no_double_backward(op_name):
     def setup_context(ctx, inputs, output):
         pass
@@ -124,7 +181,7 @@ def _no_double_backward(op_name):
             "RKD loss was requested, e.g. by torch.autograd.grad(..., create_graph=True) followed by another "
             "backward); use rkd_ext.reference for higher-order gradients")
 
-    torch.library.register_autograd(f"rkd_ext::{op_name}_backward", backward, setup_context=setup_context)
+    _register_autograd_formula(f"{op_name}_backward", backward, setup_context)
 
 
 def _register_autograd():
@@ -165,10 +222,9 @@ def _register_autograd():
         gs, gt = ops.rkd_distance_loss_backward(grad, student, teacher, d64_s, d64_t, *ctx.args, want_s, want_t)
         return (gs if want_s else None), (gt if want_t else None), None, None, None, None, None
 
-    torch.library.register_autograd("rkd_ext::pairwise_distance", pairwise_backward, setup_context=matrix_setup)
-    torch.library.register_autograd("rkd_ext::normalized_distance", normalized_backward,
-                                    setup_context=matrix_setup)
-    torch.library.register_autograd("rkd_ext::rkd_distance_loss", loss_backward, setup_context=loss_setup)
+    _register_autograd_formula("pairwise_distance", pairwise_backward, matrix_setup)
+    _register_autograd_formula("normalized_distance", normalized_backward, matrix_setup)
+    _register_autograd_formula("rkd_distance_loss", loss_backward, loss_setup)
 
     def angle_setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
@@ -190,8 +246,8 @@ def _register_autograd():
         gs, gt = ops.rkd_angle_loss_backward(grad, student, teacher, sq_s, sq_t, *ctx.args, want_s, want_t)
         return (gs if want_s else None), (gt if want_t else None), None, None, None, None
 
-    torch.library.register_autograd("rkd_ext::angle_tensor", angle_backward, setup_context=angle_setup)
-    torch.library.register_autograd("rkd_ext::rkd_angle_loss", angle_loss_backward, setup_context=loss_setup)
+    _register_autograd_formula("angle_tensor", angle_backward, angle_setup)
+    _register_autograd_formula("rkd_angle_loss", angle_loss_backward, loss_setup)
     for name in OPS:
         _no_double_backward(name)
 

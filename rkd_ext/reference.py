@@ -25,14 +25,6 @@ __all__ = [
 ]
 
 
-def _reduce(elementwise, reduction):
-    if reduction == "mean":
-        return elementwise.mean()
-    if reduction == "sum":
-        return elementwise.sum()
-    return elementwise
-
-
 def pairwise_distance(x, eps=1e-12, squared=False):
     r"""(N, N) distances :math:`\sqrt{\max(s_{ij}, \epsilon)}`, zero diagonal.
 

@@ -13,6 +13,7 @@ exactly coincident samples get a zero subgradient instead of one scaled by
 """
 from torch import nn
 
+from .. import _checks
 from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common
 
@@ -33,7 +34,7 @@ def _distance(student, teacher):
 
 
 def _angle(student, teacher, normalize):
-    return rkd_angle_loss(student, teacher, normalize=bool(normalize))
+    return rkd_angle_loss(student, teacher, normalize=normalize)
 
 
 class RKDDistanceLoss(nn.Module):
@@ -56,7 +57,7 @@ class RKDAngleLoss(nn.Module):
     """
 
     def forward(self, teacher, student, normalize=True):
-        return _angle(*_pair("RKDAngleLoss", teacher, student), normalize)
+        return _angle(*_pair("RKDAngleLoss", teacher, student), _checks.flag("RKDAngleLoss", "normalize", normalize))
 
 
 class RKDLoss(nn.Module):
@@ -72,9 +73,9 @@ class RKDLoss(nn.Module):
 
     def __init__(self, dist_ratio=0.5, angle_ratio=0.5, normalize=True):
         super().__init__()
-        self.dist_ratio = dist_ratio
-        self.angle_ratio = angle_ratio
-        self.normalize = normalize
+        self.dist_ratio = _checks.non_negative("RKDLoss", "dist_ratio", dist_ratio)
+        self.angle_ratio = _checks.non_negative("RKDLoss", "angle_ratio", angle_ratio)
+        self.normalize = _checks.flag("RKDLoss", "normalize", normalize)
 
     def forward(self, teacher, student):
         student, teacher = _pair("RKDLoss", teacher, student)

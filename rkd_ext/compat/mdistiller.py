@@ -7,6 +7,7 @@ Differences: a batch of one sample gives 0 (with a warning) instead of NaN;
 exactly coincident samples get a zero subgradient instead of one scaled by
 1/eps; a term weighted 0 is not computed.
 """
+from .. import _checks
 from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common
 
@@ -28,10 +29,14 @@ def rkd_loss(f_s, f_t, squared=False, eps=1e-12, distance_weight=25, angle_weigh
     Returns:
         A scalar loss.
     """
-    student, teacher = _common.pair("rkd_loss", ("f_s", "f_t"), f_s, f_t)
+    fn = "rkd_loss"
+    student, teacher = _common.pair(fn, ("f_s", "f_t"), f_s, f_t)
     teacher = teacher.detach()
+    squared = _checks.flag(fn, "squared", squared)
+    eps = _checks.eps(fn, eps)
     loss = _common.weighted_sum([
-        (distance_weight, lambda: rkd_distance_loss(student, teacher, eps=eps, squared=bool(squared))),
-        (angle_weight, lambda: rkd_angle_loss(student, teacher)),
+        (_checks.non_negative(fn, "distance_weight", distance_weight),
+         lambda: rkd_distance_loss(student, teacher, eps=eps, squared=squared)),
+        (_checks.non_negative(fn, "angle_weight", angle_weight), lambda: rkd_angle_loss(student, teacher)),
     ])
     return _common.zero_loss(student) if loss is None else loss

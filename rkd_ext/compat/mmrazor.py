@@ -26,6 +26,7 @@ subgradient instead of one scaled by 1/eps.
 """
 from torch import nn
 
+from .. import _checks
 from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common, _registry
 
@@ -54,8 +55,8 @@ class DistanceWiseRKD(nn.Module):
 
     def __init__(self, loss_weight=25.0, with_l2_norm=True):
         super().__init__()
-        self.loss_weight = loss_weight
-        self.with_l2_norm = with_l2_norm
+        self.loss_weight = _checks.non_negative("DistanceWiseRKD", "loss_weight", loss_weight)
+        self.with_l2_norm = _checks.flag("DistanceWiseRKD", "with_l2_norm", with_l2_norm)
 
     def forward(self, preds_S, preds_T):
         s, t = _prepare("DistanceWiseRKD", preds_S, preds_T, self.with_l2_norm)
@@ -78,8 +79,8 @@ class AngleWiseRKD(nn.Module):
 
     def __init__(self, loss_weight=50.0, with_l2_norm=True):
         super().__init__()
-        self.loss_weight = loss_weight
-        self.with_l2_norm = with_l2_norm
+        self.loss_weight = _checks.non_negative("AngleWiseRKD", "loss_weight", loss_weight)
+        self.with_l2_norm = _checks.flag("AngleWiseRKD", "with_l2_norm", with_l2_norm)
 
     def forward(self, preds_S, preds_T):
         s, t = _prepare("AngleWiseRKD", preds_S, preds_T, self.with_l2_norm)

@@ -9,6 +9,7 @@ exactly coincident samples get a zero subgradient instead of one scaled by
 """
 from torch import nn
 
+from .. import _checks
 from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common
 
@@ -28,8 +29,8 @@ class RKDLoss(nn.Module):
 
     def __init__(self, w_d=25, w_a=50):
         super().__init__()
-        self.w_d = w_d
-        self.w_a = w_a
+        self.w_d = _checks.non_negative("RKDLoss", "w_d", w_d)
+        self.w_a = _checks.non_negative("RKDLoss", "w_a", w_a)
 
     def forward(self, f_s, f_t):
         student, teacher = _common.pair("RKDLoss", ("f_s", "f_t"), f_s, f_t)

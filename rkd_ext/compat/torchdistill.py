@@ -23,6 +23,11 @@ from . import _common, _registry
 __all__ = ["RKDLoss", "REGISTERED_NAME"]
 
 
+def _factor(name, value):
+    # torchdistill skips a term whose factor is None, as one of 0.
+    return None if value is None else _checks.non_negative("RKDLoss", name, value)
+
+
 class RKDLoss(nn.Module):
     """``dist_factor * distance loss + angle_factor * angle loss`` on recorded module outputs.
 
@@ -45,8 +50,8 @@ class RKDLoss(nn.Module):
         super().__init__()
         self.student_output_path = student_output_path
         self.teacher_output_path = teacher_output_path
-        self.dist_factor = dist_factor
-        self.angle_factor = angle_factor
+        self.dist_factor = _factor("dist_factor", dist_factor)
+        self.angle_factor = _factor("angle_factor", angle_factor)
         self.reduction = _checks.reduction("RKDLoss", reduction)
 
     def forward(self, student_io_dict, teacher_io_dict, *args, **kwargs):
