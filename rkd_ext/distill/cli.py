@@ -65,8 +65,8 @@ def _epilog():
     lines = ["presets (each sets the options of a seed experiment; explicit options override them):"]
     lines += [f"  {name:18} {p['about']}" for name, p in PRESETS.items()]
     lines += ["",
-              "outputs, in --out-dir: config.json, log.csv (one row per epoch of each model), curves.png (needs",
-              "matplotlib), results.json, checkpoints/{teacher,baseline,rkd}.pt (every epoch; load them with",
+              "outputs, in --out-dir: config.json, log.csv (one row per epoch of each model), curves.png,",
+              "results.json, checkpoints/{teacher,baseline,rkd}.pt (every epoch; load them with",
               "torch.load(path, weights_only=True)). Resume an interrupted run with --resume OUT_DIR."]
     return "\n".join(lines)
 

@@ -28,12 +28,13 @@ def plot_curves(path, histories):
     """Validation top-1 and training cross-entropy per epoch of each model, as a PNG.
 
     Returns:
-        None when written, else why not (matplotlib is an optional extra).
+        None when written, else why not: matplotlib is a dependency, but an install without
+        dependencies may lack it, and a finished run should not fail on its plot.
     """
     try:
         import matplotlib
     except ImportError:
-        return "matplotlib is not installed, so no plot (pip install matplotlib, or rkd_ext[plot])"
+        return "matplotlib is not installed, so no plot (pip install 'matplotlib>=3.5')"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
