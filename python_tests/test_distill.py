@@ -2,12 +2,15 @@
 import csv
 import json
 import os
+import pickle
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +280,184 @@ def test_torchrun_two_process_gloo(tmp_path):
         assert results[stage]["top1"] == pytest.approx(top1, abs=1e-9), stage
         assert results[stage]["top5"] == pytest.approx(top5, abs=1e-9), stage
         assert state["history"][-1]["val_top1"] == pytest.approx(top1, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- bad files and folders
+
+def _cifar_pickle(n):
+    rng = np.random.default_rng(n)
+    return pickle.dumps({"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                         "fine_labels": [int(v) for v in rng.integers(0, 100, size=n)]}, protocol=2)
+
+
+def _cifar_dir(root, train, test):
+    root.mkdir()
+    (root / "train").write_bytes(train)
+    (root / "test").write_bytes(test)
+    return ["--data", "cifar100", "--data-dir", str(root)]
+
+
+def _garbage(n=4000):
+    return np.random.default_rng(0).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def _start_error(argv, capsys):
+    """The message of a run that must fail before it starts, checked to be one line and all that was printed."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    message = exit_info.value.code
+    # SystemExit with a string: the interpreter prints exactly it to stderr and exits with status 1.
+    assert isinstance(message, str) and message.startswith("rkd-distill: error: ") and "\n" not in message, message
+    assert capsys.readouterr() == ("", "")
+    return message
+
+
+def _empty_file(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    return ["--teacher-checkpoint", str(tmp_path / "empty.pt")]
+
+
+def _garbage_file(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(_garbage())
+    return ["--teacher-checkpoint", str(tmp_path / "garbage.pt")]
+
+
+@pytest.mark.parametrize("make, named, why", [
+    (lambda d: _cifar_dir(d / "c", b"", _cifar_pickle(3)), "c/train", "the file is empty"),
+    (lambda d: _cifar_dir(d / "c", _garbage(), _cifar_pickle(3)), "c/train", "not a CIFAR-100 'python' file"),
+    (lambda d: _cifar_dir(d / "c", _cifar_pickle(8), _cifar_pickle(3)[:5000]), "c/test", "a truncated one"),
+    (lambda d: (d / "empty").mkdir() or ["--data", "cifar100", "--data-dir", str(d / "empty")], "empty",
+     "no CIFAR-100 'train' and 'test' files"),
+    (lambda d: (d / "empty").mkdir() or ["--data", "imagefolder", "--data-dir", str(d / "empty")], "empty/train",
+     "does not exist"),
+    (lambda d: TINY_ARGS + _empty_file(d), "empty.pt", "not a readable checkpoint: the file is empty"),
+    (lambda d: TINY_ARGS + _garbage_file(d), "garbage.pt", "truncated or corrupt"),
+    (lambda d: TINY_ARGS + ["--train-size", "10"], "--batch-size 16", "no full batch to train on"),
+], ids=["cifar-empty", "cifar-garbage", "cifar-truncated", "cifar-empty-dir", "imagefolder-empty-dir",
+        "teacher-empty", "teacher-garbage", "batch-too-large"])
+def test_bad_input_ends_in_one_line_before_any_run_folder(tmp_path, monkeypatch, capsys, make, named, why):
+    argv = make(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    message = _start_error(argv, capsys)
+    assert named in message and why in message, message
+    # The default runs/<date-time>/ was never created: the run was refused before anything was written.
+    assert os.listdir(cwd) == []
+
+
+@pytest.mark.parametrize("layout, named", [("file", "out"), ("under_file", "out")])
+def test_out_dir_that_cannot_be_a_folder_is_refused(tmp_path, capsys, layout, named):
+    (tmp_path / "out").write_text("not a folder")
+    out_dir = tmp_path / "out" if layout == "file" else tmp_path / "out" / "run"
+    message = _start_error(TINY_ARGS + ["--out-dir", str(out_dir)], capsys)
+    assert f"{tmp_path / named} is a file, not a directory" in message, message
+    assert (tmp_path / "out").read_text() == "not a folder" and os.listdir(tmp_path) == ["out"]
+
+
+def test_a_failed_start_in_a_fresh_interpreter_prints_one_line(tmp_path):
+    args = _cifar_dir(tmp_path / "c", _garbage(), _cifar_pickle(3))
+    proc = subprocess.run([sys.executable, "-m", "rkd_ext.distill", *args], cwd=tmp_path, env=_subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"rkd-distill: error: {tmp_path / 'c' / 'train'}: ")
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(TINY_ARGS + ["--out-dir", str(out)]) == 0
+    return out
+
+
+def _snapshot(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def _corrupt(run, name, how):
+    path = run / "checkpoints" / f"{name}.pt"
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(_garbage())
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:20000])
+    else:  # a bare state_dict, not a stage's checkpoint
+        torch.save(checkpoint.load(path)["model"], path)
+
+
+@pytest.mark.parametrize("name, how, why", [
+    ("rkd", "empty", "the file is empty"),
+    ("baseline", "garbage", "truncated or corrupt"),
+    ("teacher", "truncated", "truncated or corrupt"),
+    ("rkd", "state_dict", "is not the checkpoint of a training stage: it lacks 'stage'"),
+])
+def test_resume_refuses_a_broken_checkpoint_before_training(finished_run, tmp_path, capsys, name, how, why):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _corrupt(run, name, how)
+    before = _snapshot(run)
+    message = _start_error(["--resume", str(run), "--no-progress"], capsys)
+    assert f"{run / 'checkpoints' / name}.pt" in message and why in message, message
+    # Found before anything ran: not a byte of the run changed, no temporary file appeared.
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("content, why", [
+    ("", "is not a readable JSON file"),
+    ("{\"epochs\": 2,", "is not a readable JSON file"),
+    ("[1, 2]", "must hold a JSON object of options, got list"),
+    (None, "records epochs = \"many\", which --epochs does not accept"),
+    ({"schedule": "linear"}, "records schedule = \"linear\""),
+    ({"no_l2_norm": "yes"}, "records no_l2_norm = \"yes\""),
+    ({"milestones": 30}, "records milestones = 30"),
+], ids=["empty", "truncated", "array", "epochs-string", "bad-choice", "flag-string", "list-scalar"])
+def test_resume_refuses_a_broken_config(finished_run, tmp_path, capsys, content, why):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = run / "config.json"
+    if content is None or isinstance(content, dict):
+        recorded = json.loads(config.read_text())
+        recorded.update(content or {"epochs": "many"})
+        content = json.dumps(recorded)
+    config.write_text(content)
+    before = _snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--resume", str(run)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"rkd-distill: error: --resume {run}: {config}") and why in last, last
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_an_interrupted_or_failed_save_removes_its_temporary_file(tmp_path, monkeypatch, failure):
+    path = tmp_path / "stage.pt"
+    checkpoint.save_atomic({"epoch": torch.tensor(1)}, path)
+    before = path.read_bytes()
+
+    def failing_save(obj, f):
+        f.write(b"half a checkpoint")
+        assert os.path.exists(f.name) and f.name != str(path)
+        raise failure
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    with pytest.raises(type(failure)):
+        checkpoint.save_atomic({"epoch": torch.tensor(2)}, path)
+    assert os.listdir(tmp_path) == ["stage.pt"] and path.read_bytes() == before
+
+
+def test_resume_removes_what_a_killed_save_left(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for stale in ("checkpoints/rkd.pt.tmp4242", "log.csv.tmp77"):
+        (run / stale).write_bytes(b"half written")
+    (run / "notes.tmp").write_text("the user's own file")
+    assert cli.main(["--resume", str(run), "--no-progress"]) == 0
+    assert "removed what interrupted writes left" in capsys.readouterr().out
+    assert sorted(os.listdir(run / "checkpoints")) == ["baseline.pt", "rkd.pt", "teacher.pt"]
+    assert not (run / "log.csv.tmp77").exists() and (run / "notes.tmp").exists()

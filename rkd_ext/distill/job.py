@@ -1,6 +1,7 @@
 """One distillation job: its data, the teacher, the two students, and what the run writes."""
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -11,32 +12,52 @@ from tqdm import tqdm
 from ..models import build_model
 from . import checkpoint, data, report
 from .options import PRESETS
-from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage
+from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage, steps_per_epoch
 
-__all__ = ["run_job"]
+__all__ = ["RunError", "run_job"]
+
+
+class RunError(Exception):
+    """A run that cannot start or go on (bad data, checkpoint or output directory); the message is one line."""
 
 
 def run_job(args, rt):
-    """Train (or load) the teacher, then the baseline and the RKD student; print and write the results."""
+    """Check all the run needs, then create its directory, train the teacher and the two students, and report.
+
+    Raises:
+        RunError: bad input, found before the run's directory is created where it can be.
+    """
     _configure_determinism(args.deterministic)
-    job = Job(args, rt, _prepare_out_dir(args, rt))
-    job.say(f"rkd-distill: {'resuming' if args.resume else 'writing'} {job.out_dir}  (log {job.log_path}, "
-            f"checkpoints {job.ckpt_dir}{os.sep})")
-    _note_preset_batch(job)
-    job.train_set, job.val_set = _load_data(args)
-    job.say(f"data: {args.data}, {len(job.train_set)} training / {len(job.val_set)} validation images of "
-            f"{args.image_size}x{args.image_size}, {job.num_classes} classes; device {rt.device}"
-            + (f", {rt.world_size} processes" if rt.distributed else ""))
-    teacher, teacher_acc = _teacher(job)
+    job = _prepare(args, rt)
+    _create_run_dir(job)
+    teacher_acc = _train_teacher(job)
     baseline = job.build(args.student, args.student_width, "student")
     baseline_acc = job.stage("baseline", baseline)
     student = job.build(args.student, args.student_width, "student")
     objective = RKDObjective(args.distance_weight, args.angle_weight, args.rkd_impl, not args.no_l2_norm,
                              args.rkd_global_batch)
-    rkd_acc = job.stage("rkd", student, teacher=teacher, objective=objective)
+    rkd_acc = job.stage("rkd", student, teacher=job.teacher, objective=objective)
     if rt.is_main:
-        _report(job, {"teacher": (teacher, teacher_acc), "baseline": (baseline, baseline_acc),
+        _report(job, {"teacher": (job.teacher, teacher_acc), "baseline": (baseline, baseline_acc),
                       "rkd": (student, rkd_acc)})
+
+
+def _prepare(args, rt):
+    """What can fail on bad input, with nothing written yet: the output path, the data, the checkpoints to load."""
+    out_dir = _on_main(rt, lambda: _choose_out_dir(args))
+    train_set, val_set = _load_data(args)
+    try:
+        steps_per_epoch(len(train_set), args.batch_size, rt.world_size)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    job = Job(args, rt, out_dir, train_set, val_set)
+    job.teacher = job.build(args.teacher, args.teacher_width, "teacher")
+    if args.teacher_checkpoint is not None:
+        _load_teacher(job)
+    if args.resume is not None:
+        for name in job.stage_names:
+            _check_resumable(job, name)
+    return job
 
 
 @dataclass
@@ -46,9 +67,15 @@ class Job:
     args: object
     rt: Runtime
     out_dir: str
-    train_set: object = None
-    val_set: object = None
+    train_set: object
+    val_set: object
+    teacher: torch.nn.Module = None
     histories: dict = field(default_factory=dict)
+
+    @property
+    def stage_names(self):
+        """The stages this run trains, in order; each has its checkpoint ``checkpoints/<name>.pt``."""
+        return (["teacher"] if self.args.teacher_checkpoint is None else []) + ["baseline", "rkd"]
 
     @property
     def ckpt_dir(self):
@@ -62,6 +89,9 @@ class Job:
     def num_classes(self):
         return self.train_set.num_classes
 
+    def ckpt_path(self, name):
+        return os.path.join(self.ckpt_dir, f"{name}.pt")
+
     def say(self, text):
         if self.rt.is_main:
             print(text)
@@ -74,9 +104,11 @@ class Job:
     def stage(self, name, model, **kwargs):
         """Train (or resume) one stage; return its final validation top-1 and top-5."""
         hooks = [self._on_epoch] + list(filter(None, [kill_hook_from_env()]))
-        history = run_stage(name, model, self.train_set, self.val_set, self.args, self.rt,
-                            os.path.join(self.ckpt_dir, f"{name}.pt"), epochs=self._epochs(name),
-                            seed=self.args.seed, hooks=hooks, **kwargs)
+        try:
+            history = run_stage(name, model, self.train_set, self.val_set, self.args, self.rt, self.ckpt_path(name),
+                                epochs=self._epochs(name), seed=self.args.seed, hooks=hooks, **kwargs)
+        except checkpoint.CheckpointError as e:
+            raise RunError(str(e)) from None
         self.histories[name] = history
         return history[-1]["val_top1"], history[-1]["val_top5"]
 
@@ -103,6 +135,21 @@ def _configure_determinism(deterministic):
         torch.backends.cudnn.benchmark = True
 
 
+def _on_main(rt, fn):
+    """``fn()`` run on the main process only; every process returns its result, or raises its RunError."""
+    result = [None, None]
+    if rt.is_main:
+        try:
+            result[0] = fn()
+        except RunError as e:
+            result[1] = str(e)
+    if rt.distributed:
+        dist.broadcast_object_list(result, src=0)
+    if result[1] is not None:
+        raise RunError(result[1])
+    return result[0]
+
+
 def _default_out_dir():
     base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     path, n = base, 1
@@ -112,26 +159,47 @@ def _default_out_dir():
     return path
 
 
-def _prepare_out_dir(args, rt):
-    """Pick and create the output directory on the main process; every process gets its path or its error."""
-    result = [None, None]
-    if rt.is_main:
-        out_dir = args.out_dir or _default_out_dir()
-        config_path = os.path.join(out_dir, "config.json")
-        if args.resume is None and os.path.exists(config_path):
-            result[1] = (f"--out-dir {out_dir} already holds a run: continue it with --resume {out_dir}, "
-                         "or choose another --out-dir")
-        else:
-            os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
-            if args.resume is None:
-                with open(config_path, "w") as f:
-                    json.dump({**vars(args), "out_dir": out_dir}, f, indent=2, sort_keys=True)
-            result[0] = out_dir
-    if rt.distributed:
-        dist.broadcast_object_list(result, src=0)
-    if result[1] is not None:
-        raise SystemExit(f"rkd-distill: error: {result[1]}")
-    return result[0]
+def _choose_out_dir(args):
+    """The run's directory, checked to be creatable (a resumed run's is its own, checked by parse_args)."""
+    if args.resume is not None:
+        return args.out_dir
+    out_dir = args.out_dir or _default_out_dir()
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        raise RunError(f"--out-dir {out_dir} already holds a run: continue it with --resume {out_dir}, "
+                       "or choose another --out-dir")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    where = "" if existing == os.path.abspath(out_dir) else f": {existing}"
+    if not os.path.isdir(existing):
+        raise RunError(f"--out-dir {out_dir}{where} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--out-dir {out_dir}{where} is not writable")
+    return out_dir
+
+
+def _create_run_dir(job):
+    """Create the run's directory and record its options; a resumed run's interrupted writes are cleared."""
+    def create():
+        try:
+            os.makedirs(job.ckpt_dir, exist_ok=True)
+            if job.args.resume is not None:
+                return checkpoint.remove_temporaries(job.out_dir) + checkpoint.remove_temporaries(job.ckpt_dir)
+            with checkpoint.atomic_file(os.path.join(job.out_dir, "config.json"), "w") as f:
+                json.dump({**vars(job.args), "out_dir": job.out_dir}, f, indent=2, sort_keys=True)
+            return []
+        except OSError as e:
+            raise RunError(f"--out-dir {job.out_dir}: cannot write there: {e}") from None
+
+    removed = _on_main(job.rt, create)
+    job.say(f"rkd-distill: {'resuming' if job.args.resume else 'writing'} {job.out_dir}  (log {job.log_path}, "
+            f"checkpoints {job.ckpt_dir}{os.sep})")
+    if removed:
+        job.say(f"removed what interrupted writes left: {', '.join(removed)}")
+    _note_preset_batch(job)
+    job.say(f"data: {job.args.data}, {len(job.train_set)} training / {len(job.val_set)} validation images of "
+            f"{job.args.image_size}x{job.args.image_size}, {job.num_classes} classes; device {job.rt.device}"
+            + (f", {job.rt.world_size} processes" if job.rt.distributed else ""))
 
 
 def _note_preset_batch(job):
@@ -148,32 +216,60 @@ def _note_preset_batch(job):
 def _load_data(args):
     if args.data == "synthetic":
         return data.synthetic(args.num_classes, args.train_size, args.val_size, args.image_size, args.data_seed)
-    if args.data == "cifar100":
-        return data.load_cifar100(args.data_dir)
-    return data.load_image_folder(args.data_dir, args.image_size)
+    try:
+        if args.data == "cifar100":
+            return data.load_cifar100(args.data_dir)
+        return data.load_image_folder(args.data_dir, args.image_size)
+    # What the loaders raise for missing, unreadable or malformed files; the messages name the file.
+    except (OSError, ValueError, ImportError, pickle.UnpicklingError) as e:
+        raise RunError(_one_line(str(e))) from None
+
+
+def _one_line(text, limit=300):
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _describe(arch, width, stem):
     return f"{arch} x{width:g}" + (f" {stem}-stem" if arch.startswith("resnet") else "")
 
 
-def _teacher(job):
-    """The trained teacher and its validation (top-1, top-5): loaded from --teacher-checkpoint, or trained."""
-    args = job.args
-    teacher = job.build(args.teacher, args.teacher_width, "teacher")
-    if args.teacher_checkpoint is None:
-        return teacher, job.stage("teacher", teacher)
-    state = checkpoint.load(args.teacher_checkpoint)
+def _load_teacher(job):
+    """Load --teacher-checkpoint (a run's checkpoint or a bare state_dict) into the teacher."""
+    path, args = job.args.teacher_checkpoint, job.args
     try:
-        teacher.load_state_dict(state.get("model", state))
+        state = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise RunError(f"--teacher-checkpoint: {e}") from None
+    if not isinstance(state, dict):
+        raise RunError(f"--teacher-checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        job.teacher.load_state_dict(state.get("model", state))
     except RuntimeError as e:
-        raise SystemExit(f"rkd-distill: error: --teacher-checkpoint {args.teacher_checkpoint} does not fit "
-                         f"{_describe(args.teacher, args.teacher_width, args.stem)} with {job.num_classes} "
-                         f"classes: {e}") from None
-    teacher.to(job.rt.device)
-    acc = evaluate(teacher, job.val_set, job.rt, batch_size=args.eval_batch_size, amp=args.amp, workers=args.workers)
+        raise RunError(f"--teacher-checkpoint {path} does not fit "
+                       f"{_describe(args.teacher, args.teacher_width, args.stem)} with {job.num_classes} classes: "
+                       f"{_one_line(str(e))}") from None
+
+
+def _check_resumable(job, name):
+    path = job.ckpt_path(name)
+    if os.path.exists(path):
+        try:
+            checkpoint.load_stage(path)
+        except checkpoint.CheckpointError as e:
+            raise RunError(f"--resume {job.args.resume}: {e}; delete it to train that stage again") from None
+
+
+def _train_teacher(job):
+    """The teacher's validation (top-1, top-5): trained here, or evaluated as loaded from --teacher-checkpoint."""
+    args = job.args
+    if args.teacher_checkpoint is None:
+        return job.stage("teacher", job.teacher)
+    job.teacher.to(job.rt.device)
+    acc = evaluate(job.teacher, job.val_set, job.rt, batch_size=args.eval_batch_size, amp=args.amp,
+                   workers=args.workers)
     job.say(f"teacher loaded from {args.teacher_checkpoint}: val top-1 {acc[0]:.2f}")
-    return teacher, acc
+    return acc
 
 
 def _report(job, models):
@@ -185,7 +281,7 @@ def _report(job, models):
         rows.append({"key": key, "model": report.STAGE_LABELS[key], "arch": _describe(arch, width, args.stem),
                      "params": sum(p.numel() for p in model.parameters()), "top1": acc[0], "top5": acc[1]})
     results_path = os.path.join(job.out_dir, "results.json")
-    with open(results_path, "w") as f:
+    with checkpoint.atomic_file(results_path, "w") as f:
         json.dump({r["key"]: {"top1": r["top1"], "top5": r["top5"], "params": r["params"], "arch": r["arch"]}
                    for r in rows}, f, indent=2)
     report.write_log(job.log_path, job.histories)

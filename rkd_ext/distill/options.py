@@ -230,10 +230,41 @@ def _read_config(run_dir, parser):
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         parser.error(f"--resume {run_dir}: no config.json there, so it is not a run directory")
-    with open(path) as f:
-        recorded = json.load(f)
-    known = vars(parser.parse_args([]))
-    return {k: v for k, v in recorded.items() if k in known and k not in NOT_INHERITED}
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        parser.error(f"--resume {run_dir}: {path} is not a readable JSON file ({' '.join(str(e).split())})")
+    if not isinstance(recorded, dict):
+        parser.error(f"--resume {run_dir}: {path} must hold a JSON object of options, got "
+                     f"{type(recorded).__name__} {json.dumps(recorded)[:40]}")
+    actions = {a.dest: a for a in parser._actions
+               if a.dest in recorded and a.dest not in NOT_INHERITED and a.default is not argparse.SUPPRESS}
+    for dest, action in actions.items():
+        if not _is_valid_value(action, recorded[dest]):
+            parser.error(f"--resume {run_dir}: {path} records {dest} = {json.dumps(recorded[dest])[:60]}, which "
+                         f"{'/'.join(action.option_strings)} does not accept")
+    return {dest: recorded[dest] for dest in actions}
+
+
+def _is_valid_value(action, value):
+    """Whether ``value`` is ``action``'s default or what parsing some text for it gives."""
+    if type(value) is type(action.default) and value == action.default:
+        return True
+    if action.nargs == 0:  # a flag
+        return isinstance(value, bool)
+    if action.nargs == "+":
+        return isinstance(value, list) and len(value) > 0 and all(_parses_to(action, v) for v in value)
+    return _parses_to(action, value)
+
+
+def _parses_to(action, value):
+    try:
+        parsed = action.type(str(value)) if action.type is not None else str(value)
+    except (ValueError, argparse.ArgumentTypeError):
+        return False
+    same_type = type(parsed) is type(value) or (type(parsed) is float and type(value) is int)
+    return same_type and parsed == value and (action.choices is None or value in action.choices)
 
 
 def _resolve(args):

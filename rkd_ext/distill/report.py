@@ -1,7 +1,8 @@
 """What a run leaves behind: the per-epoch CSV log, the curves plot and the final table."""
 import csv
 import io
-import os
+
+from .checkpoint import atomic_file
 
 __all__ = ["LOG_FIELDS", "write_log", "plot_curves", "format_table"]
 
@@ -18,10 +19,8 @@ def write_log(path, histories):
     for history in histories.values():
         for row in history:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:
         f.write(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def plot_curves(path, histories):

@@ -273,9 +273,9 @@ def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc):
 
 def _resume(ckpt_path, model, opt, epochs):
     """Restore a stage from its checkpoint (weights, optimiser, RNG); return the epochs' history so far."""
-    state = checkpoint.load(ckpt_path)
+    state = checkpoint.load_stage(ckpt_path)
     if state["arch"] != arch_info(model) or state["epochs"] != epochs:
-        raise ValueError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} epochs, "
+        raise checkpoint.CheckpointError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} epochs, "
                          f"not the {arch_info(model)} for {epochs} epochs this run asks for")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state)
