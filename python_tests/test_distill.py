@@ -1,6 +1,7 @@
 """The reference distillation script end to end: CLI, outputs, exact resume, torchrun + DDP."""
 import csv
 import json
+import math
 import os
 import pickle
 import runpy
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 import rkd_ext
 from rkd_ext import reference
-from rkd_ext.distill import checkpoint, cli, data
+from rkd_ext.distill import checkpoint, cli, data, stats
 from rkd_ext.distill.report import LOG_FIELDS
 from rkd_ext.distill.train import KILL_AFTER_ENV, RKDObjective
 from rkd_ext.models import build_model
@@ -29,7 +30,7 @@ TINY = dict(num_classes=4, train_size=96, val_size=45, image_size=8, seed=1)
 TINY_ARGS = ["--num-classes", "4", "--train-size", "96", "--val-size", "45", "--image-size", "8", "--data-seed", "1",
              "--teacher", "resnet18", "--teacher-width", "0.125", "--student", "resnet18", "--student-width", "0.0625",
              "--epochs", "2", "--teacher-epochs", "2", "--batch-size", "16", "--eval-batch-size", "64",
-             "--lr", "0.05", "--no-progress"]
+             "--lr", "0.05", "--seeds", "1", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)
@@ -461,3 +462,120 @@ def test_resume_removes_what_a_killed_save_left(finished_run, tmp_path, capsys):
     assert "removed what interrupted writes left" in capsys.readouterr().out
     assert sorted(os.listdir(run / "checkpoints")) == ["baseline.pt", "rkd.pt", "teacher.pt"]
     assert not (run / "log.csv.tmp77").exists() and (run / "notes.tmp").exists()
+
+
+# ---------------------------------------------------------------------------- several seeds
+
+def _t_cdf(q, df):
+    """Student's t CDF at ``q`` > 0 by Simpson's rule on its density: an oracle independent of any table."""
+    t = np.linspace(0.0, q, 200001)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df))
+    h = t[1] - t[0]
+    return 0.5 + h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+
+
+@pytest.mark.parametrize("df", list(range(1, 41)) + [60, 120, 1000])
+def test_t_quantile_is_the_975_quantile(df):
+    # The table holds 4 decimals: its error in probability is below the density (< 0.4) times 5e-5.
+    assert _t_cdf(stats.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-5)
+
+
+def test_paired_difference_interval_is_the_t_test_acceptance_region():
+    baseline, rkd = [87.9, 90.1, 85.2, 88.8, 91.0], [90.4, 95.0, 88.1, 91.3, 92.2]
+    d = np.subtract(rkd, baseline)
+    got = stats.paired_difference(rkd, baseline)
+    assert got["mean"] == pytest.approx(d.mean(), abs=1e-12) and got["std"] == pytest.approx(d.std(ddof=1), abs=1e-12)
+    low, high = got["ci95"]
+    # At either end of the 95% interval the paired t statistic is exactly at the test's critical value.
+    for end, sign in ((low, 1), (high, -1)):
+        t_stat = (d.mean() - end) / (d.std(ddof=1) / math.sqrt(len(d)))
+        assert sign * t_stat > 0 and _t_cdf(abs(t_stat), len(d) - 1) == pytest.approx(0.975, abs=2e-5)
+    assert got["within_noise"] is False and low > 0
+    assert stats.paired_difference([1.0, 3.0], [2.0, 2.0])["within_noise"] is True
+    assert stats.paired_difference([92.0], [90.0]) == {"mean": 2.0, "std": None, "ci95": None, "within_noise": None}
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        stats.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_presets_train_one_seed_unless_told(tmp_path):
+    assert cli.parse_args(["--preset", "c100-r50-vgg11bn", "--data-dir", str(tmp_path)]).seeds == 1
+    assert cli.parse_args(["--preset", "in1k-r34-r18", "--data-dir", str(tmp_path), "--seeds", "3"]).seeds == 3
+
+
+def test_several_seeds_share_the_teacher_and_report_the_paired_difference(tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(TINY_ARGS + ["--out-dir", str(one)]) == 0
+    capsys.readouterr()
+    assert cli.main(TINY_ARGS + ["--seeds", "2", "--out-dir", str(two)]) == 0
+    printed = capsys.readouterr().out
+    names = ("teacher", "baseline", "rkd", "baseline-seed1", "rkd-seed1")
+    assert sorted(os.listdir(two / "checkpoints")) == sorted(f"{n}.pt" for n in names)
+    states = {n: checkpoint.load(two / "checkpoints" / f"{n}.pt") for n in names}
+    # The first seed's three models are those of a one-seed run; the second seed's students differ from them.
+    for n in ("teacher", "baseline", "rkd"):
+        _assert_identical(states[n]["model"], checkpoint.load(one / "checkpoints" / f"{n}.pt")["model"], n)
+    assert not torch.equal(states["baseline"]["model"]["fc.weight"], states["baseline-seed1"]["model"]["fc.weight"])
+
+    results = json.loads((two / "results.json").read_text())
+    _, val = data.synthetic(**TINY)
+    assert [r["seed"] for r in results["seeds"]] == [0, 1]
+    for r in results["seeds"]:
+        for role in ("baseline", "rkd"):
+            name = role if r["seed"] == 0 else f"{role}-seed1"
+            top1, top5 = _independent_accuracy(states[name]["model"], "resnet18", 0.0625, val)
+            assert (r[role]["top1"], r[role]["top5"]) == (pytest.approx(top1, abs=1e-9), pytest.approx(top5, abs=1e-9))
+    for metric in ("top1", "top5"):
+        per_seed = {role: np.array([r[role][metric] for r in results["seeds"]]) for role in ("baseline", "rkd")}
+        d = per_seed["rkd"] - per_seed["baseline"]
+        summary = results["difference"][metric]
+        assert results["baseline"][metric] == pytest.approx(per_seed["baseline"].mean(), abs=1e-9)
+        assert summary["mean"] == pytest.approx(d.mean(), abs=1e-9)
+        assert summary["std"] == pytest.approx(d.std(ddof=1), abs=1e-9)
+        half = stats.t_quantile_975(1) * d.std(ddof=1) / math.sqrt(2)
+        assert summary["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-9)
+        assert summary["within_noise"] == (d.mean() - half <= 0 <= d.mean() + half)
+    verdicts = printed[printed.index("paired over 2 seeds"):].splitlines()[1:3]
+    for line, metric in zip(verdicts, ("top1", "top5")):
+        assert ("within noise" in line) == results["difference"][metric]["within_noise"], line
+    seed_rows = printed[printed.index("seed  CE top-1"):].splitlines()[2:4]
+    assert [int(row.split()[0]) for row in seed_rows] == [0, 1]
+    with open(two / "log.csv") as f:
+        assert [r["stage"] for r in csv.DictReader(f)] == [n for n in names for _ in range(2)]
+    assert matplotlib.image.imread(two / "curves.png").ndim == 3
+
+
+def test_sigkilled_runs_with_several_seeds_resume_to_the_same_weights(tmp_path):
+    args = TINY_ARGS + ["--deterministic", "--seed", "3", "--seeds", "2"]
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    uninterrupted = _run_cli(args + ["--out-dir", whole])
+    killed = _run_cli(args + ["--out-dir", broken], **{KILL_AFTER_ENV: "baseline-seed4:1"})
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stdout.read()
+    assert sorted(os.listdir(os.path.join(broken, "checkpoints"))) == [
+        "baseline-seed4.pt", "baseline.pt", "rkd.pt", "teacher.pt"]
+    # Die again after the last epoch of the last student, before the report.
+    killed = _run_cli(["--resume", broken, "--no-progress"], **{KILL_AFTER_ENV: "rkd-seed4:2"})
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stdout.read()
+    assert not os.path.exists(os.path.join(broken, "results.json"))
+    resumed = _run_cli(["--resume", broken, "--no-progress"])
+    assert resumed.wait(timeout=120) == 0, resumed.stdout.read()
+    assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stdout.read()
+    for name in ("teacher", "baseline", "rkd", "baseline-seed4", "rkd-seed4"):
+        _assert_identical(checkpoint.load(os.path.join(broken, "checkpoints", f"{name}.pt")),
+                          checkpoint.load(os.path.join(whole, "checkpoints", f"{name}.pt")), name)
+    with open(os.path.join(broken, "results.json")) as f, open(os.path.join(whole, "results.json")) as g:
+        assert json.load(f) == json.load(g)
+
+
+def test_a_run_recorded_before_seeds_resumes_as_one_seed(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = json.loads((run / "config.json").read_text())
+    del config["seeds"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert cli.main(["--resume", str(run), "--no-progress"]) == 0
+    assert sorted(os.listdir(run / "checkpoints")) == ["baseline.pt", "rkd.pt", "teacher.pt"]
+    assert "one seed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--resume", str(run), "--seeds", "3"])
+    assert "--seeds is 3 instead of 1" in capsys.readouterr().err

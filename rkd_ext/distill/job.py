@@ -1,4 +1,4 @@
-"""One distillation job: its data, the teacher, the two students, and what the run writes."""
+"""One distillation job: its data, the teacher, each seed's two students, and what the run writes."""
 import json
 import os
 import pickle
@@ -10,7 +10,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..models import build_model
-from . import checkpoint, data, report
+from . import checkpoint, data, report, stats
 from .options import PRESETS
 from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage, steps_per_epoch
 
@@ -22,7 +22,7 @@ class RunError(Exception):
 
 
 def run_job(args, rt):
-    """Check all the run needs, then create its directory, train the teacher and the two students, and report.
+    """Check all the run needs, then create its directory, train the teacher and each seed's two students, report.
 
     Raises:
         RunError: bad input, found before the run's directory is created where it can be.
@@ -31,15 +31,11 @@ def run_job(args, rt):
     job = _prepare(args, rt)
     _create_run_dir(job)
     teacher_acc = _train_teacher(job)
-    baseline = job.build(args.student, args.student_width, "student")
-    baseline_acc = job.stage("baseline", baseline)
-    student = job.build(args.student, args.student_width, "student")
     objective = RKDObjective(args.distance_weight, args.angle_weight, args.rkd_impl, not args.no_l2_norm,
                              args.rkd_global_batch)
-    rkd_acc = job.stage("rkd", student, teacher=job.teacher, objective=objective)
+    per_seed = [_train_students(job, seed, objective) for seed in job.seeds]
     if rt.is_main:
-        _report(job, {"teacher": (job.teacher, teacher_acc), "baseline": (baseline, baseline_acc),
-                      "rkd": (student, rkd_acc)})
+        _report(job, teacher_acc, per_seed)
 
 
 def _prepare(args, rt):
@@ -51,13 +47,38 @@ def _prepare(args, rt):
     except ValueError as e:
         raise RunError(str(e)) from None
     job = Job(args, rt, out_dir, train_set, val_set)
-    job.teacher = job.build(args.teacher, args.teacher_width, "teacher")
+    job.teacher = job.build(args.teacher, args.teacher_width, "teacher", args.seed)
     if args.teacher_checkpoint is not None:
         _load_teacher(job)
     if args.resume is not None:
-        for name in job.stage_names:
-            _check_resumable(job, name)
+        for stage in job.stages:
+            _check_resumable(job, stage.name)
     return job
+
+
+def _train_students(job, seed, objective):
+    """One seed's baseline and RKD student, from the same initialisation and data order; their final metrics."""
+    args, result = job.args, {"seed": seed}
+    for role in ("baseline", "rkd"):
+        student = job.build(args.student, args.student_width, "student", seed)
+        distil = dict(teacher=job.teacher, objective=objective) if role == "rkd" else {}
+        result[role] = job.train(Stage.of(role, seed, args.seed), student, **distil)
+    result["params"] = sum(p.numel() for p in student.parameters())
+    return result
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model a run trains: the teacher, or one seed's baseline or RKD student."""
+
+    name: str  # its checkpoint is checkpoints/<name>.pt; its rows in log.csv carry the name
+    role: str  # "teacher", "baseline" or "rkd"
+    seed: int  # of its initialisation, data order and augmentation
+
+    @classmethod
+    def of(cls, role, seed, first_seed):
+        # The first seed's stages keep the names a one-seed run (and a run from before --seeds) gives them.
+        return cls(role if seed == first_seed else f"{role}-seed{seed}", role, seed)
 
 
 @dataclass
@@ -73,9 +94,15 @@ class Job:
     histories: dict = field(default_factory=dict)
 
     @property
-    def stage_names(self):
-        """The stages this run trains, in order; each has its checkpoint ``checkpoints/<name>.pt``."""
-        return (["teacher"] if self.args.teacher_checkpoint is None else []) + ["baseline", "rkd"]
+    def seeds(self):
+        return range(self.args.seed, self.args.seed + self.args.seeds)
+
+    @property
+    def stages(self):
+        """What this run trains, in order: the teacher (unless loaded), then each seed's two students."""
+        roles = [("teacher", self.args.seed)] if self.args.teacher_checkpoint is None else []
+        roles += [(role, seed) for seed in self.seeds for role in ("baseline", "rkd")]
+        return [Stage.of(role, seed, self.args.seed) for role, seed in roles]
 
     @property
     def ckpt_dir(self):
@@ -96,31 +123,34 @@ class Job:
         if self.rt.is_main:
             print(text)
 
-    def build(self, arch, width, role):
-        # Both students start from the same weights: only the loss differs.
-        torch.manual_seed(data.derive_seed(self.args.seed, "init", role))
+    def build(self, arch, width, kind, seed):
+        # A seed's two students start from the same weights: only the loss differs.
+        torch.manual_seed(data.derive_seed(seed, "init", kind))
         return build_model(arch, self.num_classes, width, self.args.stem)
 
-    def stage(self, name, model, **kwargs):
+    def train(self, stage, model, **kwargs):
         """Train (or resume) one stage; return its final validation top-1 and top-5."""
         hooks = [self._on_epoch] + list(filter(None, [kill_hook_from_env()]))
         try:
-            history = run_stage(name, model, self.train_set, self.val_set, self.args, self.rt, self.ckpt_path(name),
-                                epochs=self._epochs(name), seed=self.args.seed, hooks=hooks, **kwargs)
+            history = run_stage(stage.name, model, self.train_set, self.val_set, self.args, self.rt,
+                                self.ckpt_path(stage.name), epochs=self._epochs(stage.role), seed=stage.seed,
+                                hooks=hooks, **kwargs)
         except checkpoint.CheckpointError as e:
             raise RunError(str(e)) from None
-        self.histories[name] = history
-        return history[-1]["val_top1"], history[-1]["val_top5"]
+        self.histories[stage.name] = history
+        return {"top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"]}
 
-    def _epochs(self, name):
-        return self.args.teacher_epochs if name == "teacher" else self.args.epochs
+    def _epochs(self, role):
+        return self.args.teacher_epochs if role == "teacher" else self.args.epochs
 
     def _on_epoch(self, name, history):
         self.histories[name] = history
         report.write_log(self.log_path, self.histories)
+        role = {s.name: s.role for s in self.stages}[name]
+        width = max(8, *(len(s.name) for s in self.stages))
         row = history[-1]
-        rkd = f" (ce {row['ce']:.3f} + rkd {row['rkd']:.3f})" if name == "rkd" else ""
-        tqdm.write(f"{name:8} epoch {row['epoch']:>3}/{self._epochs(name)}  lr {row['lr']:.4g}  "
+        rkd = f" (ce {row['ce']:.3f} + rkd {row['rkd']:.3f})" if role == "rkd" else ""
+        tqdm.write(f"{name:{width}} epoch {row['epoch']:>3}/{self._epochs(role)}  lr {row['lr']:.4g}  "
                    f"loss {row['loss']:.3f}{rkd}  train top-1 {row['train_top1']:5.1f}  "
                    f"val top-1 {row['val_top1']:5.2f}  top-5 {row['val_top5']:5.2f}  {row['seconds']:.1f}s")
 
@@ -264,33 +294,48 @@ def _train_teacher(job):
     """The teacher's validation (top-1, top-5): trained here, or evaluated as loaded from --teacher-checkpoint."""
     args = job.args
     if args.teacher_checkpoint is None:
-        return job.stage("teacher", job.teacher)
+        return job.train(Stage.of("teacher", args.seed, args.seed), job.teacher)
     job.teacher.to(job.rt.device)
-    acc = evaluate(job.teacher, job.val_set, job.rt, batch_size=args.eval_batch_size, amp=args.amp,
-                   workers=args.workers)
-    job.say(f"teacher loaded from {args.teacher_checkpoint}: val top-1 {acc[0]:.2f}")
-    return acc
+    top1, top5 = evaluate(job.teacher, job.val_set, job.rt, batch_size=args.eval_batch_size, amp=args.amp,
+                          workers=args.workers)
+    job.say(f"teacher loaded from {args.teacher_checkpoint}: val top-1 {top1:.2f}")
+    return {"top1": top1, "top5": top5}
 
 
-def _report(job, models):
-    """Write results.json, the final log and the plot; print where they are, the table and the difference."""
+def _results(job, teacher_acc, per_seed):
+    """What results.json holds: each model's top-1/top-5 (the students' as means over seeds), every seed's, and
+    the paired RKD - baseline difference."""
     args = job.args
-    rows = []
-    for key, (model, acc) in models.items():
-        arch, width = (args.teacher, args.teacher_width) if key == "teacher" else (args.student, args.student_width)
-        rows.append({"key": key, "model": report.STAGE_LABELS[key], "arch": _describe(arch, width, args.stem),
-                     "params": sum(p.numel() for p in model.parameters()), "top1": acc[0], "top5": acc[1]})
+    mean = {role: {m: sum(r[role][m] for r in per_seed) / len(per_seed) for m in ("top1", "top5")}
+            for role in ("baseline", "rkd")}
+    student = {"params": per_seed[0]["params"], "arch": _describe(args.student, args.student_width, args.stem)}
+    return {
+        "teacher": {**teacher_acc, "params": sum(p.numel() for p in job.teacher.parameters()),
+                    "arch": _describe(args.teacher, args.teacher_width, args.stem)},
+        "baseline": {**mean["baseline"], **student},
+        "rkd": {**mean["rkd"], **student},
+        "seeds": [{k: r[k] for k in ("seed", "baseline", "rkd")} for r in per_seed],
+        "difference": {m: stats.paired_difference([r["rkd"][m] for r in per_seed],
+                                                  [r["baseline"][m] for r in per_seed]) for m in ("top1", "top5")},
+    }
+
+
+def _report(job, teacher_acc, per_seed):
+    """Write results.json, the final log and the plot; print where they are, the tables and the difference."""
+    results = _results(job, teacher_acc, per_seed)
     results_path = os.path.join(job.out_dir, "results.json")
     with checkpoint.atomic_file(results_path, "w") as f:
-        json.dump({r["key"]: {"top1": r["top1"], "top5": r["top5"], "params": r["params"], "arch": r["arch"]}
-                   for r in rows}, f, indent=2)
+        json.dump(results, f, indent=2)
     report.write_log(job.log_path, job.histories)
     plot_path = os.path.join(job.out_dir, "curves.png")
-    why_not = report.plot_curves(plot_path, job.histories)
+    why_not = report.plot_curves(plot_path, job.histories, {s.name: s.role for s in job.stages})
     print(f"\nlog          {job.log_path}")
     print(f"plot         {plot_path}" if why_not is None else f"plot         skipped: {why_not}")
     print(f"checkpoints  {job.ckpt_dir}{os.sep}")
     print(f"results      {results_path}\n")
-    print(report.format_table(rows))
-    (b1, b5), (r1, r5) = models["baseline"][1], models["rkd"][1]
-    print(f"\nRKD vs baseline: {r1 - b1:+.2f} top-1, {r5 - b5:+.2f} top-5")
+    print(report.format_table([{"model": report.STAGE_LABELS[key], **results[key]}
+                               for key in ("teacher", "baseline", "rkd")]))
+    if len(per_seed) > 1:
+        print(f"(students: means over the {len(per_seed)} seeds below)\n")
+        print(report.format_seeds(results["seeds"]))
+    print("\n" + report.format_difference(results["difference"], len(per_seed)))
