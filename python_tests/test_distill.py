@@ -260,11 +260,13 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path):
         assert drop_time(f) == drop_time(g)
 
 
-def test_torchrun_two_process_gloo(tmp_path):
+# The flag alone shards the global batch across the processes; "gather" has each compute all of it.
+@pytest.mark.parametrize("mode", [[], ["gather"]], ids=["shard", "gather"])
+def test_torchrun_two_process_gloo(tmp_path, mode):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "rkd_ext.distill", *TINY_ARGS, "--batch-size", "8", "--rkd-global-batch", "--device", "cpu",
+         "-m", "rkd_ext.distill", *TINY_ARGS, "--batch-size", "8", "--rkd-global-batch", *mode, "--device", "cpu",
          "--out-dir", str(out)],
         cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout
@@ -579,3 +581,19 @@ def test_a_run_recorded_before_seeds_resumes_as_one_seed(finished_run, tmp_path,
     with pytest.raises(SystemExit):
         cli.main(["--resume", str(run), "--seeds", "3"])
     assert "--seeds is 3 instead of 1" in capsys.readouterr().err
+
+
+def test_rkd_global_batch_modes(tmp_path, capsys):
+    assert cli.parse_args([]).rkd_global_batch is None
+    assert cli.parse_args(["--rkd-global-batch"]).rkd_global_batch == "shard"
+    assert cli.parse_args(["--rkd-global-batch", "gather"]).rkd_global_batch == "gather"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--rkd-global-batch", "--rkd-impl", "reference"])
+    assert "--rkd-global-batch shard needs --rkd-impl kernel" in capsys.readouterr().err
+    assert cli.parse_args(["--rkd-global-batch", "gather", "--rkd-impl", "reference"]).rkd_impl == "reference"
+    # Runs recorded when the option was a flag gathered the global batch, and resume so.
+    for recorded, mode in ((True, "gather"), (False, None)):
+        run = tmp_path / f"old-{recorded}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"rkd_global_batch": recorded}))
+        assert cli.parse_args(["--resume", str(run)]).rkd_global_batch == mode

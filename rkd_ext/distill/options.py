@@ -181,9 +181,12 @@ def _rkd_options(p):
     g.add_argument("--rkd-impl", choices=("kernel", "reference"), default="kernel",
                    help="kernel: rkd_ext's compiled ops; reference: the pure-PyTorch reference formulation, for "
                         "comparison (default: %(default)s)")
-    g.add_argument("--rkd-global-batch", action="store_true",
+    g.add_argument("--rkd-global-batch", nargs="?", const="shard", choices=("shard", "gather"), default=None,
+                   metavar="{shard,gather}",
                    help="with several processes, compute the relations over the batches of all processes "
-                        "together instead of each process's own")
+                        "together instead of each process's own: 'shard' (the default with the flag alone) "
+                        "splits the work by anchor across the processes, 'gather' has every process compute "
+                        "the whole global-batch loss; the same loss and gradients either way")
 
 
 def _run_options(p):
@@ -252,6 +255,9 @@ def _read_config(run_dir, parser):
                      f"{type(recorded).__name__} {json.dumps(recorded)[:40]}")
     # A run recorded before --seeds existed trained one pair of students.
     recorded.setdefault("seeds", 1)
+    # A run recorded when --rkd-global-batch was a flag gathered the global batch.
+    if isinstance(recorded.get("rkd_global_batch"), bool):
+        recorded["rkd_global_batch"] = "gather" if recorded["rkd_global_batch"] else None
     actions = {a.dest: a for a in parser._actions
                if a.dest in recorded and a.dest not in NOT_INHERITED and a.default is not argparse.SUPPRESS}
     for dest, action in actions.items():
@@ -312,6 +318,9 @@ def _validate(args, parser):
         parser.error(f"--milestones must be strictly increasing, got {args.milestones}")
     if args.gamma > 1:
         parser.error(f"--gamma must be at most 1, got {args.gamma}")
+    if args.rkd_global_batch == "shard" and args.rkd_impl == "reference":
+        parser.error("--rkd-global-batch shard needs --rkd-impl kernel (the reference formulation has no sharded "
+                     "form); use --rkd-global-batch gather with --rkd-impl reference")
     if args.momentum >= 1:
         parser.error(f"--momentum must be below 1, got {args.momentum}")
     if args.distance_weight == 0 and args.angle_weight == 0:

@@ -74,20 +74,28 @@ class RKDObjective(nn.Module):
     L2-normalised per sample first, unless ``l2_norm`` is False. ``impl`` is
     ``"kernel"`` (:class:`rkd_ext.RKDLoss`) or ``"reference"`` (the same sum
     from :mod:`rkd_ext.reference`). With ``global_batch`` the relations span the
-    batches of all processes instead of each process's own.
+    batches of all processes instead of each process's own: ``"shard"`` splits
+    the work by anchor across the processes (the kernel only), ``"gather"`` has
+    every process compute the whole global-batch loss; None: each process's own.
     """
 
-    def __init__(self, distance_weight=25.0, angle_weight=50.0, impl="kernel", l2_norm=True, global_batch=False):
+    def __init__(self, distance_weight=25.0, angle_weight=50.0, impl="kernel", l2_norm=True, global_batch=None):
         super().__init__()
         if impl not in ("kernel", "reference"):
             raise ValueError(f"RKDObjective: impl must be 'kernel' or 'reference', got {impl!r}")
+        if global_batch not in (None, "shard", "gather"):
+            raise ValueError(f"RKDObjective: global_batch must be None, 'shard' or 'gather', got {global_batch!r}")
+        if global_batch == "shard" and impl == "reference":
+            raise ValueError("RKDObjective: the sharded global batch needs impl='kernel' (the reference formulation "
+                             "has no sharded form); use global_batch='gather' with the reference")
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
         self.impl = impl
         self.l2_norm = l2_norm
         self.global_batch = global_batch
         if impl == "kernel":
-            self.loss = rkd_ext.RKDLoss(distance_weight, angle_weight, gather_distributed=global_batch)
+            self.loss = rkd_ext.RKDLoss(distance_weight, angle_weight, gather_distributed=global_batch is not None,
+                                        shard=global_batch == "shard")
 
     def forward(self, student, teacher):
         # The relations are computed in float32 even under autocast.
