@@ -38,6 +38,17 @@ TORCH_LIBRARY(rkd_ext, m) {
       "rkd_angle_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor sq_student, Tensor sq_teacher,"
       " float beta, float eps, str reduction, bool normalize, bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
+  // Rows [begin, end) of the global batch, for relations sharded by anchor
+  // (rkd_ext/distributed.py); no autograd of their own.
+  m.def("pair_matrix_rows(Tensor x, int begin, int end, str kind, float eps) -> Tensor");
+  m.def("pair_matrix_rows_backward(Tensor grad, Tensor x, Tensor values, int begin, str kind, float eps) -> Tensor");
+  m.def("grad_rows(Tensor x, Tensor W, int begin) -> Tensor");
+  m.def(
+      "angle_loss_rows(Tensor sq_student, Tensor sq_teacher, int begin, int end, float beta, float eps,"
+      " bool normalize, bool wide) -> Tensor");
+  m.def(
+      "angle_grad_rows(Tensor sq_a, Tensor sq_b, Tensor coef, int begin, int end, float beta, float eps,"
+      " bool normalize, bool wide) -> (Tensor V, Tensor R)");
 }
 
 namespace {

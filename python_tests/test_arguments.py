@@ -9,7 +9,7 @@ import fractions
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, make_features
+from rkd_ext.testing import assert_close, make_features
 from test_compat import CASES, case_inputs
 
 import rkd_ext

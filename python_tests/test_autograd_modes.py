@@ -8,7 +8,7 @@ operators do not implement, must be a clear error rather than a zero tangent.
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import assert_close, make_features
+from rkd_ext.testing import assert_close, make_features
 from torch._dynamo import compiled_autograd
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 

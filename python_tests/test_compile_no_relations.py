@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_features
+from rkd_ext.testing import make_features
 from test_compat import CASES
 
 import rkd_ext

@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, make_features
+from rkd_ext.testing import assert_close, make_features
 
 import rkd_ext.compat
 from rkd_ext import reference as R

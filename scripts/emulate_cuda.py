@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # rkd::Dtype and rkd::Reduction (csrc/core/params.h).
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 RED_CODE = {"none": 0, "mean": 1, "sum": 2}
+KIND_CODE = {"sq": 0, "sq_clamped": 1, "dist": 2}
 CPU = torch.ops.rkd_ext
 
 
@@ -70,7 +71,9 @@ class Emulated:
         self.lib = lib
         for fn in ("rkd_distance_matrix", "rkd_distance_matrix_backward", "rkd_distance_loss_c",
                    "rkd_distance_loss_backward_c", "rkd_angle_tensor_c", "rkd_angle_tensor_backward_c",
-                   "rkd_angle_loss_c", "rkd_angle_loss_backward_c"):
+                   "rkd_angle_loss_c", "rkd_angle_loss_backward_c", "rkd_pair_matrix_rows_c",
+                   "rkd_pair_matrix_rows_backward_c", "rkd_grad_rows_c", "rkd_angle_loss_rows_c",
+                   "rkd_angle_grad_rows_c"):
             getattr(lib, fn).restype = None
 
     def _matrix(self, normalized, x, eps):
@@ -165,6 +168,44 @@ class Emulated:
                                            _f(eps), RED_CODE[reduction], int(normalize),
                                            DTYPE_CODE[_loss_dtype(s, t)], _p(gs), _p(gt))
         return gs, gt
+
+
+    # ---- rows of the global batch ----
+
+    def pair_matrix_rows(self, x, begin, end, kind, eps):
+        x = x.contiguous()
+        out = torch.empty(end - begin, x.shape[0], dtype=torch.float64)
+        self.lib.rkd_pair_matrix_rows_c(DTYPE_CODE[x.dtype], _p(x), _i(x.shape[0]), _i(x.shape[1]), _i(begin), _i(end),
+                                        KIND_CODE[kind], _f(eps), _p(out))
+        return out
+
+    def pair_matrix_rows_backward(self, grad, x, values, begin, kind, eps):
+        x, grad = x.contiguous(), grad.contiguous()
+        dx = torch.empty(values.shape[0], x.shape[1], dtype=x.dtype)
+        self.lib.rkd_pair_matrix_rows_backward_c(DTYPE_CODE[grad.dtype], _p(grad), DTYPE_CODE[x.dtype], _p(x),
+                                                 _i(x.shape[0]), _i(x.shape[1]), _p(values), _i(begin),
+                                                 _i(begin + values.shape[0]), KIND_CODE[kind], _f(eps), _p(dx))
+        return dx
+
+    def grad_rows(self, x, W, begin):
+        x = x.contiguous()
+        dx = torch.empty(W.shape[0], x.shape[1], dtype=x.dtype)
+        self.lib.rkd_grad_rows_c(DTYPE_CODE[x.dtype], _p(x), _i(x.shape[0]), _i(x.shape[1]), _p(W), _i(begin),
+                                 _i(begin + W.shape[0]), _p(dx))
+        return dx
+
+    def angle_loss_rows(self, sq_s, sq_t, begin, end, beta, eps, normalize, wide):
+        out = torch.empty((), dtype=torch.float64)
+        self.lib.rkd_angle_loss_rows_c(_p(sq_s), _p(sq_t), _i(sq_s.shape[0]), _i(begin), _i(end), _f(beta), _f(eps),
+                                       int(normalize), int(wide), _p(out))
+        return out
+
+    def angle_grad_rows(self, sq_a, sq_b, coef, begin, end, beta, eps, normalize, wide):
+        n = sq_a.shape[0]
+        V, R = torch.empty(end - begin, n, dtype=torch.float64), torch.empty(n, n, dtype=torch.float64)
+        self.lib.rkd_angle_grad_rows_c(_p(sq_a), _p(sq_b), _p(coef), _i(n), _i(begin), _i(end), _f(beta), _f(eps),
+                                       int(normalize), int(wide), _p(V), _p(R))
+        return V, R
 
 
 # ---- comparisons --------------------------------------------------------------------
@@ -292,6 +333,39 @@ def run_angle(emu, rep, n, ds, dt, dtype, kind, quick):
                 check_grads(rep, vt, wanted, gm, gr, tol, atol_s, atol_t)
 
 
+def run_rows(emu, rep, n, d, dtype, parts):
+    """The row-range ops over the blocks `parts` of the rows, against the CPU ops on the same blocks."""
+    x = features(n, d, dtype, 11, "random")
+    y = features(n, d + 2, dtype, 12, "random")
+    eps = 1e-12
+    tag = f"n={n} d={d} {str(dtype)[6:]}"
+    tol = TOL[dtype]
+    wide = dtype == torch.float64
+    sq_s = CPU.pair_matrix_rows(x.double(), 0, n, "sq", eps)
+    sq_t = CPU.pair_matrix_rows(y.double(), 0, n, "sq", eps)
+    coef = torch.tensor(0.37, dtype=torch.float64)
+    for b, e in parts:
+        for kind in ("sq", "sq_clamped", "dist"):
+            mine = emu.pair_matrix_rows(x, b, e, kind, eps)
+            rep.check(f"pair_matrix_rows {kind} [{b}, {e}) {tag}", mine, CPU.pair_matrix_rows(x.double(), b, e, kind, eps),
+                      1e-12)
+            g = upstream(mine.shape, torch.float64, 13)
+            rep.check(f"pair_matrix_rows_backward {kind} [{b}, {e}) {tag}",
+                      emu.pair_matrix_rows_backward(g, x, mine, b, kind, eps),
+                      CPU.pair_matrix_rows_backward(g, x.double(), mine, b, kind, eps), tol, FLOOR[dtype])
+        W = upstream((e - b, n), torch.float64, 14)
+        rep.check(f"grad_rows [{b}, {e}) {tag}", emu.grad_rows(x, W, b), CPU.grad_rows(x.double(), W, b), tol,
+                  FLOOR[dtype])
+        for normalize in (True, False):
+            vt = f"[{b}, {e}) normalize={normalize} {tag}"
+            rep.check(f"angle_loss_rows {vt}", emu.angle_loss_rows(sq_s, sq_t, b, e, 0.7, eps, normalize, wide),
+                      CPU.angle_loss_rows(sq_s, sq_t, b, e, 0.7, eps, normalize, True), tol)
+            mine = emu.angle_grad_rows(sq_s, sq_t, coef, b, e, 0.7, eps, normalize, wide)
+            ref = CPU.angle_grad_rows(sq_s, sq_t, coef, b, e, 0.7, eps, normalize, True)
+            rep.check(f"angle_grad_rows V {vt}", mine[0], ref[0], tol, FLOOR[dtype])
+            rep.check(f"angle_grad_rows R {vt}", mine[1], ref[1], tol, FLOOR[dtype])
+
+
 def determinism(emu, rep):
     s, t = features(70, 9, torch.float32, 9), features(70, 5, torch.float32, 10)
     a = emu.rkd_angle_loss(s, t, 1.0, 1e-12, "mean", True)
@@ -331,6 +405,11 @@ def main():
                 run_angle(emu, rep, n, ds, dt, dtype, "random", args.quick)
             if n > 2:
                 run_angle(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
+        # Blocks of rows: empty, one row, across and within the 64-row GEMM and 32-row triplet tiles.
+        run_rows(emu, rep, 7, 5, torch.float64, [(0, 7), (2, 3), (4, 4)])
+        run_rows(emu, rep, 70, 9, torch.float32, [(0, 70), (5, 69)] if args.quick else [(0, 70), (5, 69), (33, 70)])
+        if not args.quick:
+            run_rows(emu, rep, 130, 3, torch.float64, [(1, 129), (64, 130)])
         determinism(emu, rep)
     print(f"emulated CUDA ops vs CPU ops: {rep.count - rep.failures}/{rep.count} checks passed "
           f"(build {built - start:.0f} s, checks {time.time() - built:.0f} s)")

@@ -9,8 +9,10 @@
 //   to<Acc>(Operand, n)       an operand in Acc
 //   edges<Acc>(s, N, args)    u = inv_edge(s) (1 unnormalised)
 //   angle_values(a, b, N, beta, Buffer)      cosines of a (b null), or l(A_a - A_b), (N, N, N)
-//   angle_loss_sum(a, b, N, beta, Fin)       Fin(sum of l(A_a - A_b) over all triplets)
-//   angle_passes(a, b, Up, N, args) -> AngleGrad   the backward's triplet passes for side a
+//   angle_loss_sum(a, b, N, Rows, beta, Fin)    Fin(sum of l(A_a - A_b) over the triplets
+//                                               whose vertex is in Rows)
+//   angle_passes(a, b, Up, N, Rows, args) -> AngleGrad   the backward's triplet passes for
+//                                               side a over the vertices in Rows
 //
 // Backward, with G_ijk = dL/dA_ijk and Gs_ijk = G_ijk + G_ikj (rkd_math.h):
 // the vertex terms V_ij = vertex_edge_grad(sum_k Gs_ijk w_ik, sum_k Gs_ijk A_ijk, w_ij)
@@ -77,22 +79,31 @@ using TensorUpstream = CubeUpstream<Acc, true>;
 template <typename Acc>
 using RawUpstream = CubeUpstream<Acc, false>;
 
-// What angle_passes returns: V (N, N) and R as `slices` (N, N) partial sums.
+// What angle_passes returns: the rows of V for its vertices, (n, N), and R
+// over those vertices as `slices` (N, N) partial sums.
 struct AngleGrad {
   const double* V;
   const double* R;
   int64_t slices;
 };
 
-// The weight functor of distance_op.h for the angle ops.
+// R summed over its slices, in order.
+struct SliceSum {
+  AngleGrad g;
+  int64_t N;
+  RKD_HD double operator()(int64_t i, int64_t j) const {
+    double r = g.R[i * N + j];
+    for (int64_t z = 1; z < g.slices; ++z) r += g.R[z * N * N + i * N + j];
+    return r;
+  }
+};
+
+// The weight functor of distance_op.h for the angle ops (V of all vertices).
 struct AngleWeight {
   AngleGrad g;
   int64_t N;
   RKD_HD double operator()(int64_t i, int64_t j) const {
-    const int64_t ij = i * N + j;
-    double r = g.R[ij];
-    for (int64_t z = 1; z < g.slices; ++z) r += g.R[z * N * N + ij];
-    return g.V[ij] + g.V[j * N + i] + opposite_edge_grad(r);
+    return g.V[i * N + j] + g.V[j * N + i] + opposite_edge_grad(SliceSum{g, N}(i, j));
   }
   RKD_HD bool rowwise() const { return false; }
 };
@@ -118,7 +129,7 @@ void with_triplet_type(bool wide, const F& f) {
 
 template <typename B>
 void angle_grad_through(B& be, const Features& x, const AngleGrad& g, const Buffer& dx) {
-  auto W = be.weights(x, Precision::F64);  // W holds large terms that cancel
+  auto W = be.weights(x, all_rows(x.N), Precision::F64);  // W holds large terms that cancel
   be.build_weights(AngleWeight{g, x.N}, W);
   be.grad_from_weights(x, W, dx);
 }
@@ -142,7 +153,7 @@ void angle_tensor_backward(B& be, const Operand& grad, const Features& x, const 
     using Acc = decltype(acc);
     const Edges<Acc> e = be.template edges<Acc>(sq, N, a);
     const RawUpstream<Acc> up{be.template to<Acc>(grad, N * N * N), N};
-    angle_grad_through(be, x, be.angle_passes(e, e, up, N, a), dx);
+    angle_grad_through(be, x, be.angle_passes(e, e, up, N, all_rows(N), a), dx);
   });
 }
 
@@ -163,9 +174,9 @@ void rkd_angle_loss(B& be, const Features& s, const Features& t, const AngleArgs
     if (none) return be.angle_values(ea, &eb, N, a.beta, loss);
     const double n = static_cast<double>(N), div = mean_divisor(a.reduction, n * n * n);
     if (wide)
-      be.angle_loss_sum(ea, eb, N, a.beta, StoreLoss<double>{static_cast<double*>(loss.data), div});
+      be.angle_loss_sum(ea, eb, N, all_rows(N), a.beta, StoreLoss<double>{static_cast<double*>(loss.data), div});
     else
-      be.angle_loss_sum(ea, eb, N, a.beta, StoreLoss<float>{static_cast<float*>(loss.data), div});
+      be.angle_loss_sum(ea, eb, N, all_rows(N), a.beta, StoreLoss<float>{static_cast<float*>(loss.data), div});
   });
 }
 
@@ -182,8 +193,8 @@ void rkd_angle_loss_backward(B& be, const Operand& grad, const Features& s, cons
     // The teacher's gradient is the student's with the roles swapped: the
     // residual changes sign, and so does dL/dA.
     auto sides = [&](const auto& up) {
-      if (gs.data) angle_grad_through(be, s, be.angle_passes(ea, eb, up, N, a), gs);
-      if (gt.data) angle_grad_through(be, t, be.angle_passes(eb, ea, up, N, a), gt);
+      if (gs.data) angle_grad_through(be, s, be.angle_passes(ea, eb, up, N, all_rows(N), a), gs);
+      if (gt.data) angle_grad_through(be, t, be.angle_passes(eb, ea, up, N, all_rows(N), a), gt);
     };
     if (a.reduction == Reduction::None) {
       sides(TensorUpstream<Acc>{be.template to<Acc>(grad, N * N * N), N});

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "angle_op.h"
+#include "shard_op.h"
 
 namespace rkd {
 namespace bind {
@@ -225,6 +225,120 @@ std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward(const at::Tensor& gra
   return {out.gs, out.gt};
 }
 
+// ---- rows of the global batch (shard_op.h) ------------------------------------------
+
+inline Rows check_rows(const char* op, int64_t begin, int64_t end, int64_t N) {
+  TORCH_CHECK_VALUE(0 <= begin && begin <= end && end <= N, op, ": rows must satisfy 0 <= begin <= end <= N = ", N,
+                    ", got begin ", begin, " and end ", end);
+  return {begin, end};
+}
+
+inline PairKind parse_kind(const char* op, const std::string& kind) {
+  if (kind == "sq") return PairKind::Sq;
+  if (kind == "sq_clamped") return PairKind::SqClamped;
+  if (kind == "dist") return PairKind::Dist;
+  TORCH_CHECK_VALUE(false, op, ": kind must be 'sq', 'sq_clamped' or 'dist', got '", kind, "'");
+}
+
+// A float64 (rows, cols) matrix handed to a row op, on x's device.
+inline void check_matrix(const char* op, const char* arg, const at::Tensor& m, int64_t rows, int64_t cols,
+                         const at::Tensor& x) {
+  TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == rows && m.size(1) == cols && m.scalar_type() == at::kDouble, op,
+                    ": ", arg, " must be a float64 (", rows, ", ", cols, ") matrix, got ", m.scalar_type(),
+                    " of shape ", m.sizes());
+  check_same_device(op, arg, m, x);
+}
+
+template <typename Ctx>
+at::Tensor pair_matrix_rows(const at::Tensor& x_in, int64_t begin, int64_t end, c10::string_view kind, double eps) {
+  constexpr const char* op = "pair_matrix_rows";
+  check_features(op, "x", x_in);
+  check_eps(op, eps);
+  const Rows rows = check_rows(op, begin, end, x_in.size(0));
+  const PairKind k = parse_kind(op, std::string(kind));
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({rows.size(), x.size(0)}, x.options().dtype(at::kDouble));
+  Ctx::run(x.device(), [&](auto& be) { rkd::pair_matrix_rows(be, features(x), rows, k, eps, f64(out)); });
+  return out;
+}
+
+template <typename Ctx>
+at::Tensor pair_matrix_rows_backward(const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& values,
+                                     int64_t begin, c10::string_view kind, double eps) {
+  constexpr const char* op = "pair_matrix_rows_backward";
+  check_features(op, "x", x_in);
+  const int64_t N = x_in.size(0), n = values.dim() == 2 ? values.size(0) : -1;
+  check_matrix(op, "values", values, n, N, x_in);
+  check_same_device(op, "grad", grad, x_in);
+  TORCH_CHECK_VALUE(grad.sizes() == values.sizes(), op, ": grad must have the shape of values ", values.sizes(),
+                    ", got ", grad.sizes());
+  const Rows rows = check_rows(op, begin, begin + n, N);
+  const PairKind k = parse_kind(op, std::string(kind));
+  const at::Tensor x = x_in.contiguous(), g = grad.contiguous(), v = values.contiguous();
+  at::Tensor dx = at::empty({n, x.size(1)}, x.options());
+  Ctx::run(x.device(), [&](auto& be) {
+    rkd::pair_matrix_rows_backward(be, operand(g), features(x), v.const_data_ptr<double>(), rows, k, eps, buffer(dx));
+  });
+  return dx;
+}
+
+template <typename Ctx>
+at::Tensor grad_rows(const at::Tensor& x_in, const at::Tensor& W_in, int64_t begin) {
+  constexpr const char* op = "grad_rows";
+  check_features(op, "x", x_in);
+  const int64_t N = x_in.size(0), n = W_in.dim() == 2 ? W_in.size(0) : -1;
+  check_matrix(op, "W", W_in, n, N, x_in);
+  const Rows rows = check_rows(op, begin, begin + n, N);
+  const at::Tensor x = x_in.contiguous(), W = W_in.contiguous();
+  at::Tensor dx = at::empty({n, x.size(1)}, x.options());
+  Ctx::run(x.device(), [&](auto& be) { rkd::grad_rows(be, features(x), W.const_data_ptr<double>(), rows, buffer(dx)); });
+  return dx;
+}
+
+// The checks of the angle row ops: the two (N, N) float64 matrices, the rows, beta and eps.
+inline Rows check_angle_rows(const char* op, const at::Tensor& sq_a, const at::Tensor& sq_b, int64_t begin,
+                             int64_t end, double beta, double eps) {
+  const int64_t N = sq_a.dim() == 2 ? sq_a.size(0) : -1;
+  TORCH_CHECK_VALUE(N > 0, op, ": the squared distances must be a non-empty (N, N) matrix, got shape ", sq_a.sizes());
+  check_matrix(op, "the first squared-distance matrix", sq_a, N, N, sq_a);
+  check_matrix(op, "the second squared-distance matrix", sq_b, N, N, sq_a);
+  check_beta(op, beta);
+  check_eps(op, eps);
+  return check_rows(op, begin, end, N);
+}
+
+template <typename Ctx>
+at::Tensor angle_loss_rows(const at::Tensor& sq_s, const at::Tensor& sq_t, int64_t begin, int64_t end, double beta,
+                           double eps, bool normalize, bool wide) {
+  const Rows rows = check_angle_rows("angle_loss_rows", sq_s, sq_t, begin, end, beta, eps);
+  const at::Tensor a = sq_s.contiguous(), b = sq_t.contiguous();
+  at::Tensor out = at::empty({}, a.options());
+  Ctx::run(a.device(), [&](auto& be) {
+    rkd::angle_loss_rows(be, a.const_data_ptr<double>(), b.const_data_ptr<double>(), a.size(0), rows,
+                         AngleArgs{beta, eps, Reduction::Sum, normalize}, wide, buffer(out));
+  });
+  return out;
+}
+
+template <typename Ctx>
+std::tuple<at::Tensor, at::Tensor> angle_grad_rows(const at::Tensor& sq_a, const at::Tensor& sq_b,
+                                                   const at::Tensor& coef, int64_t begin, int64_t end, double beta,
+                                                   double eps, bool normalize, bool wide) {
+  constexpr const char* op = "angle_grad_rows";
+  const Rows rows = check_angle_rows(op, sq_a, sq_b, begin, end, beta, eps);
+  TORCH_CHECK_VALUE(coef.numel() == 1 && coef.scalar_type() == at::kDouble, op,
+                    ": coef must be one float64 element, got ", coef.scalar_type(), " of shape ", coef.sizes());
+  check_same_device(op, "coef", coef, sq_a);
+  const at::Tensor a = sq_a.contiguous(), b = sq_b.contiguous(), c = coef.contiguous();
+  const int64_t N = a.size(0);
+  at::Tensor V = at::empty({rows.size(), N}, a.options()), R = at::empty({N, N}, a.options());
+  Ctx::run(a.device(), [&](auto& be) {
+    rkd::angle_grad_rows(be, a.const_data_ptr<double>(), b.const_data_ptr<double>(), c.const_data_ptr<double>(), N,
+                         rows, AngleArgs{beta, eps, Reduction::Sum, normalize}, wide, buffer(V), buffer(R));
+  });
+  return {V, R};
+}
+
 // The ops of each family, for one backend's TORCH_LIBRARY_IMPL block.
 template <typename Ctx, typename M>
 void register_distance_ops(M& m) {
@@ -242,6 +356,15 @@ void register_angle_ops(M& m) {
   m.impl("angle_tensor_backward", &angle_tensor_backward<Ctx>);
   m.impl("rkd_angle_loss", &rkd_angle_loss<Ctx>);
   m.impl("rkd_angle_loss_backward", &rkd_angle_loss_backward<Ctx>);
+}
+
+template <typename Ctx, typename M>
+void register_shard_ops(M& m) {
+  m.impl("pair_matrix_rows", &pair_matrix_rows<Ctx>);
+  m.impl("pair_matrix_rows_backward", &pair_matrix_rows_backward<Ctx>);
+  m.impl("grad_rows", &grad_rows<Ctx>);
+  m.impl("angle_loss_rows", &angle_loss_rows<Ctx>);
+  m.impl("angle_grad_rows", &angle_grad_rows<Ctx>);
 }
 
 }  // namespace bind

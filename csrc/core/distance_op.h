@@ -9,7 +9,9 @@
 //   pair_matrix(Features, PairKind, eps, Precision, double* out)
 //   reduce(F, N, Fin)                   Fin(sum over i, j of F(i, j)), a fixed order
 //   map(F, N, Buffer)                   out_ij = F(i, j)
-//   weights(Features, Precision) -> W, build_weights(F, W), grad_from_weights(Features, W, Buffer)
+//   pair_rows(Features, Rows, PairKind, eps, Precision, double* out)   rows of the pair matrix
+//   weights(Features, Rows, Precision) -> W   rows of the weight matrix of the gradient product
+//   build_weights(F, W), grad_from_weights(Features, W, Buffer)   dL/dx for W's rows
 // Scalars the steps derive (inverse means, the mean-gradient term) live in
 // backend memory and are read by the functors below, so nothing waits for
 // the host on a GPU.
@@ -174,7 +176,7 @@ void inverse_mean(B& be, const double* d, int64_t N, double offset, double* out)
 // dL/dx through the weights of f.
 template <typename B, typename F>
 void grad_through(B& be, const Features& x, const F& f, const Buffer& dx) {
-  auto W = be.weights(x, Precision::Fast);
+  auto W = be.weights(x, all_rows(x.N), Precision::Fast);
   be.build_weights(f, W);
   be.grad_from_weights(x, W, dx);
 }

@@ -44,6 +44,15 @@ struct Buffer {
   Dtype dtype;
 };
 
+// The rows [begin, end) of an N x N relation matrix (the anchors of a shard
+// of the global batch); all_rows(N) is the whole matrix.
+struct Rows {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+
+inline Rows all_rows(int64_t N) { return {0, N}; }
+
 struct DistanceArgs {
   double beta, eps;
   Reduction reduction;

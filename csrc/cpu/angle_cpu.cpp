@@ -139,17 +139,18 @@ RKD_CPU_CLONES void grad_row_raw(const Row& a, const Row& b, const GradIn& in, i
 // ignored for Raw). up/upsym: (N, N, N) upstream tensors for LossTensor and
 // Raw. V and R live in the backend's scratch.
 AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& ea, const Edges<double>& eb,
-                              int64_t N, double scalar, const double* up, const double* upsym,
+                              int64_t N, Rows vertices, double scalar, const double* up, const double* upsym,
                               const AngleArgs& args) {
-  double* V = be.scratch<double>(N * N);   // vertex-edge terms, [i][j]
-  double* Rm = be.scratch<double>(N * N);  // opposite-edge sums, [j][k]
-  std::fill_n(V, N * N, 0.0);
+  const int64_t n = vertices.size();
+  double* V = be.scratch<double>(n * N);   // vertex-edge terms, [i - vertices.begin][j]
+  double* Rm = be.scratch<double>(N * N);  // opposite-edge sums over the vertices, [j][k]
+  std::fill_n(V, n * N, 0.0);
   std::fill_n(Rm, N * N, 0.0);
   const double kappa = kappa_of(args), eps2 = clamp_eps2(args);
   at::parallel_for(0, N, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       double* rm_j = Rm + j * N;
-      for (int64_t i = 0; i < N; ++i) {
+      for (int64_t i = vertices.begin; i < vertices.end; ++i) {
         if (i == j) continue;
         const Row a = row_of(ea, N, i, j);
         const Row b = U == Upstream::Raw ? a : row_of(eb, N, i, j);
@@ -163,7 +164,7 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
           grad_row_tensor(a, b, in, N, rm_j, pq);
         else
           grad_row_raw(a, b, in, N, rm_j, pq);
-        V[i * N + j] = vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, eps2), kappa);
+        V[(i - vertices.begin) * N + j] = vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, eps2), kappa);
       }
     }
   });
@@ -227,10 +228,11 @@ void CpuBackend::angle_values(const Edges<double>& a, const Edges<double>* b, in
 
 // A_ijk = A_ikj: each row (i, j) sums k > j twice plus k == j once. Rows
 // j == i (and the k == i entries) are exactly 0 and contribute l(0) = 0.
-double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta) {
+double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, Rows vertices,
+                                    double beta) {
   const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
-  at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(vertices.begin, vertices.end, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       double acc = 0.0;
       for (int64_t j = 0; j < N; ++j) {
@@ -247,21 +249,21 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
 }
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up,
-                                   int64_t N, const AngleArgs& args) {
-  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, *up.up / up.div, nullptr, nullptr, args);
+                                   int64_t N, Rows vertices, const AngleArgs& args) {
+  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, vertices, *up.up / up.div, nullptr, nullptr, args);
 }
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up,
-                                   int64_t N, const AngleArgs& args) {
+                                   int64_t N, Rows vertices, const AngleArgs& args) {
   const auto [g, gsym] = upstream_pair(up.up, N, false);
-  return vertex_and_opposite(*this, Upstream::LossTensor, a, b, N, 0.0, g.const_data_ptr<double>(),
+  return vertex_and_opposite(*this, Upstream::LossTensor, a, b, N, vertices, 0.0, g.const_data_ptr<double>(),
                              gsym.const_data_ptr<double>(), args);
 }
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>&, const RawUpstream<double>& up,
-                                   int64_t N, const AngleArgs& args) {
+                                   int64_t N, Rows vertices, const AngleArgs& args) {
   const auto [g, gsym] = upstream_pair(up.up, N, true);
-  return vertex_and_opposite(*this, Upstream::Raw, a, a, N, 0.0, g.const_data_ptr<double>(),
+  return vertex_and_opposite(*this, Upstream::Raw, a, a, N, vertices, 0.0, g.const_data_ptr<double>(),
                              gsym.const_data_ptr<double>(), args);
 }
 

@@ -41,10 +41,12 @@ struct Centred {
   double amax = 0.0;      // max |x - mean|, NaN if any value is NaN
 };
 
-// W = gs + gs^T (zero diagonal) in the GEMM's element type (float32 for the
-// fast product, float64 otherwise), and its row sums in float64.
+// Rows of W = dL/ds + (dL/ds)^T (zero diagonal) in the GEMM's element type
+// (float32 for the fast product, float64 otherwise), and their sums in
+// float64: rows.size() x N, row i of W at (i - rows.begin) * N.
 struct CpuWeights {
   int64_t N = 0;
+  Rows rows{0, 0};
   bool f64 = true;
   std::vector<double> Wd;
   std::vector<float> Wf;
@@ -54,7 +56,7 @@ struct CpuWeights {
 template <typename F>
 RKD_CPU_CLONES void weights_row(const F& f, int64_t i, int64_t N, double* v) {
   for (int64_t j = 0; j < N; ++j) v[j] = f(i, j);
-  v[i] = 0.0;
+  if (i < N) v[i] = 0.0;
 }
 
 template <typename F>
@@ -85,6 +87,8 @@ class CpuBackend {
   void convert(const double* v, int64_t n, const Buffer& out);
 
   void pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out);
+  // Rows [rows.begin, rows.end) of the pair matrix: rows.size() x N.
+  void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision precision, double* out);
 
   // fin(sum over i, j of f(i, j)): rows in parallel, each in a fixed lane
   // order, row sums added in row order.
@@ -111,14 +115,14 @@ class CpuBackend {
     });
   }
 
-  Weights weights(const Features& x, Precision precision);
+  Weights weights(const Features& x, Rows rows, Precision precision);
 
   template <typename F>
   void build_weights(const F& f, Weights& W) {
     if (W.f64)
-      fill_weights(f, W.N, W.Wd.data(), W.w.data());
+      fill_weights(f, W.N, W.rows, W.Wd.data(), W.w.data());
     else
-      fill_weights(f, W.N, W.Wf.data(), W.w.data());
+      fill_weights(f, W.N, W.rows, W.Wf.data(), W.w.data());
   }
 
   void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx);
@@ -127,33 +131,35 @@ class CpuBackend {
   template <typename Acc>
   Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a);
   void angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta, const Buffer& out);
-  double angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta);
+  double angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, Rows vertices, double beta);
   template <typename Fin>
-  void angle_loss_sum(const Edges<double>& a, const Edges<double>& b, int64_t N, double beta, const Fin& fin) {
-    fin(angle_loss_total(a, b, N, beta));
+  void angle_loss_sum(const Edges<double>& a, const Edges<double>& b, int64_t N, Rows vertices, double beta,
+                      const Fin& fin) {
+    fin(angle_loss_total(a, b, N, vertices, beta));
   }
   AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up, int64_t N,
-                         const AngleArgs& args);
+                         Rows vertices, const AngleArgs& args);
   AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up, int64_t N,
-                         const AngleArgs& args);
+                         Rows vertices, const AngleArgs& args);
   AngleGrad angle_passes(const Edges<double>& a, const Edges<double>& b, const RawUpstream<double>& up, int64_t N,
-                         const AngleArgs& args);
+                         Rows vertices, const AngleArgs& args);
 
  private:
   // The centred features of x, computed once per op call.
   const Centred& centred(const Features& x);
   bool fast(const Features& x, Precision precision);
 
-  // W in 64 x 64 tiles, so that the transposed reads stay in cache, or by rows.
+  // W in 64 x 64 tiles, so that the transposed reads stay in cache, or by
+  // rows (always for a block of rows).
   template <typename T, typename F>
-  void fill_weights(const F& f, int64_t N, T* W, double* w) {
-    if (f.rowwise()) {
-      at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+  void fill_weights(const F& f, int64_t N, Rows rows, T* W, double* w) {
+    if (f.rowwise() || rows.size() != N) {
+      at::parallel_for(0, rows.size(), grain_for(N), [&](int64_t b, int64_t e) {
         std::vector<double> v(static_cast<size_t>(N));
-        for (int64_t i = b; i < e; ++i) {
-          weights_row(f, i, N, v.data());
-          for (int64_t j = 0; j < N; ++j) W[i * N + j] = static_cast<T>(v[j]);
-          w[i] = sum_lanes(v.data(), N);
+        for (int64_t l = b; l < e; ++l) {
+          weights_row(f, rows.begin + l, N, v.data());
+          for (int64_t j = 0; j < N; ++j) W[l * N + j] = static_cast<T>(v[j]);
+          w[l] = sum_lanes(v.data(), N);
         }
       });
       return;

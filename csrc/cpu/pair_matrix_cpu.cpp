@@ -137,8 +137,15 @@ Centred centre_impl(const T* x, int64_t N, int64_t D) {
   return c;
 }
 
+// The pair values of rows [rows.begin, rows.end) against all N columns, row i
+// at s + (i - rows.begin) * N. With `upper` (the whole matrix) only tiles on
+// or above the diagonal are computed and only j > i is stored (mirror_lower
+// fills the rest); otherwise every pair of the rows. A pair's value does not
+// depend on which of the two ways it is computed: the GEMM sums each
+// product in the same order, and products commute.
 template <typename T>
-void gram_pairs(const Centred& c, int64_t N, int64_t D, PairKind what, double eps, double* s) {
+void gram_pairs(const Centred& c, int64_t N, int64_t D, Rows rows, bool upper, PairKind what, double eps,
+                double* s) {
   constexpr int64_t kCols = cols<T>();
   std::vector<T> xt;  // A-operand rows in T (float64 ones are c.x itself)
   const T* xa;
@@ -148,24 +155,24 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, PairKind what, double ep
     xt.assign(c.x.begin(), c.x.end());
     xa = xt.data();
   }
-  // Gram tiles (row block of kRows, panel of kCols columns) on or above the
-  // diagonal, panel-major so a thread reuses one packed panel from cache.
+  // Gram tiles (row block of kRows, panel of kCols columns), panel-major so a
+  // thread reuses one packed panel from cache.
   const std::vector<T> bp = pack_panels<T>(c.x.data(), D, N, 1, D);
-  const int64_t nrb = (N + kRows - 1) / kRows, np = (N + kCols - 1) / kCols;
+  const int64_t nrb = (rows.size() + kRows - 1) / kRows, np = (N + kCols - 1) / kCols;
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t p = 0; p < np; ++p)
-    for (int64_t rb = 0; rb < nrb && rb * kRows < (p + 1) * kCols; ++rb) tiles.emplace_back(p, rb);
+    for (int64_t rb = 0; rb < nrb && (!upper || rb * kRows < (p + 1) * kCols); ++rb) tiles.emplace_back(p, rb);
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(D * kRows, 1));
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
     double g[kRows * kCols];
     double v[kCols];
     for (int64_t t = b; t < e; ++t) {
-      const int64_t p = tiles[t].first, i0 = tiles[t].second * kRows, j0 = p * kCols;
+      const int64_t p = tiles[t].first, i0 = rows.begin + tiles[t].second * kRows, j0 = p * kCols;
       const int64_t nj = std::min(kCols, N - j0);
       const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) a[r] = xa + std::min(i0 + r, N - 1) * D;
+      for (int64_t r = 0; r < kRows; ++r) a[r] = xa + std::min(i0 + r, rows.end - 1) * D;
       gemm_tile_any(a, bp.data() + p * D * kCols, D, g);
-      for (int64_t r = 0; r < kRows && i0 + r < N; ++r) {
+      for (int64_t r = 0; r < kRows && i0 + r < rows.end; ++r) {
         const int64_t i = i0 + r;
         if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
           for (int64_t l = 0; l < nj; ++l)
@@ -174,9 +181,9 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, PairKind what, double ep
         if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
         if (what == PairKind::SqClamped)
           for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
-        // Only j > i is stored here; the diagonal is exactly 0.
-        for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < nj; ++l) s[i * N + j0 + l] = v[l];
-        if (i >= j0 && i < j0 + nj) s[i * N + i] = 0.0;
+        double* out = s + (i - rows.begin) * N;
+        for (int64_t l = upper ? std::max<int64_t>(0, i + 1 - j0) : 0; l < nj; ++l) out[j0 + l] = v[l];
+        if (i >= j0 && i < j0 + nj) out[i] = 0.0;  // the diagonal is exactly 0
       }
     }
   });
@@ -203,10 +210,10 @@ void mirror_lower(double* s, int64_t N) {
 // value as with x (translation invariance) without the cancellation a common
 // offset causes.
 template <typename T, typename Out>
-void grad_gemm(const Centred& c, int64_t N, int64_t D, const T* W, const double* w, Out* out) {
+void grad_gemm(const Centred& c, int64_t N, int64_t D, Rows rows, const T* W, const double* w, Out* out) {
   constexpr int64_t kCols = cols<T>();
   const std::vector<T> xp = pack_panels<T>(c.x.data(), N, D, D, 1);
-  const int64_t nrb = (N + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
+  const int64_t n = rows.size(), nrb = (n + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows, 1));
   at::parallel_for(0, nrb * np, grain, [&](int64_t b, int64_t e) {
     double blk[kRows * kCols];
@@ -215,13 +222,13 @@ void grad_gemm(const Centred& c, int64_t N, int64_t D, const T* W, const double*
       // while the panel stays in its cache.
       const int64_t p = t / nrb, i0 = (t % nrb) * kRows;
       const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, N - 1) * N;
+      for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, n - 1) * N;
       gemm_tile_any(a, xp.data() + p * N * kCols, N, blk);
-      for (int64_t r = 0; r < kRows && i0 + r < N; ++r) {
-        const int64_t i = i0 + r;
+      for (int64_t r = 0; r < kRows && i0 + r < n; ++r) {
+        const int64_t l0 = i0 + r, i = rows.begin + l0;  // W's row and x's row
         for (int64_t l = 0; l < kCols && p * kCols + l < D; ++l) {
           const int64_t k = p * kCols + l;
-          out[i * D + k] = static_cast<Out>(grad_epilogue(w[i], c.x[i * D + k], blk[r * kCols + l]));
+          out[l0 * D + k] = static_cast<Out>(grad_epilogue(w[l0], c.x[i * D + k], blk[r * kCols + l]));
         }
       }
     }
@@ -251,35 +258,46 @@ bool CpuBackend::fast(const Features& x, Precision precision) {
 void CpuBackend::pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out) {
   const Centred& c = centred(x);
   if (fast(x, precision))
-    gram_pairs<float>(c, x.N, x.D, kind, eps, out);
+    gram_pairs<float>(c, x.N, x.D, all_rows(x.N), true, kind, eps, out);
   else
-    gram_pairs<double>(c, x.N, x.D, kind, eps, out);
+    gram_pairs<double>(c, x.N, x.D, all_rows(x.N), true, kind, eps, out);
   mirror_lower(out, x.N);
 }
 
-CpuWeights CpuBackend::weights(const Features& x, Precision precision) {
+void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision precision,
+                           double* out) {
+  if (rows.size() == 0) return;
+  const Centred& c = centred(x);
+  if (fast(x, precision))
+    gram_pairs<float>(c, x.N, x.D, rows, false, kind, eps, out);
+  else
+    gram_pairs<double>(c, x.N, x.D, rows, false, kind, eps, out);
+}
+
+CpuWeights CpuBackend::weights(const Features& x, Rows rows, Precision precision) {
   CpuWeights W;
   W.N = x.N;
+  W.rows = rows;
   W.f64 = !fast(x, precision);
-  const size_t nn = static_cast<size_t>(x.N * x.N);
+  const size_t nn = static_cast<size_t>(rows.size() * x.N);
   if (W.f64)
     W.Wd.resize(nn);
   else
     W.Wf.resize(nn);
-  W.w.resize(static_cast<size_t>(x.N));
+  W.w.resize(static_cast<size_t>(rows.size()));
   return W;
 }
 
 void CpuBackend::grad_from_weights(const Features& x, const CpuWeights& W, const Buffer& dx) {
-  if (x.D == 0) return;
+  if (x.D == 0 || W.rows.size() == 0) return;
   const Centred& c = centred(x);
   visit_dtype<c10::Half, c10::BFloat16>(dx.dtype, [&](auto t) {
     using Out = decltype(t);
     Out* out = static_cast<Out*>(dx.data);
     if (W.f64)
-      grad_gemm(c, x.N, x.D, W.Wd.data(), W.w.data(), out);
+      grad_gemm(c, x.N, x.D, W.rows, W.Wd.data(), W.w.data(), out);
     else
-      grad_gemm(c, x.N, x.D, W.Wf.data(), W.w.data(), out);
+      grad_gemm(c, x.N, x.D, W.rows, W.Wf.data(), W.w.data(), out);
   });
 }
 

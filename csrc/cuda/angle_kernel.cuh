@@ -47,6 +47,16 @@ constexpr int kTB = kTri * kCols;  // along the second
 constexpr int kChunk = 8;
 constexpr int kTriThreads = kTri * kTri;
 
+// The vertex rows [begin, end) in `splits` ranges of per_split rows (a
+// multiple of kChunk), one per blockIdx.z.
+struct VertexSplit {
+  int64_t begin, end, splits, per_split;
+  RKD_DEV Rows range(int64_t z) const {
+    const int64_t b = begin + z * per_split;
+    return {b, b + per_split < end ? b + per_split : end};
+  }
+};
+
 // s[l][c] and, where the destination is not null, u[l][c] and
 // w[l][c] = active_inv_edge(s, u) for rows r0 + l and columns c0 + c of one
 // side; 0 outside the matrix.
@@ -86,12 +96,11 @@ __global__ void __launch_bounds__(kBlock) angle_values_kernel(Edges<Acc> a, Edge
   }
 }
 
-// Blocks own (j, k) tiles; blockIdx.z takes the vertex rows
-// [z rows_per_split, (z + 1) rows_per_split). Writes one partial sum per block
-// (0 for tiles below the diagonal).
+// Blocks own (j, k) tiles; blockIdx.z takes the vertex rows split.range(z).
+// Writes one partial sum per block (0 for tiles below the diagonal).
 template <typename Acc>
 __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
-                                                                     Huber<Acc> huber, int64_t rows_per_split,
+                                                                     Huber<Acc> huber, VertexSplit split,
                                                                      double* __restrict__ partial) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], uKa[kChunk][kTB], uJb[kChunk][kTA], uKb[kChunk][kTB];
@@ -116,8 +125,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
       weight[r][c] = !in || k < j ? Acc(0) : (k == j ? Acc(1) : Acc(2));
     }
   }
-  const int64_t i_begin = static_cast<int64_t>(blockIdx.z) * rows_per_split;
-  const int64_t i_end = i_begin + rows_per_split < N ? i_begin + rows_per_split : N;
+  const Rows range = split.range(blockIdx.z);
+  const int64_t i_begin = range.begin, i_end = range.end;
   double total = 0.0;
   for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
     stage<kTA, Acc>(sJa, uJa, nullptr, a, N, i0, j0, 0.0, t);
@@ -151,15 +160,17 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
   if (t == 0) partial[block] = total;
 }
 
-// Vertex pass: a block owns an (i, j) tile and loops over k. Writes V (N, N).
+// Vertex pass: a block owns an (i, j) tile, i in the vertices, and loops over
+// k. Writes the rows of V for the vertices, (vertices.size(), N).
 template <typename Acc, typename Up>
 __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                   Huber<Acc> huber, double eps2, double kappa,
-                                                                   double* __restrict__ V) {
+                                                                   Rows vertices, Huber<Acc> huber, double eps2,
+                                                                   double kappa, double* __restrict__ V) {
   __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
   __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTA, j0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const int64_t i0 = vertices.begin + static_cast<int64_t>(blockIdx.y) * kTA;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTB;
   const auto g = up.eval();
   // Elements past the edge compute on clamped indices (every read stays in
   // bounds) and are not stored.
@@ -224,21 +235,20 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
       const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
-      if (i >= N || j >= N) continue;
+      if (i >= vertices.end || j >= N) continue;
       const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
-      V[i * N + j] = i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
+      V[(i - vertices.begin) * N + j] = i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
     }
   }
 }
 
 // Opposite pass: a block owns a (j, k) tile on or above the diagonal (blocks
-// below it return at once) and loops over the vertex rows
-// [z rows_per_split, (z + 1) rows_per_split), z = blockIdx.z. Writes slice z
-// of R: R[z] (N, N), symmetric.
+// below it return at once) and loops over the vertex rows split.range(z),
+// z = blockIdx.z. Writes slice z of R: R[z] (N, N), symmetric.
 template <typename Acc, typename Up>
 __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                     Huber<Acc> huber, double eps2,
-                                                                     int64_t rows_per_split, double* __restrict__ R) {
+                                                                     Huber<Acc> huber, double eps2, VertexSplit split,
+                                                                     double* __restrict__ R) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
   __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
@@ -257,8 +267,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       acc[r][c] = 0.0;
     }
   }
-  const int64_t i_begin = static_cast<int64_t>(blockIdx.z) * rows_per_split;
-  const int64_t i_end = i_begin + rows_per_split < N ? i_begin + rows_per_split : N;
+  const Rows range = split.range(blockIdx.z);
+  const int64_t i_begin = range.begin, i_end = range.end;
   for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
     stage<kTA, Acc>(sJa, uJa, wJa, a, N, i0, j0, eps2, t);
     stage<kTB, Acc>(sKa, uKa, wKa, a, N, i0, k0, eps2, t);
@@ -326,16 +336,15 @@ inline int64_t upper_tiles(int64_t N) {
   return n;
 }
 
-// The vertex loop of the (j, k) kernels is split so that small and mid-sized
-// N still give a few hundred blocks; a function of N alone, so results do not
-// depend on the device.
-inline int64_t vertex_splits(int64_t N) {
-  const int64_t want = ceil_div(512, upper_tiles(N)), chunks = ceil_div(N, kChunk);
+// The vertex loop of the (j, k) kernels over `vertices` is split so that
+// small and mid-sized N still give a few hundred blocks; a function of the
+// sizes alone, so results do not depend on the device.
+inline VertexSplit split_vertices(int64_t N, Rows vertices) {
+  const int64_t want = ceil_div(512, upper_tiles(N)), chunks = ceil_div(vertices.size(), kChunk);
   const int64_t cap = chunks < 8 ? chunks : 8;
-  return want < 1 ? 1 : (want > cap ? cap : want);
+  const int64_t splits = want < 1 ? 1 : (want > cap ? cap : want);
+  return {vertices.begin, vertices.end, splits, ceil_div(chunks, splits < 1 ? 1 : splits) * kChunk};
 }
-
-inline int64_t rows_per_split(int64_t N, int64_t splits) { return ceil_div(ceil_div(N, kChunk), splits) * kChunk; }
 
 }  // namespace gpu
 }  // namespace rkd

@@ -135,20 +135,21 @@ __global__ void __launch_bounds__(kBlock) finish_kernel(const double* v, int64_t
   if (threadIdx.x == 0) fin(total);
 }
 
-// The weight matrix of the gradient GEMM: W_ij = f(i, j) off the diagonal
-// (W = dL/ds + (dL/ds)^T), W_ii = 0, and w_i = sum_j W_ij.
+// Rows [begin, begin + gridDim.x) of the weight matrix of the gradient GEMM:
+// W_ij = f(i, j) off the diagonal (W = dL/ds + (dL/ds)^T), W_ii = 0, and
+// w_i = sum_j W_ij; row i at (i - begin) N. One block per row.
 template <typename F>
-__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, double* W, double* w) {
+__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t begin, double* W, double* w) {
   __shared__ double red[kBlock];
-  const int64_t i = blockIdx.x;
+  const int64_t l = blockIdx.x, i = begin + l;
   double acc = 0.0;
   for (int64_t j = threadIdx.x; j < N; j += kBlock) {
     const double v = j == i ? 0.0 : f(i, j);
-    W[i * N + j] = v;
+    W[l * N + j] = v;
     acc += v;
   }
   const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) w[i] = total;
+  if (threadIdx.x == 0) w[l] = total;
 }
 
 // out[i][j] = f(i, j), narrowed to Out.
@@ -169,8 +170,8 @@ void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Chec
 }
 
 template <typename F, typename Check>
-void build_weights(F f, int64_t N, double* W, double* w, cudaStream_t stream, const Check& check) {
-  launch(check, weights_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, W, w);
+void build_weights(F f, int64_t N, Rows rows, double* W, double* w, cudaStream_t stream, const Check& check) {
+  launch(check, weights_kernel<F>, dim3(grid_dim(rows.size())), dim3(kBlock), stream, f, N, rows.begin, W, w);
 }
 
 template <typename Out, typename F, typename Check>

@@ -21,10 +21,12 @@
 namespace rkd {
 namespace gpu {
 
+// Rows of the weight matrix, (rows.size(), N), and their sums.
 struct GpuWeights {
   double* W;
   double* w;
   int64_t N;
+  Rows rows;
 };
 
 template <typename Alloc, typename Check>
@@ -75,6 +77,13 @@ class GpuBackend {
     });
   }
 
+  void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision, double* out) {
+    visit(x.dtype, [&](auto t) {
+      using T = decltype(t);
+      gpu::pair_rows(static_cast<const T*>(x.data), x.N, x.D, rows, kind, eps, out, alloc_, stream_, check_);
+    });
+  }
+
   template <typename F, typename Fin>
   void reduce(const F& f, int64_t N, const Fin& fin) {
     double* rows = scratch<double>(N);
@@ -90,17 +99,19 @@ class GpuBackend {
     });
   }
 
-  Weights weights(const Features& x, Precision) { return {scratch<double>(x.N * x.N), scratch<double>(x.N), x.N}; }
+  Weights weights(const Features& x, Rows rows, Precision) {
+    return {scratch<double>(rows.size() * x.N), scratch<double>(rows.size()), x.N, rows};
+  }
 
   template <typename F>
   void build_weights(const F& f, Weights& W) {
-    gpu::build_weights(f, W.N, W.W, W.w, stream_, check_);
+    gpu::build_weights(f, W.N, W.rows, W.W, W.w, stream_, check_);
   }
 
   void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
-      gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, static_cast<const double*>(W.W),
+      gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, W.rows, static_cast<const double*>(W.W),
                              static_cast<const double*>(W.w), static_cast<T*>(dx.data), alloc_, stream_, check_);
     });
   }
@@ -130,28 +141,33 @@ class GpuBackend {
   }
 
   template <typename Acc, typename Fin>
-  void angle_loss_sum(const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, double beta, const Fin& fin) {
-    const int64_t splits = vertex_splits(N), na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
-    double* partial = scratch<double>(na * nb * splits);
-    launch(check_, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(splits)), dim3(kTri, kTri),
-           stream_, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), rows_per_split(N, splits), partial);
-    gpu::finish(static_cast<const double*>(partial), na * nb * splits, fin, stream_, check_);
+  void angle_loss_sum(const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, Rows vertices, double beta,
+                      const Fin& fin) {
+    const VertexSplit split = split_vertices(N, vertices);
+    const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
+    double* partial = scratch<double>(na * nb * split.splits);
+    launch(check_, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(split.splits)),
+           dim3(kTri, kTri), stream_, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), split, partial);
+    gpu::finish(static_cast<const double*>(partial), na * nb * split.splits, fin, stream_, check_);
   }
 
-  // The vertex pass (V) and the opposite pass (R, in vertex_splits(N) slices).
+  // The vertex pass (V's rows for the vertices) and the opposite pass (R, in
+  // split_vertices' slices).
   template <typename Acc, typename Up>
-  AngleGrad angle_passes(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, const AngleArgs& args) {
+  AngleGrad angle_passes(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, Rows vertices,
+                         const AngleArgs& args) {
     const double eps2 = clamp_eps2(args);
     const Huber<Acc> huber(static_cast<Acc>(args.beta));
-    const dim3 tiles(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)));
-    double* V = scratch<double>(N * N);
-    launch(check_, angle_vertex_kernel<Acc, Up>, tiles, dim3(kTri, kTri), stream_, a, b, up, N, huber, eps2,
-           kappa_of(args), V);
-    const int64_t splits = vertex_splits(N);
-    double* R = scratch<double>(splits * N * N);
-    launch(check_, angle_opposite_kernel<Acc, Up>, dim3(tiles.x, tiles.y, grid_dim(splits)), dim3(kTri, kTri),
-           stream_, a, b, up, N, huber, eps2, rows_per_split(N, splits), R);
-    return {V, R, splits};
+    double* V = scratch<double>(vertices.size() * N);
+    launch(check_, angle_vertex_kernel<Acc, Up>,
+           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA))), dim3(kTri, kTri), stream_, a,
+           b, up, N, vertices, huber, eps2, kappa_of(args), V);
+    const VertexSplit split = split_vertices(N, vertices);
+    double* R = scratch<double>(split.splits * N * N);
+    launch(check_, angle_opposite_kernel<Acc, Up>,
+           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits)), dim3(kTri, kTri),
+           stream_, a, b, up, N, huber, eps2, split, R);
+    return {V, R, split.splits};
   }
 
  private:

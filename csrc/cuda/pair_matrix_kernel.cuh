@@ -137,6 +137,17 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMic
     for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
 }
 
+// The pair value of kind kWhat for i != j from the Gram entry g.
+template <PairKind kWhat>
+RKD_DEV double pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
+                          int64_t j, double g, double eps) {
+  double v = gram_sq(norms[i], norms[j], g);
+  if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
+  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
+  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
+  return v;
+}
+
 // One kTile x kTile block of the pair matrix on or above the diagonal (blocks
 // below it return at once); each pair is computed once and stored at (i, j)
 // and (j, i), so the matrix is exactly symmetric.
@@ -150,31 +161,42 @@ __global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* 
   gemm_f64<true>(xc, D, N, xc, D, N, D, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
     if (i >= N || j >= N || j < i) return;
-    double v = 0.0;
-    if (j != i) {
-      v = gram_sq(norms[i], norms[j], g);
-      if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-      if (kWhat == PairKind::Dist)
-        v = dist_from_sq(v, eps);
-      else if (kWhat == PairKind::SqClamped)
-        v = clamp_sq(v, eps);
-    }
+    const double v = j == i ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
     out[i * N + j] = v;
     out[j * N + i] = v;
   });
 }
 
-// dx = 2 (w_i xc_i - (W xc)_i) in T: one kTile (rows) x kTile (features) block.
+// One kTile x kTile block of the rows [begin, end) of the pair matrix
+// against all columns, row i at (i - begin) N.
+template <PairKind kWhat>
+__global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* __restrict__ xc,
+                                                                 const double* __restrict__ norms, int64_t N,
+                                                                 int64_t D, Rows rows, double eps,
+                                                                 double* __restrict__ out) {
+  const int64_t row0 = rows.begin + static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  double acc[kMicro][kMicro] = {};
+  gemm_f64<true>(xc, D, rows.end, xc, D, N, D, row0, col0, acc);
+  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
+    if (i >= rows.end || j >= N) return;
+    out[(i - rows.begin) * N + j] = i == j ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
+  });
+}
+
+// dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
+// rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
                                                                  const double* __restrict__ xc, int64_t N,
-                                                                 int64_t D, T* __restrict__ dx) {
+                                                                 int64_t D, Rows rows, T* __restrict__ dx) {
+  const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
-  gemm_f64<false>(W, N, N, xc, D, D, N, row0, col0, acc);
-  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t k, double wx) {
-    if (i < N && k < D) dx[i * D + k] = narrow<T>(grad_epilogue(w[i], xc[i * D + k], wx));
+  gemm_f64<false>(W, N, n, xc, D, D, N, row0, col0, acc);
+  for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
+    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc[(rows.begin + l) * D + k], wx));
   });
 }
 
@@ -203,14 +225,29 @@ void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, do
          static_cast<const double*>(norms), N, D, eps, out);
 }
 
-// W, w: the (N, N) weights and their row sums (build_weights). dx: contiguous (N, D).
+// Rows [rows.begin, rows.end) of the pair matrix: out (rows.size(), N) float64.
 template <typename T, typename Alloc, typename Check>
-void grad_from_weights(const T* x, int64_t N, int64_t D, const double* W, const double* w, T* dx, Alloc& alloc,
-                       cudaStream_t stream, const Check& check) {
+void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, double eps, double* out, Alloc& alloc,
+               cudaStream_t stream, const Check& check) {
+  double* xc = take<double>(alloc, N * D);
+  double* norms = take<double>(alloc, N);
+  centre(x, N, D, xc, norms, alloc, stream, check);
+  auto kernel = what == PairKind::Dist        ? gram_rows_kernel<PairKind::Dist>
+                : what == PairKind::SqClamped ? gram_rows_kernel<PairKind::SqClamped>
+                                              : gram_rows_kernel<PairKind::Sq>;
+  launch(check, kernel, dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16),
+         stream, static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
+}
+
+// W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
+// and (rows.size()). dx: contiguous (rows.size(), D).
+template <typename T, typename Alloc, typename Check>
+void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
+                       Alloc& alloc, cudaStream_t stream, const Check& check) {
   double* xc = take<double>(alloc, N * D);
   centre(x, N, D, xc, static_cast<double*>(nullptr), alloc, stream, check);
-  launch(check, grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(N, kTile))), dim3(16, 16),
-         stream, W, w, static_cast<const double*>(xc), N, D, dx);
+  launch(check, grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(rows.size(), kTile))),
+         dim3(16, 16), stream, W, w, static_cast<const double*>(xc), N, D, rows, dx);
 }
 
 }  // namespace gpu

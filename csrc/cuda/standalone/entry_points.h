@@ -14,6 +14,7 @@
 
 #include <vector>
 
+#include "../../core/shard_op.h"
 #include "../gpu_backend.cuh"
 
 namespace rkd {
@@ -136,6 +137,53 @@ void rkd_angle_loss_backward_c(int grad_dtype, const void* grad, int ds_, const 
     rkd::rkd_angle_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt),
                                  sq_s, sq_t, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_),
                                  buffer(gt, dt_));
+  });
+}
+
+// ---- rows of the global batch (shard_op.h); kind codes are rkd::PairKind's ----
+
+void rkd_pair_matrix_rows_c(int dtype, const void* x, int64_t N, int64_t D, int64_t begin, int64_t end, int kind,
+                            double eps, double* out) {
+  using namespace rkd::entry;
+  with_backend([&](auto& be) {
+    rkd::pair_matrix_rows(be, features(x, dtype, N, D), rkd::Rows{begin, end}, static_cast<rkd::PairKind>(kind), eps,
+                          out);
+  });
+}
+
+void rkd_pair_matrix_rows_backward_c(int grad_dtype, const void* grad, int dtype, const void* x, int64_t N, int64_t D,
+                                     const double* values, int64_t begin, int64_t end, int kind, double eps, void* dx) {
+  using namespace rkd::entry;
+  with_backend([&](auto& be) {
+    rkd::pair_matrix_rows_backward(be, operand(grad, grad_dtype), features(x, dtype, N, D), values,
+                                   rkd::Rows{begin, end}, static_cast<rkd::PairKind>(kind), eps, buffer(dx, dtype));
+  });
+}
+
+void rkd_grad_rows_c(int dtype, const void* x, int64_t N, int64_t D, const double* W, int64_t begin, int64_t end,
+                     void* dx) {
+  using namespace rkd::entry;
+  with_backend([&](auto& be) {
+    rkd::grad_rows(be, features(x, dtype, N, D), W, rkd::Rows{begin, end}, buffer(dx, dtype));
+  });
+}
+
+void rkd_angle_loss_rows_c(const double* sq_s, const double* sq_t, int64_t N, int64_t begin, int64_t end, double beta,
+                           double eps, int normalize, int wide, double* out) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{beta, eps, rkd::Reduction::Sum, normalize != 0};
+  with_backend([&](auto& be) {
+    rkd::angle_loss_rows(be, sq_s, sq_t, N, rkd::Rows{begin, end}, args, wide != 0, buffer(out, 1));
+  });
+}
+
+void rkd_angle_grad_rows_c(const double* sq_a, const double* sq_b, const double* coef, int64_t N, int64_t begin,
+                           int64_t end, double beta, double eps, int normalize, int wide, double* V, double* R) {
+  using namespace rkd::entry;
+  const rkd::AngleArgs args{beta, eps, rkd::Reduction::Sum, normalize != 0};
+  with_backend([&](auto& be) {
+    rkd::angle_grad_rows(be, sq_a, sq_b, coef, N, rkd::Rows{begin, end}, args, wide != 0, buffer(V, 1),
+                         buffer(R, 1));
   });
 }
 
