@@ -78,11 +78,25 @@ def world_size(group=None):
     return dist.get_world_size(group)
 
 
+# Every collective of this module goes through these three. torch 2.13 renamed the single-tensor
+# collectives (the old names warn); earlier versions have only the old names.
+def _all_gather_single(out, x, group):
+    getattr(dist, "all_gather_single", dist.all_gather_into_tensor)(out, x, group=group)
+
+
+def _reduce_scatter_single(out, x, group):
+    getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)(out, x, group=group)
+
+
+def _all_reduce(x, group):
+    dist.all_reduce(x, group=group)
+
+
 def _all_gather_table(row, device, group):
     """The (world size, len(row)) table of every rank's list of ints ``row``."""
     mine = torch.tensor(row, dtype=torch.long, device=device)
     table = mine.new_empty(world_size(group) * len(row))
-    dist.all_gather_into_tensor(table, mine, group=group)
+    _all_gather_single(table, mine, group)
     return table.view(-1, len(row)).tolist()
 
 
@@ -93,7 +107,7 @@ def _all_gather_rows(x, sizes, group):
     # all_gather needs equal shapes: pad every shard to the longest one.
     padded = x if x.shape[0] == longest else torch.cat([x, x.new_zeros((longest - x.shape[0],) + x.shape[1:])])
     out = x.new_empty((len(sizes) * longest,) + x.shape[1:])
-    dist.all_gather_into_tensor(out, padded, group=group)
+    _all_gather_single(out, padded, group)
     if min(sizes) == longest:
         return out
     return torch.cat([out[r * longest:r * longest + size] for r, size in enumerate(sizes)])
@@ -119,7 +133,7 @@ class _AllGather(torch.autograd.Function):
         # Each rank's copy of the loss depends on every shard: sum the copies'
         # gradients, then keep this rank's slice.
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        _all_reduce(grad, ctx.group)
         start = sum(ctx.sizes[:ctx.rank])
         return grad[start:start + ctx.sizes[ctx.rank]], None
 
@@ -219,13 +233,13 @@ class _AllReduceSum(torch.autograd.Function):
     def forward(ctx, x, group):
         ctx.group = group
         x = x.clone()
-        dist.all_reduce(x, group=group)
+        _all_reduce(x, group)
         return x
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
+        _all_reduce(grad, ctx.group)
         return grad, None
 
 
@@ -241,7 +255,7 @@ def _reduce_scatter_rows(m, shard):
             blocks[r * longest:r * longest + size] = m[begin:begin + size]
             begin += size
     out = m.new_empty((longest,) + m.shape[1:])
-    dist.reduce_scatter_tensor(out, blocks, group=shard.group)
+    _reduce_scatter_single(out, blocks, shard.group)
     return out[:shard.end - shard.begin]
 
 
