@@ -283,24 +283,39 @@ class _PairRows(torch.autograd.Function):
 def _symmetric(m):
     # Rows computed by different ranks agree on s_ij = s_ji only to rounding; the law of cosines needs them
     # equal (A_iji = 0 exactly): every rank takes each pair from the upper triangle.
-    return torch.triu(m) + torch.triu(m, 1).T
+    upper = torch.ones(m.shape, dtype=torch.bool, device=m.device).triu_()
+    return torch.where(upper, m, m.T)
+
+
+def _gathered_sq(full, shard, eps):
+    """The (N, N) squared distances of the global batch, from every rank's rows of them."""
+    rows = _rows.pair_matrix_rows(full, shard.begin, shard.end, "sq", eps)
+    return _symmetric(_all_gather_rows(rows, shard.sizes, shard.group))
+
+
+def _angle_weight_rows(sq_a, sq_b, coef, shard, args):
+    """This rank's rows of side a's weight matrix W = V + V^T - R / 2, summed over the ranks' shares."""
+    b, e = shard.begin, shard.end
+    V, R = _rows.angle_grad_rows(sq_a, sq_b, coef, b, e, *args)
+    share = R.mul_(-0.5)
+    share[b:e] += V
+    share[:, b:e] += V.T
+    return _reduce_scatter_rows(share, shard)
 
 
 class _AngleRows(torch.autograd.Function):
     """The plain sum of the angle loss over the triplets whose vertex is one of this rank's rows.
 
-    Forward: this rank's rows of s for both sides, all-gathered into the full
-    (N, N) matrices. Backward: every rank computes, for each side some rank
-    differentiates, its share of W = V + V^T - R / 2; a reduce-scatter sums the
+    Forward: this rank's rows of s for each side, all-gathered into the full
+    (N, N) matrices. Backward: for each side some rank differentiates, every
+    rank computes its share of W = V + V^T - R / 2; a reduce-scatter sums the
     shares and hands each rank its rows, from which its features' gradient is
     one product (see _rows.angle_grad_rows).
     """
 
     @staticmethod
     def forward(ctx, student, teacher, s_full, t_full, shard, sides, beta, eps, normalize, wide):
-        rows = torch.stack([_rows.pair_matrix_rows(f, shard.begin, shard.end, "sq", eps) for f in (s_full, t_full)], 1)
-        sq = _all_gather_rows(rows, shard.sizes, shard.group)
-        sq_s, sq_t = _symmetric(sq[:, 0]), _symmetric(sq[:, 1])
+        sq_s, sq_t = _gathered_sq(s_full, shard, eps), _gathered_sq(t_full, shard, eps)
         ctx.save_for_backward(s_full, t_full, sq_s, sq_t)
         ctx.shard, ctx.sides, ctx.args = shard, sides, (beta, eps, normalize, wide)
         return _rows.angle_loss_rows(sq_s, sq_t, shard.begin, shard.end, beta, eps, normalize, wide)
@@ -308,24 +323,13 @@ class _AngleRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         s_full, t_full, sq_s, sq_t = ctx.saved_tensors
-        shard = ctx.shard
-        b, e = shard.begin, shard.end
         coef = grad.to(torch.float64).contiguous()
-        operands = ((s_full, sq_s, sq_t), (t_full, sq_t, sq_s))
-        wanted = [k for k in (0, 1) if ctx.sides[k]]
-        shares = []
-        for k in wanted:
-            _, sq_a, sq_b = operands[k]
-            V, R = _rows.angle_grad_rows(sq_a, sq_b, coef, b, e, *ctx.args)
-            share = R.mul_(-0.5)
-            share[b:e] += V
-            share[:, b:e] += V.T
-            shares.append(share)
-        weights = _reduce_scatter_rows(torch.stack(shares, 1), shard)
         grads = [None, None]
-        for slot, k in enumerate(wanted):
-            if ctx.needs_input_grad[k]:
-                grads[k] = _rows.grad_rows(operands[k][0], weights[:, slot].contiguous(), b)
+        for k, (x, sq_a, sq_b) in enumerate(((s_full, sq_s, sq_t), (t_full, sq_t, sq_s))):
+            if ctx.sides[k]:
+                weights = _angle_weight_rows(sq_a, sq_b, coef, ctx.shard, ctx.args)
+                if ctx.needs_input_grad[k]:
+                    grads[k] = _rows.grad_rows(x, weights, ctx.shard.begin)
         return (*grads,) + (None,) * 8
 
 
