@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from . import _ext
 
 __all__ = ["FALLBACK", "KINDS", "kernel", "pair_matrix_rows", "pair_matrix_rows_backward", "grad_rows",
-           "angle_loss_rows", "angle_grad_rows"]
+           "angle_loss_rows", "angle_grad_rows", "smooth_l1_grad_"]
 
 KINDS = ("sq", "sq_clamped", "dist")
 
@@ -172,9 +172,11 @@ def _angle_loss_rows(sq_s, sq_t, begin, end, beta, eps, normalize, wide):
     return total
 
 
-def _smooth_l1_grad(r, beta):
-    # clamp(r / beta, -1, 1), and 0 at r == 0 also for beta == 0 (csrc/rkd_math.h's smooth_l1_grad).
-    return torch.where(r == 0, r, r / beta).clamp(-1.0, 1.0)
+def smooth_l1_grad_(r, beta):
+    """The smooth-L1 derivative, in place of r: clamp(r / beta, -1, 1), 0 at r == 0 also for beta == 0
+    (csrc/rkd_math.h's smooth_l1_grad); NaN stays NaN."""
+    zero = r == 0
+    return r.div_(beta).masked_fill_(zero, 0.0).clamp_(-1.0, 1.0)
 
 
 def _angle_grad_rows(sq_a, sq_b, coef, begin, end, beta, eps, normalize, wide):
@@ -185,7 +187,7 @@ def _angle_grad_rows(sq_a, sq_b, coef, begin, end, beta, eps, normalize, wide):
     for b, e in _blocks(sq_a, begin, end):
         a_a, w = _cosines(sq_a, b, e, eps, normalize)
         a_b, _ = _cosines(sq_b, b, e, eps, normalize)
-        g = coef * _smooth_l1_grad(a_a - a_b, beta)
+        g = smooth_l1_grad_(a_a - a_b, beta).mul_(coef)
         gs = g + g.transpose(1, 2)
         p = (gs * w[:, None, :]).sum(2)
         q = (gs * a_a).sum(2)

@@ -42,10 +42,10 @@ communicated, never recomputed:
 Every cross-rank dependence goes through a collective whose backward is its
 adjoint: the all-reduces differentiate by all-reducing their gradients, and
 the angle loss's backward reduce-scatters the per-rank shares of its weight
-matrix :math:`W = dL/ds + (dL/ds)^\top` (the derivative through the edges at
-each rank's vertices, and through the opposite edges, summed over vertices),
-so that each rank receives its rows of W and forms its features' gradient
-(see :mod:`rkd_ext._rows` for the formulas). With every rank differentiating
+matrix :math:`dL/ds + (dL/ds)^\top` (the derivative through the edges at each
+rank's vertices, and through the opposite edges, summed over vertices), so
+that each rank receives its rows of that matrix and forms its features'
+gradient (see :mod:`rkd_ext._rows` for the formulas). With every rank differentiating
 the same loss value :math:`L`, rank r's features receive
 :math:`W\,\partial L / \partial S_r`, as in the gathered mode, and DDP's
 averaging makes the update equal to the single-process update on the
@@ -219,7 +219,7 @@ def _shard_layout(fn, student, teacher, group):
     if any(differentiated) and not all(differentiated):
         yes = [str(r) for r, d in enumerate(differentiated) if d]
         no = [str(r) for r, d in enumerate(differentiated) if not d]
-        raise RuntimeError(f"{fn}: with shard=True the loss must be differentiable on every rank or on none "
+        raise RuntimeError(f"{fn}: in the sharded mode the loss must be differentiable on every rank or on none "
                            "(each rank's backward takes part in collectives with the others'), but inputs require "
                            f"grad on rank {', '.join(yes)} and not on rank {', '.join(no)}")
     sides = (any(r[2] for r in table), any(r[3] for r in table))
@@ -278,6 +278,31 @@ class _PairRows(torch.autograd.Function):
     def backward(ctx, grad):
         full, values = ctx.saved_tensors
         return _rows.pair_matrix_rows_backward(grad.contiguous(), full, values, *ctx.args), None, None, None, None
+
+
+class _DistanceRows(torch.autograd.Function):
+    """The plain sum over this rank's rows of smooth_l1(d_s / mu_s - d_t / mu_t), mu = (mu_s, mu_t).
+
+    Its backward written out: autograd would keep four more (n, N) matrices for it.
+    """
+
+    @staticmethod
+    def forward(ctx, d_s, d_t, mu, beta):
+        ctx.save_for_backward(d_s, d_t, mu)
+        ctx.beta = beta
+        return torch.nn.functional.smooth_l1_loss(d_s / mu[0], d_t / mu[1], reduction="sum", beta=beta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        d_s, d_t, mu = ctx.saved_tensors
+        inv = 1.0 / mu
+        # g = dL/dpsi_s = -dL/dpsi_t for psi = d / mu, and dpsi/dmu = -psi / mu.
+        g = _rows.smooth_l1_grad_((d_s * inv[0]).addcmul_(d_t, -inv[1]), ctx.beta).mul_(grad)
+        flat = g.view(-1)
+        grad_mu = torch.stack([-(flat @ d_s.view(-1)) * inv[0] ** 2, (flat @ d_t.view(-1)) * inv[1] ** 2])
+        grad_s = g * inv[0] if ctx.needs_input_grad[0] else None
+        grad_t = g.mul_(-inv[1]) if ctx.needs_input_grad[1] else None
+        return grad_s, grad_t, grad_mu, None
 
 
 def _symmetric(m):
@@ -386,7 +411,7 @@ def _sharded_loss(fn, student, teacher, distance_weight, angle_weight, beta, eps
             d_s = _PairRows.apply(s, s_full, shard, "dist", eps)
             d_t = _PairRows.apply(t, t_full, shard, "dist", eps)
             mu = _AllReduceSum.apply(torch.stack([d_s.sum(), d_t.sum()]), group) / (N * (N - 1))
-            term = torch.nn.functional.smooth_l1_loss(d_s / mu[0], d_t / mu[1], reduction="sum", beta=beta)
+            term = _DistanceRows.apply(d_s, d_t, mu, beta)
             local.append(distance_weight / (N * N if mean else 1) * term)
     if angle_weight != 0:
         if N < 3:
