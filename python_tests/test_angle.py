@@ -10,15 +10,8 @@ from conftest import DEVICES, assert_bitwise_equal_runs, run_with_threads
 
 import rkd_ext
 from rkd_ext import reference as R
-from rkd_ext.testing import TOL, assert_close, make_features, max_rel_err
-
-REDUCTIONS = ["mean", "sum", "none"]
-
-
-def _grads(out, inputs, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-    return torch.autograd.grad(out, [x for x in inputs if x.requires_grad], w)
+from rkd_ext.testing import (REDUCTIONS, TOL, assert_close, eager_and_compiled, float32_errors, float64_truth,
+                              make_features, max_rel_err, value_and_grads, weighted_grads)
 
 
 def _mask_degenerate(g):
@@ -47,7 +40,7 @@ def test_loss_matches_reference_float64(device, n, ds, dt, reduction, normalize)
     # Unreduced and summed losses add up n^3 terms: so does their rounding. With
     # D = 1 the true gradient is 0 (collinear points), and only rounding is left.
     floor = 1e-12 * (1 if reduction == "mean" else n**3)
-    for a, b in zip(_grads(ours, (s, t)), _grads(ref, (s, t))):
+    for a, b in zip(weighted_grads(ours, (s, t)), weighted_grads(ref, (s, t))):
         assert_close(a, b, 1e-10, floor * max(1.0, b.abs().max().item()), "gradient")
 
 
@@ -141,19 +134,12 @@ def test_double_backward_is_a_clear_error():
 
 @pytest.mark.parametrize("kind", ["random", "offset", "near"])
 def test_float32_error_at_most_twice_the_reference(kind):
-    n, d = 64, 256
-    x64 = make_features(n, d, seed=38, kind=kind)
-    y64 = make_features(n, d, seed=39, kind=kind)
-    s64 = x64.clone().requires_grad_(True)
-    truth = R.angle_loss(s64, y64)
-    (truth_grad,) = torch.autograd.grad(truth, s64)
+    x64, y64, truth, truth_grad = float64_truth(R.angle_loss, kind, (38, 39))
     truth_tensor = R.angle_tensor(x64)
 
     def run(loss_fn, tensor_fn):
-        s = x64.float().requires_grad_(True)
-        val = loss_fn(s, y64.float())
-        (grad,) = torch.autograd.grad(val, s)
-        return max_rel_err(val, truth), max_rel_err(grad, truth_grad), max_rel_err(tensor_fn(x64.float()), truth_tensor)
+        return (*float32_errors(loss_fn, x64, y64, truth, truth_grad),
+                max_rel_err(tensor_fn(x64.float()), truth_tensor))
 
     ours = run(rkd_ext.rkd_angle_loss, rkd_ext.angle_tensor)
     ref = run(R.angle_loss, R.angle_tensor)
@@ -240,11 +226,7 @@ def test_bitwise_deterministic_across_calls_and_thread_counts():
     s = make_features(45, 20, seed=50, dtype=torch.float32, requires_grad=True)
     t = make_features(45, 12, seed=51, dtype=torch.float32, requires_grad=True)
 
-    def run():
-        loss = rkd_ext.rkd_angle_loss(s, t)
-        return (loss, *torch.autograd.grad(loss, (s, t)))
-
-    assert_bitwise_equal_runs(run_with_threads(run))
+    assert_bitwise_equal_runs(run_with_threads(lambda: value_and_grads(rkd_ext.rkd_angle_loss, s, t)))
 
 
 def _op_samples():
@@ -276,11 +258,7 @@ def test_torch_compile_fullgraph_matches_eager():
     def f(a, b):
         return criterion(F.normalize(a, dim=1), F.normalize(b, dim=1))
 
-    compiled = torch.compile(f, fullgraph=True)
-    eager = f(s, t)
-    (ge,) = torch.autograd.grad(eager, s)
-    out = compiled(s, t)
-    (gc,) = torch.autograd.grad(out, s)
+    (eager, ge), (out, gc) = eager_and_compiled(f, s, t)
     assert_close(out, eager, 1e-6, 0, "value")
     assert_close(gc, ge, 1e-5, 1e-8, "gradient")
 

@@ -11,17 +11,8 @@ from conftest import DEVICES, assert_bitwise_equal_runs, run_with_threads
 
 import rkd_ext
 from rkd_ext import reference as R
-from rkd_ext.testing import TOL, assert_close, make_features, max_rel_err
-
-REDUCTIONS = ["mean", "sum", "none"]
-
-
-def _grads(out, inputs, seed=0):
-    """Gradients of <out, random weights> w.r.t. the inputs that require grad."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-    wanted = [x for x in inputs if x.requires_grad]
-    return torch.autograd.grad(out, wanted, w)
+from rkd_ext.testing import (REDUCTIONS, TOL, assert_close, eager_and_compiled, float32_errors, float64_truth,
+                              make_features, max_rel_err, value_and_grads, weighted_grads)
 
 
 # ---- parity with the reference in float64 ------------------------------------
@@ -38,7 +29,7 @@ def test_loss_matches_reference_float64(device, n, ds, dt, reduction, teacher_gr
     ref = R.distance_loss(s, t, reduction=reduction)
     assert ours.dtype == torch.float64
     assert_close(ours, ref, 1e-10, 1e-13, "value")
-    for a, b in zip(_grads(ours, (s, t)), _grads(ref, (s, t))):
+    for a, b in zip(weighted_grads(ours, (s, t)), weighted_grads(ref, (s, t))):
         assert_close(a, b, 1e-10, 1e-13 * max(1.0, b.abs().max().item()), "gradient")
 
 
@@ -52,7 +43,7 @@ def test_loss_variants_match_reference(kw):
     ours = rkd_ext.rkd_distance_loss(s, t, **kw)
     ref = R.distance_loss(s, t, **ref_kw)
     assert_close(ours, ref, 1e-10, 1e-14, "value")
-    for a, b in zip(_grads(ours, (s, t)), _grads(ref, (s, t))):
+    for a, b in zip(weighted_grads(ours, (s, t)), weighted_grads(ref, (s, t))):
         assert_close(a, b, 1e-9, 1e-14, "gradient")
 
 
@@ -65,7 +56,7 @@ def test_matrices_match_reference_float64(device, fn, ref, n, d):
     ours, expected = fn(x), ref(x)
     assert_close(ours, expected, 1e-10, 1e-13, "value")
     assert torch.count_nonzero(torch.diagonal(ours)) == 0
-    assert_close(_grads(ours, (x,))[0], _grads(expected, (x,))[0], 1e-10, 1e-12, "gradient")
+    assert_close(weighted_grads(ours, (x,))[0], weighted_grads(expected, (x,))[0], 1e-10, 1e-12, "gradient")
 
 
 def test_noncontiguous_and_high_rank_inputs():
@@ -76,7 +67,7 @@ def test_noncontiguous_and_high_rank_inputs():
     ours = rkd_ext.rkd_distance_loss(s, t4)
     ref = R.distance_loss(s, t4.reshape(24, -1))
     assert_close(ours, ref, 1e-10, 1e-14, "value")
-    for a, b in zip(_grads(ours, (s, t4)), _grads(ref, (s, t4))):
+    for a, b in zip(weighted_grads(ours, (s, t4)), weighted_grads(ref, (s, t4))):
         assert a.shape == b.shape
         assert_close(a, b, 1e-10, 1e-14, "gradient")
     module = rkd_ext.RKDDistanceLoss()
@@ -120,21 +111,9 @@ def test_double_backward_is_a_clear_error():
 
 @pytest.mark.parametrize("kind", ["random", "offset", "near"])
 def test_float32_at_least_as_accurate_as_reference(kind):
-    n, d = 64, 256
-    x64 = make_features(n, d, seed=16, kind=kind)
-    y64 = make_features(n, d, seed=17, kind=kind)
-    s64 = x64.clone().requires_grad_(True)
-    truth = R.distance_loss(s64, y64)
-    (truth_grad,) = torch.autograd.grad(truth, s64)
-
-    def run(fn):
-        s = x64.float().requires_grad_(True)
-        val = fn(s, y64.float())
-        (grad,) = torch.autograd.grad(val, s)
-        return max_rel_err(val, truth), max_rel_err(grad, truth_grad)
-
-    ours_val, ours_grad = run(rkd_ext.rkd_distance_loss)
-    ref_val, ref_grad = run(R.distance_loss)
+    x64, y64, truth, truth_grad = float64_truth(R.distance_loss, kind, (16, 17))
+    ours_val, ours_grad = float32_errors(rkd_ext.rkd_distance_loss, x64, y64, truth, truth_grad)
+    ref_val, ref_grad = float32_errors(R.distance_loss, x64, y64, truth, truth_grad)
     assert ours_val <= ref_val + 1e-9, (ours_val, ref_val)
     assert ours_grad <= ref_grad + 1e-9, (ours_grad, ref_grad)
 
@@ -257,11 +236,7 @@ def test_bitwise_deterministic_across_calls_and_thread_counts():
     s = make_features(70, 40, seed=32, dtype=torch.float32, requires_grad=True)
     t = make_features(70, 30, seed=33, dtype=torch.float32, requires_grad=True)
 
-    def run():
-        loss = rkd_ext.rkd_distance_loss(s, t)
-        return (loss, *torch.autograd.grad(loss, (s, t)))
-
-    assert_bitwise_equal_runs(run_with_threads(run))
+    assert_bitwise_equal_runs(run_with_threads(lambda: value_and_grads(rkd_ext.rkd_distance_loss, s, t)))
 
 
 # ---- dispatcher integration -------------------------------------------------------
@@ -298,11 +273,7 @@ def test_torch_compile_fullgraph_matches_eager():
     def f(a, b):
         return module(a, b) + rkd_ext.rkd_distance_loss(a, b, reduction="sum") * 0.01
 
-    compiled = torch.compile(f, fullgraph=True)
-    eager = f(s, t)
-    (ge,) = torch.autograd.grad(eager, s)
-    out = compiled(s, t)
-    (gc,) = torch.autograd.grad(out, s)
+    (eager, ge), (out, gc) = eager_and_compiled(f, s, t)
     assert_close(out, eager, 1e-6, 0, "value")
     assert_close(gc, ge, 1e-6, 1e-9, "gradient")
 

@@ -17,11 +17,18 @@ __all__ = [
     "TINY",
     "TOL",
     "assert_close",
+    "REDUCTIONS",
+    "eager_and_compiled",
+    "float32_errors",
+    "float64_truth",
     "make_features",
     "max_rel_err",
+    "value_and_grads",
+    "weighted_grads",
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+REDUCTIONS = ["mean", "sum", "none"]
 FEATURE_KINDS = ("random", "offset", "near", "dup")
 
 
@@ -108,3 +115,34 @@ def max_rel_err(actual, truth):
     t = truth.detach().double()
     a = actual.detach().to(device=t.device, dtype=torch.float64)
     return float((a - t).abs().max() / t.abs().max().clamp_min(1e-300))
+
+
+def value_and_grads(fn, *inputs):
+    """(fn(*inputs), its gradients w.r.t. the inputs that require grad, in order)."""
+    out = fn(*inputs)
+    return (out, *torch.autograd.grad(out, [x for x in inputs if x.requires_grad]))
+
+
+def float32_errors(fn, x64, y64, truth, truth_grad):
+    """max_rel_err of fn's value and gradient (w.r.t. its first input) on the float32 roundings of x64, y64."""
+    val, grad = value_and_grads(fn, x64.float().requires_grad_(True), y64.float())
+    return max_rel_err(val, truth), max_rel_err(grad, truth_grad)
+
+
+def eager_and_compiled(f, s, t):
+    """[(value, gradient w.r.t. s)] of f(s, t) eagerly and under torch.compile(fullgraph=True)."""
+    return [value_and_grads(g, s, t) for g in (f, torch.compile(f, fullgraph=True))]
+
+
+def weighted_grads(out, inputs, seed=0):
+    """Gradients of <out, random float64-drawn weights> w.r.t. the inputs that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    return torch.autograd.grad(out, [x for x in inputs if x.requires_grad], w)
+
+
+def float64_truth(loss, kind, seeds, n=64, d=256):
+    """Features x64, y64 of a kind, and loss(x64, y64) with its gradient w.r.t. x64, all in float64."""
+    x64 = make_features(n, d, seed=seeds[0], kind=kind)
+    y64 = make_features(n, d, seed=seeds[1], kind=kind)
+    return (x64, y64, *value_and_grads(loss, x64.clone().requires_grad_(True), y64))

@@ -3,8 +3,9 @@
 # runs: compiles every CUDA source with nvcc (every warning an error) and runs
 # the kernels' logic on the host. The three steps run in parallel:
 #
-# 1. The torch-free kernels (csrc/cuda/*.cuh), instantiated for every dtype by
-#    csrc/cuda/standalone/compile_check.cu, for each architecture in
+# 1. The torch-free GPU backend and kernels (csrc/cuda/*.cuh), every op of the
+#    op layer instantiated by csrc/cuda/standalone/compile_check.cu, for each
+#    architecture in
 #    RKD_CUDA_ARCHS (default "80 90") with the flags of PyTorch's extension
 #    build; ptxas's registers, spills and shared memory per kernel are shown.
 #    Then two translation units that include every header are linked
@@ -15,10 +16,10 @@
 #    A CPU-only torch wheel ships the c10/cuda headers but not the one CMake
 #    generates, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is supplied.
 #    RKD_CHECK_BINDINGS=0 skips this step.
-# 3. scripts/emulate_cuda.py: the kernels compiled as host C++ with g++ and a
-#    fiber-per-thread emulator, compared with the CPU ops for every op, dtype
-#    and odd size (--quick here; run it without for all sizes). Needs an
-#    installed rkd_ext; RKD_EMULATE=0 skips it.
+# 3. scripts/emulate_cuda.py: the op layer on the GPU backend, its kernels
+#    compiled as host C++ with g++ and a fiber-per-thread emulator, compared
+#    with the CPU ops for every op, dtype and odd size (--quick here; run it
+#    without for all sizes). Needs an installed rkd_ext; RKD_EMULATE=0 skips it.
 #
 # NVCC selects the compiler (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc).
 set -euo pipefail

@@ -339,27 +339,19 @@ std::tuple<at::Tensor, at::Tensor> angle_grad_rows(const at::Tensor& sq_a, const
   return {V, R};
 }
 
-// The ops of each family, for one backend's TORCH_LIBRARY_IMPL block.
+// Every op, for one backend's TORCH_LIBRARY_IMPL block (the schemas are csrc/ops.cpp).
 template <typename Ctx, typename M>
-void register_distance_ops(M& m) {
+void register_ops(M& m) {
   m.impl("pairwise_distance", &distance_matrix<Ctx, false>);
   m.impl("pairwise_distance_backward", &distance_matrix_backward<Ctx, false>);
   m.impl("normalized_distance", &distance_matrix<Ctx, true>);
   m.impl("normalized_distance_backward", &distance_matrix_backward<Ctx, true>);
   m.impl("rkd_distance_loss", &rkd_distance_loss<Ctx>);
   m.impl("rkd_distance_loss_backward", &rkd_distance_loss_backward<Ctx>);
-}
-
-template <typename Ctx, typename M>
-void register_angle_ops(M& m) {
   m.impl("angle_tensor", &angle_tensor<Ctx>);
   m.impl("angle_tensor_backward", &angle_tensor_backward<Ctx>);
   m.impl("rkd_angle_loss", &rkd_angle_loss<Ctx>);
   m.impl("rkd_angle_loss_backward", &rkd_angle_loss_backward<Ctx>);
-}
-
-template <typename Ctx, typename M>
-void register_shard_ops(M& m) {
   m.impl("pair_matrix_rows", &pair_matrix_rows<Ctx>);
   m.impl("pair_matrix_rows_backward", &pair_matrix_rows_backward<Ctx>);
   m.impl("grad_rows", &grad_rows<Ctx>);

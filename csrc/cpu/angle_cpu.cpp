@@ -1,10 +1,7 @@
-// The angle-wise RKD ops on the CPU: angle_tensor and rkd_angle_loss,
-// forward and backward.
-//
-// Their sequence of steps is csrc/core/angle_op.h, shared with the CUDA
-// build; the bindings are csrc/core/bind.h. Here are the CPU backend's
-// triplet primitives (cpu_backend.h): O(N^3) elementwise work over the
-// float64 squared distances s and u = inv_edge(s), in float64.
+// The CPU backend's triplet primitives (cpu_backend.h) for the angle ops
+// (csrc/core/angle_op.h: angle_tensor, rkd_angle_loss; and the vertex-range
+// ops of shard_op.h): O(N^3) elementwise work over the float64 squared
+// distances s and u = inv_edge(s), in float64.
 //
 // Backward: the vertex-edge terms V (p, q of rkd_math.h, summed over k for
 // fixed (i, j)) and the opposite-edge sums Rm_jk = sum_i G_ijk w_ij w_ik
@@ -14,12 +11,10 @@
 // the op layer's AngleWeight takes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
-#include "../core/bind.h"
 #include "../rkd_math.h"
 #include "cpu_backend.h"
 #include "cpu_util.h"
@@ -164,7 +159,8 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
           grad_row_tensor(a, b, in, N, rm_j, pq);
         else
           grad_row_raw(a, b, in, N, rm_j, pq);
-        V[(i - vertices.begin) * N + j] = vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, eps2), kappa);
+        V[(i - vertices.begin) * N + j] =
+            vertex_edge_grad(pq[0], pq[1], active_inv_edge(a.s_ij, a.u_ij, eps2), kappa);
       }
     }
   });
@@ -250,7 +246,8 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up,
                                    int64_t N, Rows vertices, const AngleArgs& args) {
-  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, vertices, *up.up / up.div, nullptr, nullptr, args);
+  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, vertices, *up.up / up.div, nullptr, nullptr,
+                             args);
 }
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up,
@@ -268,5 +265,3 @@ AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>&,
 }
 
 }  // namespace rkd
-
-TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) { rkd::bind::register_angle_ops<rkd::CpuCtx>(m); }

@@ -18,25 +18,29 @@ __all__ = ["RkdDistance", "RKdAngle"]
 _NAMES = ("student", "teacher")
 
 
-class RkdDistance(nn.Module):
+class _Term(nn.Module):
+    _loss = None
+
+    def forward(self, student, teacher):
+        student, teacher = _common.pair(type(self).__name__, _NAMES, student, teacher, two_d_only=True)
+        return type(self)._loss(student, teacher.detach())
+
+
+class RkdDistance(_Term):
     """Distance-wise RKD loss: smooth-L1 between mean-normalised distance matrices.
 
     ``forward(student, teacher)`` with (N, D_s) and (N, D_t) tensors; returns a
     scalar. The teacher is detached (the reference computes it under no_grad).
     """
 
-    def forward(self, student, teacher):
-        student, teacher = _common.pair("RkdDistance", _NAMES, student, teacher, two_d_only=True)
-        return rkd_distance_loss(student, teacher.detach())
+    _loss = staticmethod(rkd_distance_loss)
 
 
-class RKdAngle(nn.Module):
+class RKdAngle(_Term):
     """Angle-wise RKD loss: smooth-L1 between the triplet-cosine tensors, over all N^3 triplets.
 
     ``forward(student, teacher)`` with (N, D_s) and (N, D_t) tensors; returns a
     scalar. The teacher is detached (the reference computes it under no_grad).
     """
 
-    def forward(self, student, teacher):
-        student, teacher = _common.pair("RKdAngle", _NAMES, student, teacher, two_d_only=True)
-        return rkd_angle_loss(student, teacher.detach())
+    _loss = staticmethod(rkd_angle_loss)

@@ -42,7 +42,26 @@ def _prepare(fn, preds_S, preds_T, with_l2_norm):
     return s, t
 
 
-class DistanceWiseRKD(nn.Module):
+class _WeightedTerm(nn.Module):
+    """One RKD term, times ``loss_weight``, with mmrazor's arguments and forward signature."""
+
+    _loss = None
+
+    def __init__(self, loss_weight, with_l2_norm):
+        super().__init__()
+        name = type(self).__name__
+        self.loss_weight = _checks.non_negative(name, "loss_weight", loss_weight)
+        self.with_l2_norm = _checks.flag(name, "with_l2_norm", with_l2_norm)
+
+    def forward(self, preds_S, preds_T):  # mmrazor checks these argument names
+        s, t = _prepare(type(self).__name__, preds_S, preds_T, self.with_l2_norm)
+        return type(self)._loss(s, t) * self.loss_weight
+
+    def extra_repr(self):
+        return f"loss_weight={self.loss_weight}, with_l2_norm={self.with_l2_norm}"
+
+
+class DistanceWiseRKD(_WeightedTerm):
     """Distance-wise RKD loss, times ``loss_weight``.
 
     Args:
@@ -53,41 +72,19 @@ class DistanceWiseRKD(nn.Module):
     to (N, -1); returns a scalar.
     """
 
+    _loss = staticmethod(rkd_distance_loss)
+
     def __init__(self, loss_weight=25.0, with_l2_norm=True):
-        super().__init__()
-        self.loss_weight = _checks.non_negative("DistanceWiseRKD", "loss_weight", loss_weight)
-        self.with_l2_norm = _checks.flag("DistanceWiseRKD", "with_l2_norm", with_l2_norm)
-
-    def forward(self, preds_S, preds_T):
-        s, t = _prepare("DistanceWiseRKD", preds_S, preds_T, self.with_l2_norm)
-        return rkd_distance_loss(s, t) * self.loss_weight
-
-    def extra_repr(self):
-        return f"loss_weight={self.loss_weight}, with_l2_norm={self.with_l2_norm}"
+        super().__init__(loss_weight, with_l2_norm)
 
 
-class AngleWiseRKD(nn.Module):
-    """Angle-wise RKD loss, times ``loss_weight``.
+class AngleWiseRKD(_WeightedTerm):
+    """Angle-wise RKD loss, times ``loss_weight``; arguments and forward as :class:`DistanceWiseRKD`."""
 
-    Args:
-        loss_weight: weight of the loss.
-        with_l2_norm: scale each (flattened) feature vector to unit norm first.
-
-    ``forward(preds_S, preds_T)`` with (N, C, H, W) or (N, C) tensors, flattened
-    to (N, -1); returns a scalar.
-    """
+    _loss = staticmethod(rkd_angle_loss)
 
     def __init__(self, loss_weight=50.0, with_l2_norm=True):
-        super().__init__()
-        self.loss_weight = _checks.non_negative("AngleWiseRKD", "loss_weight", loss_weight)
-        self.with_l2_norm = _checks.flag("AngleWiseRKD", "with_l2_norm", with_l2_norm)
-
-    def forward(self, preds_S, preds_T):
-        s, t = _prepare("AngleWiseRKD", preds_S, preds_T, self.with_l2_norm)
-        return rkd_angle_loss(s, t) * self.loss_weight
-
-    def extra_repr(self):
-        return f"loss_weight={self.loss_weight}, with_l2_norm={self.with_l2_norm}"
+        super().__init__(loss_weight, with_l2_norm)
 
 
 REGISTERED_NAMES = {"RKDExtDistanceWiseRKD": DistanceWiseRKD, "RKDExtAngleWiseRKD": AngleWiseRKD}

@@ -1,6 +1,7 @@
 """The reference ResNet teacher -> student distillation with RKD (``python -m rkd_ext.distill``).
 
-``cli`` holds the command line and presets, ``train`` the training loop and the
-RKD objective, ``data`` the datasets and augmentation, ``checkpoint`` and
-``report`` what a run writes.
+``cli`` holds the command line, ``options`` the options and presets, ``job``
+the sequence of one run (data, teacher, students, results), ``train`` the
+training loop and the RKD objective, ``data`` the datasets and augmentation,
+``checkpoint`` and ``report`` what a run writes.
 """

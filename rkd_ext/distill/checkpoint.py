@@ -4,29 +4,103 @@ A checkpoint holds only tensors, numbers, strings and plain containers: model,
 optimizer, scheduler and grad-scaler state dicts, the global RNG states (as
 uint8 tensors), the number of finished epochs and the metrics history.
 """
+import contextlib
 import os
+import re
 
 import torch
 
-__all__ = ["save_atomic", "load", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "STAGE_KEYS", "atomic_file", "save_atomic", "remove_temporaries", "load", "load_stage",
+           "rng_state", "set_rng_state"]
+
+# What run_stage writes; a resumed stage needs all of it.
+STAGE_KEYS = ("stage", "arch", "epochs", "model", "optimizer", "scheduler", "scaler", "rng", "history")
+
+# atomic_file's temporary names: the target's name, ".tmp" and the writer's process id.
+_TEMPORARY = re.compile(r".+\.tmp\d+")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and says why, on one line."""
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="wb", **open_kwargs):
+    """Open a temporary file that replaces ``path`` when the block ends, so that ``path`` is never half written.
+
+    The data goes to a temporary file in the same directory, is flushed to disk,
+    then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows): a
+    reader, or a run killed at any moment, sees the old file or the new one. A
+    block that fails or is interrupted (KeyboardInterrupt) removes the temporary
+    file and leaves ``path`` as it was; one killed outright leaves it for
+    :func:`remove_temporaries`.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def save_atomic(obj, path):
-    """Write ``obj`` to ``path`` so that a reader, or a run killed at any moment, sees the old file or the new one.
-
-    The data goes to a temporary file in the same directory, is flushed to disk,
-    then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def remove_temporaries(folder):
+    """Delete the temporary files that writes killed mid-way (SIGKILL, power loss) left in ``folder``.
+
+    Returns:
+        The paths removed.
+    """
+    stale = sorted(os.path.join(folder, name) for name in os.listdir(folder) if _TEMPORARY.fullmatch(name))
+    for path in stale:
+        os.unlink(path)
+    return stale
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The object saved in ``path``, on the CPU, loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is empty, truncated or not a torch checkpoint.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file fails in the unpickler or the zip reader, with many exception types
+        if isinstance(e, OSError) and e.filename is not None:  # opening failed (missing, no permission...)
+            raise CheckpointError(f"{path}: cannot read it: {e.strerror}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, e)}") from None
+
+
+def _why_unreadable(path, error):
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    # torch's weights-only unpickler puts the cause after a long preamble, and the documentation link after it.
+    detail = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n\n")[0]
+    detail = " ".join(detail.split())[:200] or type(error).__name__
+    return f"the file is truncated or corrupt ({detail})"
+
+
+def load_stage(path):
+    """A checkpoint written by a training stage, with every key a resumed stage needs.
+
+    Raises:
+        CheckpointError: the file cannot be read, or holds something else (a bare state_dict, say).
+    """
+    state = load(path)
+    missing = [k for k in STAGE_KEYS if k not in state] if isinstance(state, dict) else list(STAGE_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not the checkpoint of a training stage: it lacks "
+                              + ", ".join(repr(k) for k in missing))
+    return state
 
 
 def rng_state():

@@ -107,6 +107,10 @@ def synthetic(num_classes=10, train_size=2560, val_size=512, image_size=16, seed
 
 # ---------------------------------------------------------------------------- CIFAR-100
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Loads only what the CIFAR "python" format holds: dicts, lists, strings, numbers and numpy arrays.
 
@@ -127,7 +131,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(
+            raise _RefusedGlobal(
                 f"refusing to load global '{module}.{name}': a CIFAR-100 file holds only arrays, lists and "
                 "strings, so this file is not one (or has been tampered with)")
         return super().find_class(module, name)
@@ -138,11 +142,22 @@ def load_cifar_file(path, num_classes=100):
 
     Raises:
         pickle.UnpicklingError: the file references anything but numpy arrays.
-        ValueError: the content is not laid out as the format says.
+        ValueError: the file is empty, truncated or not a pickle, or its content is not laid out as the format
+            says.
     """
     with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        raise ValueError(f"{path}: the file is empty, not a CIFAR-100 'python' file")
+    try:
         # latin1 is how Python 3 must read the arrays in Python 2 pickles.
-        obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _RefusedGlobal:
+        raise
+    except Exception as e:  # a damaged pickle fails in many ways: EOFError, UnpicklingError, ValueError, ...
+        detail = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path}: not a CIFAR-100 'python' file, or a truncated one "
+                         f"({type(e).__name__}: {detail})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}

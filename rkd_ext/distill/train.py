@@ -26,10 +26,9 @@ from rkd_ext.distributed import gather_student_teacher
 from . import checkpoint
 from .data import augment, generator, iterate_batches, normalize, shard_indices
 
-__all__ = ["Runtime", "init_runtime", "RKDObjective", "evaluate", "run_stage"]
+__all__ = ["Runtime", "init_runtime", "RKDObjective", "evaluate", "steps_per_epoch", "kill_hook_from_env", "run_stage"]
 
-# Fault injection for the resume tests: "<stage>:<epoch>" makes the process
-# SIGKILL itself right after writing that epoch's checkpoint.
+# Fault injection for the resume tests, read by kill_hook_from_env().
 KILL_AFTER_ENV = "RKD_DISTILL_SIGKILL_AFTER"
 
 
@@ -153,119 +152,171 @@ def evaluate(model, dataset, rt, *, batch_size=256, amp=None, workers=0):
     return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
 
 
-def make_scheduler(optimizer, args, epochs):
-    if args.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=args.gamma)
+def steps_per_epoch(train_size, batch_size, world_size):
+    """Full batches per epoch and process: the shards are padded to equal length and the last partial batch dropped."""
+    per_rank = len(shard_indices(train_size, 0, world_size, shuffle=False))
+    steps = per_rank // batch_size
+    if steps == 0:
+        raise ValueError(f"--batch-size {batch_size} is larger than the {per_rank} training samples each process "
+                         "gets: no full batch to train on")
+    return steps
+
+
+def kill_hook_from_env():
+    """The resume tests' fault injection as an epoch hook, or None when ``RKD_DISTILL_SIGKILL_AFTER`` is unset.
+
+    ``RKD_DISTILL_SIGKILL_AFTER=<stage>:<epoch>`` makes the process SIGKILL
+    itself once that epoch's checkpoint is written: the harshest interruption,
+    with no chance to clean up.
+    """
+    spec = os.environ.get(KILL_AFTER_ENV)
+    if not spec:
+        return None
+
+    def kill(name, history):
+        if f"{name}:{len(history)}" == spec:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return kill
 
 
 def arch_info(model):
     return {"class": type(model).__name__, "neck_dim": model.neck_dim, "num_classes": model.num_classes}
 
 
-def run_stage(name, model, train_set, val_set, args, rt, ckpt_path, *, epochs, teacher=None, objective=None,
-              on_epoch=None):
+class _Optimisation:
+    """SGD, its per-epoch schedule and the fp16 gradient scaler of one stage: what a checkpoint restores."""
+
+    def __init__(self, model, args, device, epochs):
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        if args.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=args.milestones,
+                                                                  gamma=args.gamma)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    @property
+    def lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class _Step:
+    """One optimisation step: cross-entropy, plus ``objective(student neck, teacher neck)`` when distilling."""
+
+    def __init__(self, model, opt, args, rt, teacher=None, objective=None):
+        self.opt, self.amp, self.device, self.objective = opt, args.amp, rt.device, objective
+        self.student = _NeckAndLogits(model)
+        if rt.distributed:
+            self.student = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        self.teacher = None
+        if teacher is not None:
+            teacher.to(rt.device).eval().requires_grad_(False)
+            self.teacher = _NeckAndLogits(teacher)
+        if args.compile:
+            self.student = torch.compile(self.student)
+            if self.teacher is not None:
+                self.teacher = torch.compile(self.teacher)
+
+    def __call__(self, x, labels):
+        """Update the model on one batch; return its loss, cross-entropy, RKD term and correct predictions."""
+        with _autocast(self.device, self.amp):
+            neck, logits = self.student(x)
+            ce = F.cross_entropy(logits, labels)
+        if self.teacher is not None:
+            with torch.no_grad(), _autocast(self.device, self.amp):
+                teacher_neck, _ = self.teacher(x)
+            rkd = self.objective(neck, teacher_neck)
+            loss = ce + rkd
+        else:
+            rkd = torch.zeros((), device=self.device)
+            loss = ce
+        self.opt.optimizer.zero_grad(set_to_none=True)
+        self.opt.scaler.scale(loss).backward()
+        self.opt.scaler.step(self.opt.optimizer)
+        self.opt.scaler.update()
+        return torch.stack([loss.detach().double(), ce.detach().double(), rkd.detach().double(),
+                            (logits.detach().argmax(dim=1) == labels).sum().double()])
+
+
+def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc):
+    """One epoch in the order and augmentation drawn from ``(seed, epoch)``; per-step means of the step's sums."""
+    indices = shard_indices(len(train_set), rt.rank, rt.world_size, shuffle=True, seed=seed, epoch=epoch)
+    gen = generator("augment", seed, epoch, rt.rank)
+    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
+    show = rt.is_main and not args.no_progress
+    bar = tqdm(total=steps, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+    for i, (images, labels) in enumerate(iterate_batches(train_set, indices, args.batch_size, drop_last=True,
+                                                         workers=args.workers, pin_memory=rt.device.type == "cuda")):
+        images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+        x = normalize(augment(images, gen, args.crop_padding), train_set.mean, train_set.std)
+        step_sums = step(x, labels)
+        sums += step_sums
+        bar.update()
+        if show and i % 10 == 0:
+            bar.set_postfix(loss=f"{step_sums[0].item():.3f}")
+    bar.close()
+    if rt.distributed:
+        dist.all_reduce(sums)
+    return (sums / (steps * rt.world_size)).tolist()
+
+
+def _resume(ckpt_path, model, opt, epochs):
+    """Restore a stage from its checkpoint (weights, optimiser, RNG); return the epochs' history so far."""
+    state = checkpoint.load_stage(ckpt_path)
+    if state["arch"] != arch_info(model) or state["epochs"] != epochs:
+        raise checkpoint.CheckpointError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} epochs, "
+                         f"not the {arch_info(model)} for {epochs} epochs this run asks for")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state)
+    checkpoint.set_rng_state(state["rng"])
+    return list(state["history"])
+
+
+def run_stage(name, model, train_set, val_set, args, rt, ckpt_path, *, epochs, seed, teacher=None, objective=None,
+              hooks=()):
     """Train ``model`` (in place) for ``epochs`` epochs; return its history, one dict of metrics per epoch.
 
     With ``teacher`` and ``objective`` the loss is cross-entropy plus
     ``objective(student neck, teacher neck)``; otherwise cross-entropy alone.
-    When ``ckpt_path`` exists the stage continues from it (a finished stage
-    just reloads its weights). ``on_epoch(name, history)`` runs on the main
-    process after every epoch's checkpoint is written.
+    The data order and augmentation come from ``seed``. When ``ckpt_path``
+    exists the stage continues from it (a finished stage just reloads its
+    weights). Each of ``hooks`` is called as ``hook(name, history)`` on the
+    main process after every epoch's checkpoint is written.
     """
     model.to(rt.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = make_scheduler(optimizer, args, epochs)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=args.amp == "fp16")
-    history = []
-    if os.path.exists(ckpt_path):
-        state = checkpoint.load(ckpt_path)
-        if state["arch"] != arch_info(model) or state["epochs"] != epochs:
-            raise ValueError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} epochs, "
-                             f"not the {arch_info(model)} for {epochs} epochs this run asks for")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        history = list(state["history"])
+    opt = _Optimisation(model, args, rt.device, epochs)
+    history = _resume(ckpt_path, model, opt, epochs) if os.path.exists(ckpt_path) else []
     if len(history) == epochs:
         return history
-
-    train_model = _NeckAndLogits(model)
-    if rt.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    teacher_model = None
-    if teacher is not None:
-        teacher.to(rt.device).eval().requires_grad_(False)
-        teacher_model = _NeckAndLogits(teacher)
-    if args.compile:
-        train_model = torch.compile(train_model)
-        if teacher_model is not None:
-            teacher_model = torch.compile(teacher_model)
-
-    padding = args.crop_padding
-    indices_per_rank = len(shard_indices(len(train_set), rt.rank, rt.world_size, shuffle=False))
-    steps = indices_per_rank // args.batch_size
-    if steps == 0:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the {indices_per_rank} training samples "
-                         "each process gets: no full batch to train on")
-    show = rt.is_main and not args.no_progress
+    step = _Step(model, opt, args, rt, teacher, objective)
+    steps = steps_per_epoch(len(train_set), args.batch_size, rt.world_size)
     for epoch in range(len(history), epochs):
         start = time.perf_counter()
         model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        indices = shard_indices(len(train_set), rt.rank, rt.world_size, shuffle=True, seed=args.seed, epoch=epoch)
-        gen = generator("augment", args.seed, epoch, rt.rank)
-        # Sums of the per-step loss, cross-entropy and RKD term, and correct predictions.
-        sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
-        bar = tqdm(total=steps, desc=f"{name} {epoch + 1}/{epochs}", leave=False, disable=not show,
-                   dynamic_ncols=True)
-        for step, (images, labels) in enumerate(iterate_batches(
-                train_set, indices, args.batch_size, drop_last=True, workers=args.workers,
-                pin_memory=rt.device.type == "cuda")):
-            images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
-            x = normalize(augment(images, gen, padding), train_set.mean, train_set.std)
-            with _autocast(rt.device, args.amp):
-                neck, logits = train_model(x)
-                ce = F.cross_entropy(logits, labels)
-            if teacher_model is not None:
-                with torch.no_grad(), _autocast(rt.device, args.amp):
-                    teacher_neck, _ = teacher_model(x)
-                rkd = objective(neck, teacher_neck)
-                loss = ce + rkd
-            else:
-                rkd = torch.zeros((), device=rt.device)
-                loss = ce
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums += torch.stack([loss.detach().double(), ce.detach().double(), rkd.detach().double(),
-                                 (logits.detach().argmax(dim=1) == labels).sum().double()])
-            bar.update()
-            if show and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        if rt.distributed:
-            dist.all_reduce(sums)
-        sums = (sums / (steps * rt.world_size)).tolist()
-        scheduler.step()
+        lr = opt.lr
+        loss, ce, rkd, correct = _train_epoch(step, train_set, args, rt, seed=seed, epoch=epoch, steps=steps,
+                                              desc=f"{name} {epoch + 1}/{epochs}")
+        opt.scheduler.step()
         top1, top5 = evaluate(model, val_set, rt, batch_size=args.eval_batch_size, amp=args.amp,
                               workers=args.workers)
-        history.append({"stage": name, "epoch": epoch + 1, "lr": lr, "loss": sums[0], "ce": sums[1],
-                        "rkd": sums[2], "train_top1": 100 * sums[3] / args.batch_size, "val_top1": top1,
-                        "val_top5": top5, "seconds": time.perf_counter() - start})
+        history.append({"stage": name, "epoch": epoch + 1, "lr": lr, "loss": loss, "ce": ce, "rkd": rkd,
+                        "train_top1": 100 * correct / args.batch_size, "val_top1": top1, "val_top5": top5,
+                        "seconds": time.perf_counter() - start})
         if rt.is_main:
-            checkpoint.save_atomic({
-                "stage": name, "arch": arch_info(model), "epochs": epochs, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": checkpoint.rng_state(), "history": history,
-            }, ckpt_path)
-            if on_epoch is not None:
-                on_epoch(name, history)
-            if os.environ.get(KILL_AFTER_ENV) == f"{name}:{epoch + 1}":
-                os.kill(os.getpid(), signal.SIGKILL)
+            checkpoint.save_atomic({"stage": name, "arch": arch_info(model), "epochs": epochs,
+                                    "model": model.state_dict(), **opt.state_dict(), "rng": checkpoint.rng_state(),
+                                    "history": history}, ckpt_path)
+            for hook in hooks:
+                hook(name, history)
     return history
