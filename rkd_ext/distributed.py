@@ -365,7 +365,8 @@ def sharded_loss(student, teacher, *, distance_weight, angle_weight, beta=1.0, e
     What the modules' ``shard=True`` computes with more than one rank (see the
     module docstring): the same value on every rank, and, for this rank's
     rows, the gradients :math:`W\,\partial L / \partial S_r` and, when the
-    teacher requires grad, :math:`W\,\partial L / \partial T_r`. Every rank
+    teacher requires grad, :math:`W\,\partial L / \partial T_r` (W ranks),
+    which DDP's averaging turns into the single-process gradients. Every rank
     of ``group`` must call it, with the same arguments except the features.
 
     Args:
