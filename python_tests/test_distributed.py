@@ -269,7 +269,8 @@ def _check_sharded_errors_reach_every_rank(rank):
     with pytest.raises(ValueError, match=message):
         criterion(s, t[:2] if rank == 1 else t)
     # A loss differentiated on some ranks only would leave the others waiting in backward.
-    with torch.set_grad_enabled(rank != 0), pytest.raises(RuntimeError, match="differentiable on every rank or on none"):
+    with torch.set_grad_enabled(rank != 0), \
+            pytest.raises(RuntimeError, match="differentiable on every rank or on none"):
         criterion(s, t)
     with torch.no_grad():  # on every rank: fine, an evaluation
         assert torch.isfinite(criterion(s, t))

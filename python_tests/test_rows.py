@@ -28,7 +28,7 @@ def _symmetric(m):
 
 
 def _sq(x):
-    """The full squared-distance matrix, assembled from the blocks' rows and made symmetric, as the sharded mode does."""
+    """The full squared-distance matrix from the blocks' rows, made symmetric as the sharded mode does."""
     return _symmetric(torch.cat([FB["pair_matrix_rows"](x, b, e, "sq", EPS) for b, e in BLOCKS]))
 
 

@@ -360,10 +360,12 @@ class _AngleRows(torch.autograd.Function):
 
 def sharded_loss(student, teacher, *, distance_weight, angle_weight, beta=1.0, eps=1e-12, reduction="mean",
                  group=None):
-    r"""``distance_weight`` x the distance loss + ``angle_weight`` x the angle loss of the global batch, sharded by anchor.
+    r"""The weighted distance and angle losses of the global batch, sharded by anchor.
 
-    What the modules' ``shard=True`` computes with more than one rank (see the
-    module docstring): the same value on every rank, and, for this rank's
+    :math:`L` = ``distance_weight`` x the distance loss + ``angle_weight`` x
+    the angle loss, over the concatenation of every rank's batch: what the
+    modules' ``shard=True`` computes with more than one rank (see the module
+    docstring). It returns the same value on every rank, and, for this rank's
     rows, the gradients :math:`W\,\partial L / \partial S_r` and, when the
     teacher requires grad, :math:`W\,\partial L / \partial T_r` (W ranks),
     which DDP's averaging turns into the single-process gradients. Every rank
