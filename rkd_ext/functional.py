@@ -46,6 +46,8 @@ __all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss", "ang
 _warned = set()
 _NO_PAIRS = ("a batch of one sample has no pairs; returning 0 with a zero gradient "
              "(the reference implementation returns NaN here)")
+_NO_TRIPLETS = ("a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient "
+                "(the reference implementation returns NaN or 0 here)")
 
 
 def _warn_once(fn, msg):
@@ -211,8 +213,7 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     reduction = _checks.reduction(fn, reduction)
     normalize = _checks.flag(fn, "normalize", normalize)
     if student.shape[0] < 3:
-        _warn_once(fn, "a batch of fewer than 3 samples has no triplets; returning 0 with a zero gradient "
-                   "(the reference implementation returns NaN or 0 here)")
+        _warn_once(fn, _NO_TRIPLETS)
     if _ext.usable_for(student):
         return torch.ops.rkd_ext.rkd_angle_loss(student, teacher, beta, eps, reduction, normalize)[0]
     dtype = ops.loss_dtype(student, teacher)

@@ -28,7 +28,7 @@ from torch.autograd.forward_ad import _set_fwd_grad_enabled
 
 from . import _ext
 
-__all__ = ["OPS", "loss_dtype"]
+__all__ = ["OPS", "SHARD_OPS", "loss_dtype"]
 
 # Forward operators with a backward; every one of them is also autocast to float32.
 OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss")
@@ -120,6 +120,62 @@ def _register_angle_fakes():
             return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
 
         return out(student, student_grad), out(teacher, teacher_grad)
+
+
+# The row-range operators of the sharded mode (rkd_ext/_rows.py), in extensions that have them. They run
+# inside the autograd Functions of rkd_ext.distributed, so they need no autograd of their own.
+SHARD_OPS = ("pair_matrix_rows", "pair_matrix_rows_backward", "grad_rows", "angle_loss_rows", "angle_grad_rows")
+
+
+def _defined(name):
+    """Whether the loaded extension defines the operator ``rkd_ext::name``."""
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"rkd_ext::{name}", "")
+    except RuntimeError:
+        return False
+    return True
+
+
+def _register_shard_fakes():
+    lib = "rkd_ext::"
+    fakes = {}
+
+    def fake(name):
+        def record(fn):
+            fakes[name] = fn
+            return fn
+
+        return record
+
+    def rows(begin, end, N):
+        torch._check(0 <= begin and begin <= end and end <= N, lambda: f"rows [{begin}, {end}) of a batch of {N}")
+        return end - begin
+
+    @fake("pair_matrix_rows")
+    def _(x, begin, end, kind, eps):
+        return x.new_empty((rows(begin, end, x.shape[0]), x.shape[0]), dtype=torch.float64)
+
+    @fake("pair_matrix_rows_backward")
+    def _(grad, x, values, begin, kind, eps):
+        return x.new_empty((rows(begin, begin + values.shape[0], x.shape[0]), x.shape[1]))
+
+    @fake("grad_rows")
+    def _(x, W, begin):
+        return x.new_empty((rows(begin, begin + W.shape[0], x.shape[0]), x.shape[1]))
+
+    @fake("angle_loss_rows")
+    def _(sq_s, sq_t, begin, end, beta, eps, normalize, wide):
+        rows(begin, end, sq_s.shape[0])
+        return sq_s.new_empty(())
+
+    @fake("angle_grad_rows")
+    def _(sq_a, sq_b, coef, begin, end, beta, eps, normalize, wide):
+        N = sq_a.shape[0]
+        return sq_a.new_empty((rows(begin, end, N), N)), sq_a.new_empty((N, N))
+
+    for name, fn in fakes.items():
+        if _defined(name):
+            torch.library.register_fake(lib + name)(fn)
 
 
 _LIB = torch.library.Library("rkd_ext", "IMPL")
@@ -263,5 +319,6 @@ def _register_autocast():
 if _ext.available:
     _register_fakes()
     _register_angle_fakes()
+    _register_shard_fakes()
     _register_autograd()
     _register_autocast()
