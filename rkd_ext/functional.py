@@ -120,6 +120,12 @@ def normalized_distance(x, *, eps=1e-12):
     return reference.normalized_distance(_fallback_input(x), eps).to(x.dtype)
 
 
+def _loss_args(fn, student, teacher, beta, eps, reduction):
+    """The arguments every loss takes, checked: (student, teacher, beta, eps, reduction)."""
+    student, teacher = _checks.pair(fn, student, teacher)
+    return student, teacher, _checks.beta(fn, beta), _checks.eps(fn, eps), _checks.reduction(fn, reduction)
+
+
 def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", squared=False, mean_offset=0.0):
     r"""Distance-wise RKD loss: smooth-L1 between :math:`\psi_D(\text{student})` and :math:`\psi_D(\text{teacher})`.
 
@@ -141,10 +147,7 @@ def rkd_distance_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean"
         The loss, float32 (float64 if an input is float64).
     """
     fn = "rkd_distance_loss"
-    student, teacher = _checks.pair(fn, student, teacher)
-    beta = _checks.beta(fn, beta)
-    eps = _checks.eps(fn, eps)
-    reduction = _checks.reduction(fn, reduction)
+    student, teacher, beta, eps, reduction = _loss_args(fn, student, teacher, beta, eps, reduction)
     mean_offset = _checks.non_negative(fn, "mean_offset", mean_offset)
     squared = _checks.flag(fn, "squared", squared)
     if student.shape[0] < 2:
@@ -207,10 +210,7 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
         warning when N < 3 (no triplets).
     """
     fn = "rkd_angle_loss"
-    student, teacher = _checks.pair(fn, student, teacher)
-    beta = _checks.beta(fn, beta)
-    eps = _checks.eps(fn, eps)
-    reduction = _checks.reduction(fn, reduction)
+    student, teacher, beta, eps, reduction = _loss_args(fn, student, teacher, beta, eps, reduction)
     normalize = _checks.flag(fn, "normalize", normalize)
     if student.shape[0] < 3:
         _warn_once(fn, _NO_TRIPLETS)

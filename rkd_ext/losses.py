@@ -100,17 +100,12 @@ class RKDAngleLoss(_RelationLoss):
 
     Smooth-L1 between the triplet-angle tensors of student and teacher features,
     averaged over all N^3 triplets; see :func:`rkd_ext.rkd_angle_loss`. Inputs of
-    rank > 2 are flattened to (N, -1).
+    rank > 2 are flattened to (N, -1). The arguments are those of
+    :class:`RKDDistanceLoss`, except that eps clamps the norms of the
+    difference vectors.
 
-    Args:
-        beta: smooth-L1 threshold.
-        eps: clamp applied to difference norms.
-        reduction: 'mean', 'sum' or 'none'.
-        gather_distributed: compute the relations over the batches of all
-            ranks (see the module docstring).
-        shard: with ``gather_distributed``, split the work of the global
-            batch across ranks by anchor (see the module docstring); needs
-            reduction 'mean' or 'sum'.
+    Shape:
+        student (N, *), teacher (N, *) -> scalar, or (N, N, N) for reduction='none'.
     """
 
     _loss = staticmethod(F.rkd_angle_loss)

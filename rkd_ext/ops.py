@@ -270,13 +270,19 @@ def _register_autograd():
         ctx.save_for_backward(student, teacher, output[1], output[2])
         ctx.args = tuple(args)
 
-    def loss_backward(ctx, grad, _grad_d_s, _grad_d_t):
-        if grad is None:
-            return (None,) * 7
-        student, teacher, d64_s, d64_t = ctx.saved_tensors
-        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gs, gt = ops.rkd_distance_loss_backward(grad, student, teacher, d64_s, d64_t, *ctx.args, want_s, want_t)
-        return (gs if want_s else None), (gt if want_t else None), None, None, None, None, None
+    # A loss op's backward: its saved matrices (the two last outputs) get no gradient.
+    def loss_backward_of(backward_op, n_inputs):
+        def backward(ctx, grad, *_grads_of_saved):
+            if grad is None:
+                return (None,) * n_inputs
+            student, teacher, saved_s, saved_t = ctx.saved_tensors
+            want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            gs, gt = backward_op(grad, student, teacher, saved_s, saved_t, *ctx.args, want_s, want_t)
+            return ((gs if want_s else None), (gt if want_t else None)) + (None,) * (n_inputs - 2)
+
+        return backward
+
+    loss_backward = loss_backward_of(ops.rkd_distance_loss_backward, 7)
 
     _register_autograd_formula("pairwise_distance", pairwise_backward, matrix_setup)
     _register_autograd_formula("normalized_distance", normalized_backward, matrix_setup)
@@ -294,13 +300,7 @@ def _register_autograd():
         x, sq = ctx.saved_tensors
         return ops.angle_tensor_backward(grad, x, sq, *ctx.args), None, None
 
-    def angle_loss_backward(ctx, grad, _grad_sq_s, _grad_sq_t):
-        if grad is None:
-            return (None,) * 6
-        student, teacher, sq_s, sq_t = ctx.saved_tensors
-        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gs, gt = ops.rkd_angle_loss_backward(grad, student, teacher, sq_s, sq_t, *ctx.args, want_s, want_t)
-        return (gs if want_s else None), (gt if want_t else None), None, None, None, None
+    angle_loss_backward = loss_backward_of(ops.rkd_angle_loss_backward, 6)
 
     _register_autograd_formula("angle_tensor", angle_backward, angle_setup)
     _register_autograd_formula("rkd_angle_loss", angle_loss_backward, loss_setup)
