@@ -283,8 +283,8 @@ def _resume(ckpt_path, model, opt, epochs):
     """Restore a stage from its checkpoint (weights, optimiser, RNG); return the epochs' history so far."""
     state = checkpoint.load_stage(ckpt_path)
     if state["arch"] != arch_info(model) or state["epochs"] != epochs:
-        raise checkpoint.CheckpointError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} epochs, "
-                         f"not the {arch_info(model)} for {epochs} epochs this run asks for")
+        raise checkpoint.CheckpointError(f"{ckpt_path} holds a {state['arch']} trained for {state['epochs']} "
+                                         f"epochs, not the {arch_info(model)} for {epochs} epochs this run asks for")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state)
     checkpoint.set_rng_state(state["rng"])
