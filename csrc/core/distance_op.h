@@ -112,15 +112,16 @@ struct NormalizedGrad {
 };
 
 // The loss between sides a and b (their stored pair values: distances, or
-// clamped squares with `squared`); stats[0], stats[1]: 1 / (mean + offset) of
-// a and of b.
+// clamped squares with `squared`); *inv_a, *inv_b: 1 / (mean + offset) of a
+// and of b.
 struct LossTerm {
   const double* a;
   const double* b;
   int64_t N;
-  const double* stats;
+  const double* inv_a;
+  const double* inv_b;
   Huber<double> huber;
-  RKD_HD double r(int64_t i, int64_t j) const { return residual(a[i * N + j], stats[0], b[i * N + j], stats[1]); }
+  RKD_HD double r(int64_t i, int64_t j) const { return residual(a[i * N + j], *inv_a, b[i * N + j], *inv_b); }
   RKD_HD double operator()(int64_t i, int64_t j) const { return smooth_l1(r(i, j), huber); }
 };
 
@@ -144,14 +145,15 @@ struct LossGradTimesValue {
   RKD_HD double operator()(int64_t i, int64_t j) const { return g(i, j) * g.t.a[i * g.t.N + j]; }
 };
 
-// dL/ds_ij of side a: mean_grad(g, c, 1 / mu_a, dv/ds), c = stats[2].
+// dL/ds_ij of side a: mean_grad(g, *c, 1 / mu_a, dv/ds).
 struct LossWeight {
   LossGrad g;
+  const double* c;
   double eps, sqrt_eps;
   bool squared;
   RKD_HD double gs(int64_t i, int64_t j) const {
     const double dv = dvalue_dsq(g.t.a[i * g.t.N + j], squared, eps, sqrt_eps);
-    return mean_grad(g(i, j), g.t.stats[2], g.t.stats[0], dv);
+    return mean_grad(g(i, j), *c, *g.t.inv_a, dv);
   }
   // a and b are symmetric, and so is gs when the upstream gradient is a
   // scalar: then gs(j, i) == gs(i, j) bit for bit, and doubling is exact.
@@ -234,7 +236,7 @@ void rkd_distance_loss(B& be, const Features& s, const Features& t, const Distan
   inverse_mean(be, ds, N, a.mean_offset, stats);
   inverse_mean(be, dt, N, a.mean_offset, stats + 1);
   // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
-  const LossTerm term{ds, dt, N, stats, Huber<double>(a.beta)};
+  const LossTerm term{ds, dt, N, stats, stats + 1, Huber<double>(a.beta)};
   if (none) return be.map(term, N, loss);
   const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
   if (loss.dtype == Dtype::Float64)
@@ -260,17 +262,20 @@ void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, c
   const bool none = a.reduction == Reduction::None;
   const double* up = be.to_f64(grad, none ? N * N : 1);
   const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
+  // The inverse means of both sides, once; then each side's mean term c.
+  double* inv = be.template scratch<double>(2);
+  inverse_mean(be, ds, N, a.mean_offset, inv);
+  inverse_mean(be, dt, N, a.mean_offset, inv + 1);
   // The teacher's gradient is the student's with the roles swapped.
-  auto side = [&](const Features& x, const double* mine, const double* other, const Buffer& dx) {
-    double* stats = be.template scratch<double>(3);
-    inverse_mean(be, mine, N, a.mean_offset, stats);
-    inverse_mean(be, other, N, a.mean_offset, stats + 1);
-    const LossGrad g{LossTerm{mine, other, N, stats, Huber<double>(a.beta)}, up, scale, none};
-    be.reduce(LossGradTimesValue{g}, N, StoreMeanTerm{stats + 2, stats, pair_count(N)});
-    grad_through(be, x, LossWeight{g, a.eps, std::sqrt(a.eps), a.squared}, dx);
+  auto side = [&](const Features& x, const double* mine, const double* other, const double* inv_mine,
+                  const double* inv_other, const Buffer& dx) {
+    double* c = be.template scratch<double>(1);
+    const LossGrad g{LossTerm{mine, other, N, inv_mine, inv_other, Huber<double>(a.beta)}, up, scale, none};
+    be.reduce(LossGradTimesValue{g}, N, StoreMeanTerm{c, inv_mine, pair_count(N)});
+    grad_through(be, x, LossWeight{g, c, a.eps, std::sqrt(a.eps), a.squared}, dx);
   };
-  if (gs.data) side(s, ds, dt, gs);
-  if (gt.data) side(t, dt, ds, gt);
+  if (gs.data) side(s, ds, dt, inv, inv + 1, gs);
+  if (gt.data) side(t, dt, ds, inv + 1, inv, gt);
 }
 
 }  // namespace rkd

@@ -178,8 +178,10 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
 // cosines there are the constant 0, so their gradient must not flow (the
 // formulas of rkd_math.h only vanish there through l'(0) = 0 in a loss).
 std::pair<at::Tensor, at::Tensor> upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
-  at::Tensor g = at::from_blob(const_cast<double*>(up), {N, N, N}, at::kDouble).clone();
+  // A view of the operand, copied only to be masked (the operand may be the caller's tensor).
+  at::Tensor g = at::from_blob(const_cast<double*>(up), {N, N, N}, at::kDouble);
   if (mask_degenerate) {
+    g = g.clone();
     g.diagonal(0, 0, 1).zero_();
     g.diagonal(0, 0, 2).zero_();
   }
