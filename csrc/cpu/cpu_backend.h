@@ -6,14 +6,15 @@
 //   symmetric: the Gram form on the batch-centred features (relations are
 //   translation invariant; centring removes the cancellation a common offset
 //   causes), pairs too close for it (rkd_math.h's gram_near) recomputed from
-//   direct differences in float64.
+//   direct differences of the features in float64.
 // grad_from_weights: dL/dx_i = 2 (w_i xc_i - sum_j W_ij xc_j) on the centred
 //   features, returned in x's dtype.
-// Both products are one blocked GEMM (pair_matrix_cpu.cpp). With
-// Precision::Fast, non-float64 features whose centred values lie within
-// [kFastMin, kFastMax] use float32 products with float64 accumulation every
-// few dozen terms; float64 otherwise (float32 products would overflow or
-// underflow outside that range).
+// Both products are blocked GEMMs (pair_matrix_cpu.cpp): for small batches
+// (N <= kDotMaxN) the Gram product is a split-K dot-product kernel over row
+// blocks, otherwise a panel GEMM. With Precision::Fast, non-float64 features
+// whose centred values lie within [kFastMin, kFastMax] use float32 products
+// with float64 accumulation every few hundred terms; float64 otherwise
+// (float32 products would overflow or underflow outside that range).
 //
 // Every output element is computed by one thread in a fixed order, whatever
 // the thread count: results are bitwise reproducible.
@@ -34,12 +35,24 @@
 
 namespace rkd {
 
-// Features centred on the batch mean, in float64, with squared norms.
+// The features of one op call centred on their batch mean: the mean, the
+// squared norms and largest magnitude of the centred values, and the centred
+// rows themselves (N x D row-major) in float32 and/or float64 once a product
+// has asked for them.
 struct Centred {
-  std::vector<double> x;  // N x D row-major
-  std::vector<double> n;  // ||x_i - mean||^2
-  double amax = 0.0;      // max |x - mean|, NaN if any value is NaN
+  std::vector<double> mean;  // D
+  double amax = 0.0;         // max |x - mean|, NaN if any value is not finite
+  std::vector<double> n;     // ||x_i - mean||^2, once rows are kept
+  std::unique_ptr<float[]> xf;
+  std::unique_ptr<double[]> xd;
+  // The small-batch float32 product's operands: the mean in float32, and x
+  // in float32 where it is not float32 already.
+  std::vector<float> meanf;
+  std::unique_ptr<float[]> xr;
 };
+
+// Which centred rows a product reads.
+enum class Keep { None, F32, F64 };
 
 // Rows of W = dL/ds + (dL/ds)^T (zero diagonal) in the GEMM's element type
 // (float32 for the fast product, float64 otherwise), and their sums in
@@ -48,9 +61,9 @@ struct CpuWeights {
   int64_t N = 0;
   Rows rows{0, 0};
   bool f64 = true;
-  std::vector<double> Wd;
-  std::vector<float> Wf;
-  std::vector<double> w;
+  std::unique_ptr<double[]> Wd;  // uninitialised: build_weights writes every element
+  std::unique_ptr<float[]> Wf;
+  std::unique_ptr<double[]> w;
 };
 
 template <typename F>
@@ -72,6 +85,8 @@ class CpuBackend {
   using Weights = CpuWeights;
 
   static constexpr double kFastMin = 1e-10, kFastMax = 1e10;
+  // Batches up to this size take the split-K dot-product Gram kernel.
+  static constexpr int64_t kDotMaxN = 256;
 
   template <typename T>
   T* scratch(int64_t n) {
@@ -120,9 +135,9 @@ class CpuBackend {
   template <typename F>
   void build_weights(const F& f, Weights& W) {
     if (W.f64)
-      fill_weights(f, W.N, W.rows, W.Wd.data(), W.w.data());
+      fill_weights(f, W.N, W.rows, W.Wd.get(), W.w.get());
     else
-      fill_weights(f, W.N, W.rows, W.Wf.data(), W.w.data());
+      fill_weights(f, W.N, W.rows, W.Wf.get(), W.w.get());
   }
 
   void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx);
@@ -145,8 +160,10 @@ class CpuBackend {
                          Rows vertices, const AngleArgs& args);
 
  private:
-  // The centred features of x, computed once per op call.
-  const Centred& centred(const Features& x);
+  // The centred features of x, computed once per op call, with the rows
+  // `keep` asks for.
+  const Centred& centred(const Features& x, Keep keep);
+  // Whether x's products run in float32 (Precision::Fast and in range).
   bool fast(const Features& x, Precision precision);
 
   // W in 64 x 64 tiles, so that the transposed reads stay in cache, or by

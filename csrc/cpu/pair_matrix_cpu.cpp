@@ -9,6 +9,8 @@
 #include <cmath>
 #include <climits>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -84,14 +86,14 @@ RKD_CPU_CLONES void sq_to_dist(double* v, int64_t n, double eps) {
 // Packs the columns of an R x C matrix m (element (r, c) at m[r * rs + c * cs])
 // into panels of cols<T>() columns, each R x cols<T>() row-major, zero padded.
 // The loop runs along whichever of r and c is contiguous in m.
-template <typename T>
-std::vector<T> pack_panels(const double* m, int64_t R, int64_t C, int64_t rs, int64_t cs) {
+template <typename T, typename S>
+std::unique_ptr<T[]> pack_panels(const S* m, int64_t R, int64_t C, int64_t rs, int64_t cs) {
   constexpr int64_t W = cols<T>();
   const int64_t np = (C + W - 1) / W;
-  std::vector<T> out(static_cast<size_t>(np * R * W));
+  std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * R * W, 1))]);
   at::parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
-      T* panel = out.data() + p * R * W;
+      T* panel = out.get() + p * R * W;
       const int64_t nc = std::min(W, C - p * W);
       if (nc < W)
         for (int64_t i = 0; i < R * W; ++i) panel[i] = T(0);
@@ -107,57 +109,314 @@ std::vector<T> pack_panels(const double* m, int64_t R, int64_t C, int64_t rs, in
   return out;
 }
 
+// Column means in float64 (each column's sum in row order; a column is owned
+// by one task: deterministic) and the largest |x_ik - mean_k|, from each
+// column's extremes: NaN if any value is not finite (`fin` sums v - v, 0 for
+// finite v).
 template <typename T>
-Centred centre_impl(const T* x, int64_t N, int64_t D) {
-  Centred c;
-  c.x.resize(static_cast<size_t>(N * D));
-  c.n.resize(static_cast<size_t>(N));
-  std::vector<double> mean(static_cast<size_t>(D), 0.0);
-  // Column sums in row order (each column owned by one task): deterministic.
-  at::parallel_for(0, D, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t k = b; k < e; ++k) mean[k] += static_cast<double>(x[i * D + k]);
-    for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(N);
-  });
-  std::vector<double> amax(static_cast<size_t>(N), 0.0);
-  at::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      double* row = c.x.data() + i * D;
-      double m = 0.0;
-      for (int64_t k = 0; k < D; ++k) {
-        row[k] = static_cast<double>(x[i * D + k]) - mean[k];
-        const double a = std::fabs(row[k]);
-        m = a > m || a != a ? a : m;  // NaN sticks
+RKD_CPU_CLONES void column_stats(const T* x, int64_t N, int64_t D, int64_t b, int64_t e, double* mean,
+                                 double* amax) {
+  constexpr int64_t kSub = 256;
+  double lo[kSub], hi[kSub], fin[kSub];
+  double m = 0.0, f = 0.0;
+  if (N == 0) {
+    for (int64_t k = b; k < e; ++k) mean[k] = 0.0;
+    *amax = 0.0;
+    return;
+  }
+  for (int64_t k0 = b; k0 < e; k0 += kSub) {
+    const int64_t n = std::min(kSub, e - k0);
+    double* mu = mean + k0;
+    for (int64_t l = 0; l < n; ++l) mu[l] = 0.0, fin[l] = 0.0, lo[l] = hi[l] = static_cast<double>(x[k0 + l]);
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = x + i * D + k0;
+      for (int64_t l = 0; l < n; ++l) {
+        const double v = static_cast<double>(row[l]);
+        mu[l] += v;
+        lo[l] = v < lo[l] ? v : lo[l];
+        hi[l] = v > hi[l] ? v : hi[l];
+        fin[l] += v - v;
       }
-      amax[i] = m;
-      c.n[i] = dot_lanes(row, row, D);
+    }
+    for (int64_t l = 0; l < n; ++l) {
+      mu[l] /= static_cast<double>(N);
+      const double a = std::max(hi[l] - mu[l], mu[l] - lo[l]);
+      m = a > m ? a : m;
+      f += fin[l];
+    }
+  }
+  *amax = f == 0.0 ? m : std::numeric_limits<double>::quiet_NaN();
+}
+
+// One row x_i - mean: its squared norm (dot_lanes' order), the row itself
+// stored in float64 and/or float32 where rd, rf are not null.
+template <typename T, bool kD, bool kF>
+RKD_INLINE double centre_row_impl(const T* x, const double* mean, int64_t D, double* rd, float* rf) {
+  v8d acc = {};
+  int64_t k = 0;
+  for (; k + kLanes <= D; k += kLanes) {
+    double in[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) in[l] = static_cast<double>(x[k + l]);
+    const v8d t = load8(in) - load8(mean + k);
+    if constexpr (kD)
+      for (int64_t l = 0; l < kLanes; ++l) rd[k + l] = t[l];
+    if constexpr (kF)
+      for (int64_t l = 0; l < kLanes; ++l) rf[k + l] = static_cast<float>(t[l]);
+    acc += t * t;
+  }
+  if (k < D) {  // the tail in its lanes; the others add 0
+    double in[kLanes] = {}, mu[kLanes] = {};
+    for (int64_t l = 0; k + l < D; ++l) in[l] = static_cast<double>(x[k + l]), mu[l] = mean[k + l];
+    const v8d t = load8(in) - load8(mu);
+    for (int64_t l = 0; k + l < D; ++l) {
+      if constexpr (kD) rd[k + l] = t[l];
+      if constexpr (kF) rf[k + l] = static_cast<float>(t[l]);
+    }
+    acc += t * t;
+  }
+  double n[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) n[l] = acc[l];
+  return lane_sum(n);
+}
+
+template <typename T>
+RKD_CPU_CLONES double centre_row(const T* x, const double* mean, int64_t D, double* rd, float* rf) {
+  if (rd && rf) return centre_row_impl<T, true, true>(x, mean, D, rd, rf);
+  if (rd) return centre_row_impl<T, true, false>(x, mean, D, rd, rf);
+  if (rf) return centre_row_impl<T, false, true>(x, mean, D, rd, rf);
+  return centre_row_impl<T, false, false>(x, mean, D, rd, rf);
+}
+
+// The norms of the centred rows, and the rows themselves into xf and/or xd
+// where those are not null.
+template <typename T>
+void centre_rows(const T* x, int64_t N, int64_t D, Centred& c, float* xf, double* xd) {
+  at::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      c.n[i] = centre_row(x + i * D, c.mean.data(), D, xd ? xd + i * D : nullptr, xf ? xf + i * D : nullptr);
+  });
+}
+
+// ||x_i - x_j||^2 from direct differences in float64: the pairs too close for
+// the Gram form.
+template <typename T>
+RKD_CPU_CLONES double direct_sq(const T* a, const T* b, int64_t D) {
+  return reduce_lanes(D, [&](int64_t k) RKD_LAMBDA_INLINE {
+    const double t = static_cast<double>(a[k]) - static_cast<double>(b[k]);
+    return t * t;
+  });
+}
+
+double direct_sq(const Features& x, int64_t i, int64_t j) {
+  double v = 0.0;
+  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* p = static_cast<const T*>(x.data);
+    v = direct_sq(p + i * x.D, p + j * x.D, x.D);
+  });
+  return v;
+}
+
+// x in float32 (exact for float16 and bfloat16).
+void convert_rows(const Features& x, float* out) {
+  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* p = static_cast<const T*>(x.data);
+    at::parallel_for(0, x.N * x.D, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t l = b; l < e; ++l) out[l] = static_cast<float>(p[l]);
+    });
+  });
+}
+
+// The stored pair value of kind `what` from s.
+RKD_INLINE double pair_of(double s, PairKind what, double eps) {
+  if (what == PairKind::Dist) return dist_from_sq(s, eps);
+  if (what == PairKind::SqClamped) return clamp_sq(s, eps);
+  return s;
+}
+
+// ---- the small-batch Gram kernel ----------------------------------------------------
+//
+// G_ij = <xc_i, xc_j> with the vector lanes along the features: blocks of
+// kDot x kDot rows, the features cut into chunks of kChunk (a work item is a
+// block pair and a chunk, so a batch of 16 still fills every core), the
+// chunks' partial sums added in chunk order. G_ij == G_ji bit for bit: the
+// products commute and every pair sums in the same order.
+//
+// float64 (Precision::F64): xc are the rows centred in float64 (centre_rows)
+// and the norms theirs. float32 (Precision::Fast): the kernel reads the
+// float32 rows themselves and subtracts the mean rounded to float32 as it
+// loads them, exactly as rounding x - mean_f32 computed in float64 would
+// (a shift by any vector leaves the relations unchanged); a lane sums
+// kChunk / 16 products before they are added in float64, and the norms of
+// those rows are summed in float64.
+constexpr int64_t kDot = 4;
+constexpr int64_t kChunk = 2048;
+
+template <int64_t L>
+RKD_INLINE double lane_tree(const double* v) {
+  if constexpr (L == 1) {
+    return v[0];
+  } else {
+    double h[L / 2];
+    for (int64_t l = 0; l < L / 2; ++l) h[l] = v[l] + v[l + L / 2];
+    return lane_tree<L / 2>(h);
+  }
+}
+
+// out[r * kDot + q] = sum over [0, len) of (a_r - shift)(b_q - shift) (no
+// shift with kShift false).
+template <typename T, bool kShift>
+RKD_INLINE void dot_block(const T* const* a, const T* const* b, const T* shift, int64_t len, double* out) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::lanes;
+  V acc[kDot][kDot] = {};
+  auto step = [&](const T* const* pa, const T* const* pb, const T* ps, int64_t k) RKD_LAMBDA_INLINE {
+    V av[kDot], bv[kDot];
+    for (int64_t r = 0; r < kDot; ++r) av[r] = Vec<T>::load(pa[r] + k);
+    for (int64_t q = 0; q < kDot; ++q) bv[q] = Vec<T>::load(pb[q] + k);
+    if constexpr (kShift) {
+      const V m = Vec<T>::load(ps + k);
+      for (int64_t r = 0; r < kDot; ++r) av[r] -= m, bv[r] -= m;
+    }
+    for (int64_t r = 0; r < kDot; ++r)
+      for (int64_t q = 0; q < kDot; ++q) acc[r][q] += av[r] * bv[q];
+  };
+  int64_t k = 0;
+  for (; k + L <= len; k += L) step(a, b, shift, k);
+  if (k < len) {  // the tail, zero padded
+    T ta[kDot][L] = {}, tb[kDot][L] = {}, ts[L] = {};
+    const T* pa[kDot];
+    const T* pb[kDot];
+    for (int64_t r = 0; r < kDot; ++r) {
+      for (int64_t l = 0; k + l < len; ++l) ta[r][l] = a[r][k + l], tb[r][l] = b[r][k + l];
+      pa[r] = ta[r];
+      pb[r] = tb[r];
+    }
+    if constexpr (kShift)
+      for (int64_t l = 0; k + l < len; ++l) ts[l] = shift[k + l];
+    step(pa, pb, ts, 0);
+  }
+  for (int64_t r = 0; r < kDot; ++r)
+    for (int64_t q = 0; q < kDot; ++q) {
+      double v[L];
+      for (int64_t l = 0; l < L; ++l) v[l] = static_cast<double>(acc[r][q][l]);
+      out[r * kDot + q] = lane_tree<L>(v);
+    }
+}
+
+// out[r] = sum over [0, len) of (a_r - shift)^2, the difference rounded to
+// float32 as the products see it, its square exact in float64.
+RKD_CPU_CLONES void norm_block(const float* const* a, const float* shift, int64_t len, double* out) {
+  for (int64_t r = 0; r < kDot; ++r) {
+    const float* ar = a[r];
+    out[r] = reduce_lanes(len, [&](int64_t k) RKD_LAMBDA_INLINE {
+      const double t = static_cast<double>(ar[k] - shift[k]);
+      return t * t;
+    });
+  }
+}
+
+RKD_CPU_CLONES void dot_block_any(const float* const* a, const float* const* b, const float* shift, int64_t len,
+                                  double* out) {
+  dot_block<float, true>(a, b, shift, len, out);
+}
+RKD_CPU_CLONES void dot_block_any(const double* const* a, const double* const* b, const double*, int64_t len,
+                                  double* out) {
+  dot_block<double, false>(a, b, nullptr, len, out);
+}
+
+// The pair values of rows [rows.begin, rows.end) against all N columns (row
+// i at s + (i - rows.begin) * N) from rows xr (centred by `shift` as they
+// are read, when it is not null); with `upper` (the whole matrix) each block
+// pair once, both triangles stored. Norms: `norms`, or, when it is null, the
+// squared norms of the shifted rows, from the diagonal block pairs (one for
+// every row block is then computed).
+template <typename T>
+void dot_pairs(const Features& x, const T* xr, const T* shift, const double* norms, Rows rows, bool upper,
+               PairKind what, double eps, double* s) {
+  const int64_t N = x.N, D = x.D;
+  const int64_t rb0 = rows.begin / kDot, rb1 = (rows.end + kDot - 1) / kDot, nb = (N + kDot - 1) / kDot;
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  std::vector<int64_t> diag(static_cast<size_t>(nb), -1);  // the item of block pair (b, b)
+  for (int64_t bi = rb0; bi < rb1; ++bi)
+    for (int64_t bj = upper ? bi : 0; bj < nb; ++bj) blocks.emplace_back(bi, bj);
+  const int64_t pairs = static_cast<int64_t>(blocks.size());
+  if (!norms && !upper)  // the diagonal blocks of the columns outside the rows
+    for (int64_t bj = 0; bj < nb; ++bj)
+      if (bj < rb0 || bj >= rb1) blocks.emplace_back(bj, bj);
+  const int64_t nblk = static_cast<int64_t>(blocks.size()), nch = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
+  for (int64_t t = 0; t < nblk; ++t)
+    if (blocks[t].first == blocks[t].second) diag[blocks[t].first] = t;
+  std::unique_ptr<double[]> part(new double[static_cast<size_t>(nblk * nch * kDot * kDot)]);
+  std::unique_ptr<double[]> npart(norms ? nullptr : new double[static_cast<size_t>(nblk * nch * kDot)]);
+  auto rows_of = [&](int64_t b0, int64_t k0, const T** p) {
+    for (int64_t r = 0; r < kDot; ++r) p[r] = xr + std::min(b0 * kDot + r, N - 1) * D + k0;
+  };
+  auto gram = [&](int64_t t, int64_t r, int64_t q) {
+    double g = 0.0;
+    for (int64_t ch = 0; ch < nch; ++ch) g += part[((ch * nblk) + t) * kDot * kDot + r * kDot + q];
+    return g;
+  };
+  // Items chunk-major: a task sweeps the block pairs of one chunk while it is in cache.
+  const int64_t grain = std::max<int64_t>(1, 65536 / (kDot * kDot * std::min(D, kChunk) + 1));
+  at::parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t ch = t / nblk, k0 = ch * kChunk, len = std::max<int64_t>(0, std::min(kChunk, D - k0));
+      const T* pa[kDot];
+      const T* pb[kDot];
+      rows_of(blocks[t % nblk].first, k0, pa);
+      rows_of(blocks[t % nblk].second, k0, pb);
+      dot_block_any(pa, pb, shift ? shift + k0 : nullptr, len, part.get() + t * kDot * kDot);
+      if constexpr (std::is_same<T, float>::value)
+        if (!norms && blocks[t % nblk].first == blocks[t % nblk].second)
+          norm_block(pa, shift + k0, len, npart.get() + t * kDot);
     }
   });
-  for (double m : amax) c.amax = m > c.amax || m != m ? m : c.amax;
-  return c;
+  std::vector<double> own;
+  if (!norms) {
+    own.resize(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) {
+      own[i] = 0.0;
+      for (int64_t ch = 0; ch < nch; ++ch) own[i] += npart[(ch * nblk + diag[i / kDot]) * kDot + i % kDot];
+    }
+    norms = own.data();
+  }
+  at::parallel_for(0, pairs, 16, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const auto [bi, bj] = blocks[t];
+      for (int64_t r = 0; r < kDot; ++r)
+        for (int64_t q = 0; q < kDot; ++q) {
+          const int64_t i = bi * kDot + r, j = bj * kDot + q;
+          if (i < rows.begin || i >= rows.end || j >= N || (upper && j < i)) continue;
+          double v = 0.0;  // the diagonal is exactly 0
+          if (i != j) {
+            v = gram_sq(norms[i], norms[j], gram(t, r, q));
+            if (gram_near(v, norms[i], norms[j])) v = direct_sq(x, i, j);
+            v = pair_of(v, what, eps);
+          }
+          s[(i - rows.begin) * N + j] = v;
+          if (upper) s[j * N + i] = v;
+        }
+    }
+  });
 }
 
 // The pair values of rows [rows.begin, rows.end) against all N columns, row i
-// at s + (i - rows.begin) * N. With `upper` (the whole matrix) only tiles on
-// or above the diagonal are computed and only j > i is stored (mirror_lower
-// fills the rest); otherwise every pair of the rows. A pair's value does not
-// depend on which of the two ways it is computed: the GEMM sums each
-// product in the same order, and products commute.
+// at s + (i - rows.begin) * N, from the centred rows xc (a panel GEMM). With
+// `upper` (the whole matrix) only tiles on or above the diagonal are
+// computed and only j > i is stored (mirror_lower fills the rest); otherwise
+// every pair of the rows. A pair's value does not depend on which of the two
+// ways it is computed: the GEMM sums each product in the same order, and
+// products commute.
 template <typename T>
-void gram_pairs(const Centred& c, int64_t N, int64_t D, Rows rows, bool upper, PairKind what, double eps,
+void gram_pairs(const Features& x, const Centred& c, const T* xc, Rows rows, bool upper, PairKind what, double eps,
                 double* s) {
+  const int64_t N = x.N, D = x.D;
   constexpr int64_t kCols = cols<T>();
-  std::vector<T> xt;  // A-operand rows in T (float64 ones are c.x itself)
-  const T* xa;
-  if constexpr (std::is_same<T, double>::value) {
-    xa = c.x.data();
-  } else {
-    xt.assign(c.x.begin(), c.x.end());
-    xa = xt.data();
-  }
   // Gram tiles (row block of kRows, panel of kCols columns), panel-major so a
   // thread reuses one packed panel from cache.
-  const std::vector<T> bp = pack_panels<T>(c.x.data(), D, N, 1, D);
+  const std::unique_ptr<T[]> bp = pack_panels<T>(xc, D, N, 1, D);
   const int64_t nrb = (rows.size() + kRows - 1) / kRows, np = (N + kCols - 1) / kCols;
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t p = 0; p < np; ++p)
@@ -170,14 +429,13 @@ void gram_pairs(const Centred& c, int64_t N, int64_t D, Rows rows, bool upper, P
       const int64_t p = tiles[t].first, i0 = rows.begin + tiles[t].second * kRows, j0 = p * kCols;
       const int64_t nj = std::min(kCols, N - j0);
       const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) a[r] = xa + std::min(i0 + r, rows.end - 1) * D;
-      gemm_tile_any(a, bp.data() + p * D * kCols, D, g);
+      for (int64_t r = 0; r < kRows; ++r) a[r] = xc + std::min(i0 + r, rows.end - 1) * D;
+      gemm_tile_any(a, bp.get() + p * D * kCols, D, g);
       for (int64_t r = 0; r < kRows && i0 + r < rows.end; ++r) {
         const int64_t i = i0 + r;
         if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
           for (int64_t l = 0; l < nj; ++l)
-            if (gram_near(v[l], c.n[i], c.n[j0 + l]))
-              v[l] = sqdist_lanes(c.x.data() + i * D, c.x.data() + (j0 + l) * D, D);
+            if (gram_near(v[l], c.n[i], c.n[j0 + l])) v[l] = direct_sq(x, i, j0 + l);
         if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
         if (what == PairKind::SqClamped)
           for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
@@ -206,29 +464,57 @@ void mirror_lower(double* s, int64_t N) {
   });
 }
 
+// Columns [k0, k0 + nk) of x - mean, all N rows, as a panel of cols<T>()
+// columns (zero padded).
+template <typename T, typename In>
+RKD_CPU_CLONES void pack_centred(const In* x, const double* mean, int64_t N, int64_t D, int64_t k0, int64_t nk,
+                                 T* panel) {
+  constexpr int64_t kCols = cols<T>();
+  for (int64_t j = 0; j < N; ++j) {
+    T* dst = panel + j * kCols;
+    for (int64_t l = 0; l < nk; ++l) dst[l] = static_cast<T>(static_cast<double>(x[j * D + k0 + l]) - mean[k0 + l]);
+    for (int64_t l = nk; l < kCols; ++l) dst[l] = T(0);
+  }
+}
+
+// One row of dx from the product's row wx: 2 (w_i xc_ik - wx_ik).
+template <typename In, typename Out>
+RKD_CPU_CLONES void grad_row(const In* x, const double* mean, double w, const double* wx, int64_t nk, Out* out) {
+  for (int64_t l = 0; l < nk; ++l)
+    out[l] = static_cast<Out>(grad_epilogue(w, static_cast<double>(x[l]) - mean[l], wx[l]));
+}
+
 // dx_i = 2 (w_i xc_i - sum_j W_ij xc_j) on the centred features xc: the same
 // value as with x (translation invariance) without the cancellation a common
-// offset causes.
-template <typename T, typename Out>
-void grad_gemm(const Centred& c, int64_t N, int64_t D, Rows rows, const T* W, const double* w, Out* out) {
-  constexpr int64_t kCols = cols<T>();
-  const std::vector<T> xp = pack_panels<T>(c.x.data(), N, D, D, 1);
+// offset causes. A work item is a panel of kCols features and a group of row
+// blocks; it packs its panel of xc (all N rows, centred on the fly from x and
+// the mean) and sweeps the group's row blocks over it.
+template <typename T, typename In, typename Out>
+void grad_gemm(const In* x, const double* mean, int64_t N, int64_t D, Rows rows, const T* W, const double* w,
+               Out* out) {
+  constexpr int64_t kCols = cols<T>(), kGroup = 16;
   const int64_t n = rows.size(), nrb = (n + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows, 1));
-  at::parallel_for(0, nrb * np, grain, [&](int64_t b, int64_t e) {
+  const int64_t ng = (nrb + kGroup - 1) / kGroup;
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows * kGroup, 1));
+  at::parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
+    std::unique_ptr<T[]> panel(new T[static_cast<size_t>(N * kCols)]);
     double blk[kRows * kCols];
+    int64_t packed = -1;
     for (int64_t t = b; t < e; ++t) {
-      // Panel-major order: a thread sweeps the row blocks over one panel
-      // while the panel stays in its cache.
-      const int64_t p = t / nrb, i0 = (t % nrb) * kRows;
-      const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, n - 1) * N;
-      gemm_tile_any(a, xp.data() + p * N * kCols, N, blk);
-      for (int64_t r = 0; r < kRows && i0 + r < n; ++r) {
-        const int64_t l0 = i0 + r, i = rows.begin + l0;  // W's row and x's row
-        for (int64_t l = 0; l < kCols && p * kCols + l < D; ++l) {
-          const int64_t k = p * kCols + l;
-          out[l0 * D + k] = static_cast<Out>(grad_epilogue(w[l0], c.x[i * D + k], blk[r * kCols + l]));
+      // Panel-major order: consecutive items share a panel.
+      const int64_t p = t / ng, g = t % ng, k0 = p * kCols, nk = std::min(kCols, D - k0);
+      if (p != packed) {
+        pack_centred(x, mean, N, D, k0, nk, panel.get());
+        packed = p;
+      }
+      for (int64_t rb = g * kGroup; rb < std::min(nrb, g * kGroup + kGroup); ++rb) {
+        const int64_t i0 = rb * kRows;
+        const T* a[kRows];
+        for (int64_t r = 0; r < kRows; ++r) a[r] = W + std::min(i0 + r, n - 1) * N;
+        gemm_tile_any(a, panel.get(), N, blk);
+        for (int64_t r = 0; r < kRows && i0 + r < n; ++r) {
+          const int64_t l0 = i0 + r, i = rows.begin + l0;  // W's row and x's row
+          grad_row(x + i * D + k0, mean + k0, w[l0], blk + r * kCols, nk, out + l0 * D + k0);
         }
       }
     }
@@ -237,41 +523,78 @@ void grad_gemm(const Centred& c, int64_t N, int64_t D, Rows rows, const T* W, co
 
 }  // namespace
 
-const Centred& CpuBackend::centred(const Features& x) {
-  for (const auto& [data, c] : centred_)
-    if (data == x.data) return *c;
-  auto c = std::make_unique<Centred>();
+const Centred& CpuBackend::centred(const Features& x, Keep keep) {
+  Centred* c = nullptr;
+  for (const auto& [data, held] : centred_)
+    if (data == x.data) c = held.get();
+  if (c == nullptr) {
+    centred_.emplace_back(x.data, std::make_unique<Centred>());
+    c = centred_.back().second.get();
+    c->mean.resize(static_cast<size_t>(x.D));
+    // Column blocks of a fixed width, each owned by one task: deterministic.
+    constexpr int64_t kBlock = 1024;
+    const int64_t nblk = (x.D + kBlock - 1) / kBlock;
+    std::vector<double> amax(static_cast<size_t>(nblk), 0.0);
+    visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* p = static_cast<const T*>(x.data);
+      at::parallel_for(0, nblk, std::max<int64_t>(1, 4 * grain_for(x.N * kBlock)), [&](int64_t b, int64_t e) {
+        for (int64_t blk = b; blk < e; ++blk)
+          column_stats(p, x.N, x.D, blk * kBlock, std::min(x.D, blk * kBlock + kBlock), c->mean.data(),
+                       &amax[blk]);
+      });
+    });
+    for (double m : amax) c->amax = m > c->amax || m != m ? m : c->amax;
+  }
+  const bool want_f = keep == Keep::F32 && !c->xf, want_d = keep == Keep::F64 && !c->xd;
+  if (!want_f && !want_d) return *c;
+  const size_t nd = static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1));
+  if (want_f) c->xf.reset(new float[nd]);
+  if (want_d) c->xd.reset(new double[nd]);
+  c->n.resize(static_cast<size_t>(x.N));  // the same values whichever rows are kept
   visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
-    *c = centre_impl<T>(static_cast<const T*>(x.data), x.N, x.D);
+    centre_rows(static_cast<const T*>(x.data), x.N, x.D, *c, want_f ? c->xf.get() : nullptr,
+                want_d ? c->xd.get() : nullptr);
   });
-  centred_.emplace_back(x.data, std::move(c));
-  return *centred_.back().second;
+  return *c;
 }
 
 bool CpuBackend::fast(const Features& x, Precision precision) {
   if (precision == Precision::F64 || x.dtype == Dtype::Float64) return false;
-  const double m = centred(x).amax;
+  const double m = centred(x, Keep::None).amax;
   return m == 0.0 || (m >= kFastMin && m <= kFastMax);
-}
-
-void CpuBackend::pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out) {
-  const Centred& c = centred(x);
-  if (fast(x, precision))
-    gram_pairs<float>(c, x.N, x.D, all_rows(x.N), true, kind, eps, out);
-  else
-    gram_pairs<double>(c, x.N, x.D, all_rows(x.N), true, kind, eps, out);
-  mirror_lower(out, x.N);
 }
 
 void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision precision,
                            double* out) {
   if (rows.size() == 0) return;
-  const Centred& c = centred(x);
-  if (fast(x, precision))
-    gram_pairs<float>(c, x.N, x.D, rows, false, kind, eps, out);
+  const bool f32 = fast(x, precision), upper = rows.size() == x.N;
+  if (x.N <= kDotMaxN && f32) {
+    // The float32 rows themselves, centred as the kernel reads them.
+    Centred& c = const_cast<Centred&>(centred(x, Keep::None));
+    if (c.meanf.empty()) c.meanf.assign(c.mean.begin(), c.mean.end());
+    const float* xr = static_cast<const float*>(x.data);
+    if (x.dtype != Dtype::Float32) {
+      if (!c.xr) {
+        c.xr.reset(new float[static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1))]);
+        convert_rows(x, c.xr.get());
+      }
+      xr = c.xr.get();
+    }
+    return dot_pairs<float>(x, xr, c.meanf.data(), nullptr, rows, upper, kind, eps, out);
+  }
+  const Centred& c = centred(x, f32 ? Keep::F32 : Keep::F64);
+  if (x.N <= kDotMaxN) return dot_pairs<double>(x, c.xd.get(), nullptr, c.n.data(), rows, upper, kind, eps, out);
+  if (f32)
+    gram_pairs<float>(x, c, c.xf.get(), rows, upper, kind, eps, out);
   else
-    gram_pairs<double>(c, x.N, x.D, rows, false, kind, eps, out);
+    gram_pairs<double>(x, c, c.xd.get(), rows, upper, kind, eps, out);
+  if (upper) mirror_lower(out, x.N);
+}
+
+void CpuBackend::pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out) {
+  pair_rows(x, all_rows(x.N), kind, eps, precision, out);
 }
 
 CpuWeights CpuBackend::weights(const Features& x, Rows rows, Precision precision) {
@@ -279,25 +602,27 @@ CpuWeights CpuBackend::weights(const Features& x, Rows rows, Precision precision
   W.N = x.N;
   W.rows = rows;
   W.f64 = !fast(x, precision);
-  const size_t nn = static_cast<size_t>(rows.size() * x.N);
+  const size_t nn = static_cast<size_t>(std::max<int64_t>(rows.size() * x.N, 1));
   if (W.f64)
-    W.Wd.resize(nn);
+    W.Wd.reset(new double[nn]);
   else
-    W.Wf.resize(nn);
-  W.w.resize(static_cast<size_t>(rows.size()));
+    W.Wf.reset(new float[nn]);
+  W.w.reset(new double[static_cast<size_t>(std::max<int64_t>(rows.size(), 1))]);
   return W;
 }
 
 void CpuBackend::grad_from_weights(const Features& x, const CpuWeights& W, const Buffer& dx) {
   if (x.D == 0 || W.rows.size() == 0) return;
-  const Centred& c = centred(x);
-  visit_dtype<c10::Half, c10::BFloat16>(dx.dtype, [&](auto t) {
-    using Out = decltype(t);
-    Out* out = static_cast<Out*>(dx.data);
+  const Centred& c = centred(x, Keep::None);
+  // dx has x's dtype (the op layer allocates it so).
+  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* xp = static_cast<const T*>(x.data);
+    T* out = static_cast<T*>(dx.data);
     if (W.f64)
-      grad_gemm(c, x.N, x.D, W.rows, W.Wd.data(), W.w.data(), out);
+      grad_gemm(xp, c.mean.data(), x.N, x.D, W.rows, W.Wd.get(), W.w.get(), out);
     else
-      grad_gemm(c, x.N, x.D, W.rows, W.Wf.data(), W.w.data(), out);
+      grad_gemm(xp, c.mean.data(), x.N, x.D, W.rows, W.Wf.get(), W.w.get(), out);
   });
 }
 
