@@ -109,43 +109,73 @@ std::unique_ptr<T[]> pack_panels(const S* m, int64_t R, int64_t C, int64_t rs, i
   return out;
 }
 
+// Eight values of T as float64 lanes.
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+template <typename T>
+RKD_INLINE v8d load8_f64(const T* p) {
+  if constexpr (std::is_same<T, double>::value) {
+    return load8(p);
+  } else if constexpr (std::is_same<T, float>::value) {
+    return __builtin_convertvector(*reinterpret_cast<const v8f_u*>(p), v8d);
+  } else {
+    double t[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) t[l] = static_cast<double>(p[l]);
+    return load8(t);
+  }
+}
+
 // Column means in float64 (each column's sum in row order; a column is owned
 // by one task: deterministic) and the largest |x_ik - mean_k|, from each
 // column's extremes: NaN if any value is not finite (`fin` sums v - v, 0 for
-// finite v).
+// finite v). Strips of 32 columns keep every running value in registers.
 template <typename T>
 RKD_CPU_CLONES void column_stats(const T* x, int64_t N, int64_t D, int64_t b, int64_t e, double* mean,
                                  double* amax) {
-  constexpr int64_t kSub = 256;
-  double lo[kSub], hi[kSub], fin[kSub];
-  double m = 0.0, f = 0.0;
+  constexpr int64_t G = 4, W = G * kLanes;
   if (N == 0) {
     for (int64_t k = b; k < e; ++k) mean[k] = 0.0;
     *amax = 0.0;
     return;
   }
-  for (int64_t k0 = b; k0 < e; k0 += kSub) {
-    const int64_t n = std::min(kSub, e - k0);
-    double* mu = mean + k0;
-    for (int64_t l = 0; l < n; ++l) mu[l] = 0.0, fin[l] = 0.0, lo[l] = hi[l] = static_cast<double>(x[k0 + l]);
-    for (int64_t i = 0; i < N; ++i) {
-      const T* row = x + i * D + k0;
-      for (int64_t l = 0; l < n; ++l) {
-        const double v = static_cast<double>(row[l]);
-        mu[l] += v;
-        lo[l] = v < lo[l] ? v : lo[l];
-        hi[l] = v > hi[l] ? v : hi[l];
-        fin[l] += v - v;
+  const double count = static_cast<double>(N);
+  v8d m = {}, f = {};
+  int64_t k0 = b;
+  for (; k0 + W <= e; k0 += W) {
+    v8d sum[G] = {}, lo[G], hi[G], fin[G] = {};
+    for (int64_t g = 0; g < G; ++g) lo[g] = hi[g] = load8_f64(x + k0 + g * kLanes);
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t g = 0; g < G; ++g) {
+        const v8d v = load8_f64(x + i * D + k0 + g * kLanes);
+        sum[g] += v;
+        lo[g] = v < lo[g] ? v : lo[g];
+        hi[g] = v > hi[g] ? v : hi[g];
+        fin[g] += v - v;
       }
-    }
-    for (int64_t l = 0; l < n; ++l) {
-      mu[l] /= static_cast<double>(N);
-      const double a = std::max(hi[l] - mu[l], mu[l] - lo[l]);
+    for (int64_t g = 0; g < G; ++g) {
+      const v8d mu = sum[g] / count;
+      for (int64_t l = 0; l < kLanes; ++l) mean[k0 + g * kLanes + l] = mu[l];
+      const v8d up = hi[g] - mu, down = mu - lo[g];
+      const v8d a = up > down ? up : down;
       m = a > m ? a : m;
-      f += fin[l];
+      f += fin[g];
     }
   }
-  *amax = f == 0.0 ? m : std::numeric_limits<double>::quiet_NaN();
+  double mx = 0.0, fs = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) mx = m[l] > mx ? m[l] : mx, fs += f[l];
+  for (int64_t k = k0; k < e; ++k) {  // the last columns, one at a time
+    double sum = 0.0, lo = static_cast<double>(x[k]), hi = lo;
+    for (int64_t i = 0; i < N; ++i) {
+      const double v = static_cast<double>(x[i * D + k]);
+      sum += v;
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+      fs += v - v;
+    }
+    mean[k] = sum / count;
+    mx = std::max(mx, std::max(hi - mean[k], mean[k] - lo));
+  }
+  *amax = fs == 0.0 ? mx : std::numeric_limits<double>::quiet_NaN();
 }
 
 // One row x_i - mean: its squared norm (dot_lanes' order), the row itself
