@@ -17,7 +17,10 @@ A case is one (op, implementation, device, dtype, mode, N, D). In order, it
 Environment:
   RKD_BENCH_QUICK=1        few sizes and rounds (CI)
   RKD_BENCH_DEVICES        comma list, default "cpu" plus "cuda" when present
-  RKD_BENCH_N, RKD_BENCH_D, RKD_BENCH_DTYPES   comma lists overriding the sizes and dtypes
+  RKD_BENCH_GRID           training (N 16-128, D 512-25,088), global (N 256-4096, D 128-2048) or all (default)
+  RKD_BENCH_N, RKD_BENCH_D, RKD_BENCH_DTYPES   comma lists overriding the sizes (every N with every D)
+                           and dtypes
+  RKD_BENCH_IMPLS          comma list of the implementations to run (default: all of an op's)
   RKD_BENCH_MEM_GB         memory budget per case (default: half the device's memory)
   RKD_BENCH_MAX_CPU_S      longest estimated CPU call still run (default 20 s)
 """
@@ -43,9 +46,24 @@ def _env_list(name, default, cast=str):
     return [cast(v) for v in raw.split(",") if v.strip()] if raw else default
 
 
-NS = _env_list("RKD_BENCH_N", [32, 64] if QUICK else [64, 256, 1024, 4096], int)
-DS = _env_list("RKD_BENCH_D", [128] if QUICK else [128, 512, 2048], int)
+# Two regimes: the per-GPU batches people train with (mmrazor: 32; CIFAR
+# recipes: 16-64) on pooled features or torchdistill's flattened layer4
+# (512 x 7 x 7 = 25,088), and relations over the global batch of a DDP job.
+TRAINING = [(n, d) for n in (16, 32, 64, 128) for d in (512, 2048, 25088)]
+GLOBAL = [(n, d) for n in (256, 1024, 4096) for d in (128, 512, 2048)]
+GRIDS = {"training": TRAINING, "global": GLOBAL, "all": TRAINING + GLOBAL}
+GRID = os.environ.get("RKD_BENCH_GRID", "all")
+if GRID not in GRIDS:
+    raise ValueError(f"RKD_BENCH_GRID must be one of {', '.join(GRIDS)}, got {GRID!r}")
+if QUICK:
+    SIZES = [(n, d) for n in (32, 64) for d in (128,)]
+elif "RKD_BENCH_N" in os.environ or "RKD_BENCH_D" in os.environ:
+    SIZES = [(n, d) for n in _env_list("RKD_BENCH_N", sorted({n for n, _ in GRIDS[GRID]}), int)
+             for d in _env_list("RKD_BENCH_D", sorted({d for _, d in GRIDS[GRID]}), int)]
+else:
+    SIZES = GRIDS[GRID]
 DTYPES = _env_list("RKD_BENCH_DTYPES", ["float32", "bfloat16"])
+ONLY_IMPLS = _env_list("RKD_BENCH_IMPLS", None)
 DEVICES = _env_list("RKD_BENCH_DEVICES", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 MAX_CPU_CALL_S = float(os.environ.get("RKD_BENCH_MAX_CPU_S", "20"))
 # Rounds: as many as fit in about TARGET_S of timing, within [MIN, MAX].
@@ -72,14 +90,15 @@ def cases(op):
     """
     params = []
     for dtype in DTYPES:
-        for n in NS:
-            for d in DS:
-                for mode in MODES:
-                    for impl in IMPLS[op]:
-                        if (QUICK and impl == "reference_compiled"
-                                and (op, dtype, n, mode) != ("angle_loss", DTYPES[0], NS[0], FORWARD_BACKWARD)):
-                            continue
-                        params.append(pytest.param(dtype, n, d, mode, impl, id=f"{dtype}-{n}-{d}-{mode}-{impl}"))
+        for n, d in SIZES:
+            for mode in MODES:
+                for impl in IMPLS[op]:
+                    if ONLY_IMPLS is not None and impl not in ONLY_IMPLS:
+                        continue
+                    if (QUICK and impl == "reference_compiled"
+                            and (op, dtype, n, mode) != ("angle_loss", DTYPES[0], SIZES[0][0], FORWARD_BACKWARD)):
+                        continue
+                    params.append(pytest.param(dtype, n, d, mode, impl, id=f"{dtype}-{n}-{d}-{mode}-{impl}"))
     return params
 
 

@@ -19,7 +19,7 @@
 #   RKD_GIT_COMMIT         the commit to record when the tree carries no .git
 #   PYTEST_ARGS            extra arguments for the test suite (e.g. "-x" or "-m 'not slow'")
 #   RKD_BENCH_*            benchmark selection (benchmarks/common.py); defaults here: RKD_BENCH_DEVICES=cuda,
-#                          RKD_BENCH_N=256,1024,4096, RKD_BENCH_D=512
+#                          RKD_BENCH_GRID=training, RKD_BENCH_IMPLS=ours,reference, RKD_BENCH_DTYPES=float32
 #   RKD_BENCH_TIMEOUT      seconds the benchmark suite may run (default 360); the targets run before it
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +56,9 @@ for stage in "${stages[@]}"; do
     bench)
       $PY scripts/gpu_targets.py "$out/targets.json" 2>&1 | tee "$out/targets.log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
-      RKD_BENCH_DEVICES=${RKD_BENCH_DEVICES:-cuda} RKD_BENCH_N=${RKD_BENCH_N:-256,1024,4096} \
-        RKD_BENCH_D=${RKD_BENCH_D:-512} timeout "${RKD_BENCH_TIMEOUT:-360}" $PY -m pytest benchmarks \
+      RKD_BENCH_DEVICES=${RKD_BENCH_DEVICES:-cuda} RKD_BENCH_GRID=${RKD_BENCH_GRID:-training} \
+        RKD_BENCH_IMPLS=${RKD_BENCH_IMPLS:-ours,reference} RKD_BENCH_DTYPES=${RKD_BENCH_DTYPES:-float32} \
+        timeout "${RKD_BENCH_TIMEOUT:-360}" $PY -m pytest benchmarks \
         --benchmark-only -q -p no:cacheprovider --benchmark-json="$out/benchmarks.json" 2>&1 |
         tee "$out/benchmarks.log" | tail -n 40
       case ${PIPESTATUS[0]} in
