@@ -69,8 +69,6 @@ def _family(impl):
 
 def memory_bytes(op, impl, mode, n, d):
     """Estimated peak bytes above the inputs."""
-    if op == "rkd_loss":  # the two terms' temporaries, held together at worst
-        return sum(memory_bytes(o, impl, mode, n, d) for o in ("distance_loss", "angle_loss"))
     rows = _ROW_BYTES * n * d + _FIXED_BYTES
     if op.startswith("angle"):
         n2d, n3, n2 = _ANGLE_MEMORY[(op, _family(impl), mode)]
@@ -89,8 +87,6 @@ def input_bytes(op, mode, n, d, dtype):
 
 def cpu_seconds(op, impl, mode, n, d, threads):
     """Estimated seconds for one call on `threads` CPU cores."""
-    if op == "rkd_loss":
-        return sum(cpu_seconds(o, impl, mode, n, d, threads) for o in ("distance_loss", "angle_loss"))
     if op.startswith("angle"):
         k = _ANGLE_NS[(op, _family(impl), mode)]
     else:

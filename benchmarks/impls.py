@@ -1,8 +1,7 @@
 """Every implementation the suites compare, per op.
 
 "tensor" ops map x to a relation tensor; "loss" ops map (student, teacher) to
-a scalar; rkd_loss is the full objective RKDLoss(25, 50) = 25 distance loss +
-50 angle loss, the paper's weights. Implementations:
+a scalar. Implementations:
 
   ours                 the fused rkd_ext op
   ours_materialised    the loss composed from our relation op and F.smooth_l1_loss,
@@ -42,21 +41,12 @@ def _ours_materialised_angle_loss(student, teacher):
     return F.smooth_l1_loss(rkd_ext.angle_tensor(student), rkd_ext.angle_tensor(teacher))
 
 
-RKD_WEIGHTS = (25.0, 50.0)
-_rkd_loss = rkd_ext.RKDLoss(*RKD_WEIGHTS)
-
-
-def _reference_rkd_loss(student, teacher):
-    return RKD_WEIGHTS[0] * R.distance_loss(student, teacher) + RKD_WEIGHTS[1] * R.angle_loss(student, teacher)
-
-
 KIND = {
     "pairwise_distance": "tensor",
     "normalized_distance": "tensor",
     "distance_loss": "loss",
     "angle_tensor": "tensor",
     "angle_loss": "loss",
-    "rkd_loss": "loss",
 }
 
 IMPLS = {
@@ -92,10 +82,5 @@ IMPLS = {
         "reference": R.angle_loss,
         "reference_compiled": _compiled(R.angle_loss),
         "law_of_cosines": B.law_of_cosines_angle_loss,
-    },
-    "rkd_loss": {
-        "ours": _rkd_loss,
-        "reference": _reference_rkd_loss,
-        "reference_compiled": _compiled(_reference_rkd_loss),
     },
 }

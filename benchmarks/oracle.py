@@ -69,8 +69,6 @@ def expected(op, inputs, grad_out=None, want_grad=False):
     grad is None unless want_grad: then the gradient w.r.t. the first input of
     the loss, or of <grad_out, output> for a tensor op.
     """
-    if op == "rkd_loss":
-        return _weighted_sum([expected(o, inputs, None, want_grad) for o in ("distance_loss", "angle_loss")])
     x = _leaf(inputs[0])
     if op == "angle_loss":
         return _angle_loss(x, inputs[1].detach().to(torch.float64), want_grad)
@@ -88,16 +86,6 @@ def expected(op, inputs, grad_out=None, want_grad=False):
         if want_grad:
             (out if grad_out is None else (out * grad_out.to(torch.float64)).sum()).backward()
     return out.detach(), (x.grad if want_grad else None)
-
-
-def _weighted_sum(terms):
-    """RKDLoss(25, 50) from the (value, grad) of its distance and angle terms."""
-    from .impls import RKD_WEIGHTS
-
-    value = sum(w * v for w, (v, _) in zip(RKD_WEIGHTS, terms))
-    grads = [g for _, g in terms]
-    grad = None if grads[0] is None else sum(w * g for w, g in zip(RKD_WEIGHTS, grads))
-    return value, grad
 
 
 def _angle_loss(x, teacher, want_grad):
