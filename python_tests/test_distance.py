@@ -232,9 +232,12 @@ def test_nan_and_inf_propagate():
 # ---- determinism ------------------------------------------------------------------
 
 
-def test_bitwise_deterministic_across_calls_and_thread_counts():
-    s = make_features(70, 40, seed=32, dtype=torch.float32, requires_grad=True)
-    t = make_features(70, 30, seed=33, dtype=torch.float32, requires_grad=True)
+# The CPU's products: the small-batch kernel in one feature chunk and in several
+# (summed in chunk order), and the panel GEMM past N = 256.
+@pytest.mark.parametrize("n, ds, dt", [(70, 40, 30), (20, 5000, 2100), (300, 70, 50)])
+def test_bitwise_deterministic_across_calls_and_thread_counts(n, ds, dt):
+    s = make_features(n, ds, seed=32, dtype=torch.float32, requires_grad=True)
+    t = make_features(n, dt, seed=33, dtype=torch.float32, requires_grad=True)
 
     assert_bitwise_equal_runs(run_with_threads(lambda: value_and_grads(rkd_ext.rkd_distance_loss, s, t)))
 

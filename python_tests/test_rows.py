@@ -245,3 +245,16 @@ def test_kernel_opcheck(name):
     # Schema, fake kernel (registered by rkd_ext.ops) and dispatch agree.
     op = _kernel_or_skip(name, "cpu")
     torch.library.opcheck(op, _opcheck_cases()[name])
+
+
+# The small-batch product in one feature chunk and in several, and the panel GEMM past N = 256; float32
+# (the fast product for distances, float64 for squared distances).
+@pytest.mark.parametrize("n, d", [(70, 19), (30, 5000), (300, 40)])
+def test_kernel_rows_equal_the_full_matrix_bitwise(n, d):
+    op = _kernel_or_skip("pair_matrix_rows", "cpu")
+    x = make_features(n, d, seed=16, dtype=torch.float32)
+    full = {"dist": torch.ops.rkd_ext.pairwise_distance(x, EPS)[1],
+            "sq": torch.ops.rkd_ext.angle_tensor(x, EPS, True)[1]}
+    for kind, m in full.items():
+        for b, e in [(0, n), (n - 1, n), (3, n // 2 + 1), (n // 3, n)]:
+            assert torch.equal(op(x, b, e, kind, EPS), m[b:e]), (kind, b, e)
