@@ -22,6 +22,10 @@
 namespace rkd {
 namespace {
 
+// Tasks of a triplet pass, each item a · b triplets: at least ~32K of them
+// per task, so that a small batch does not pay for waking threads.
+inline int64_t triplet_grain(int64_t a, int64_t b) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(a * b, 1)); }
+
 // Rows of one triplet row (i, j, *) of one input.
 struct Row {
   const double* s_i;
@@ -142,7 +146,8 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
   std::fill_n(V, n * N, 0.0);
   std::fill_n(Rm, N * N, 0.0);
   const double kappa = kappa_of(args), eps2 = clamp_eps2(args);
-  at::parallel_for(0, N, 1, [&](int64_t j0, int64_t j1) {
+  // A point j is O(n N) work: small batches stay on one thread.
+  at::parallel_for(0, N, triplet_grain(n, N), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       double* rm_j = Rm + j * N;
       for (int64_t i = vertices.begin; i < vertices.end; ++i) {
@@ -230,7 +235,7 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
                                     double beta) {
   const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
-  at::parallel_for(vertices.begin, vertices.end, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(vertices.begin, vertices.end, triplet_grain(N, N), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       double acc = 0.0;
       for (int64_t j = 0; j < N; ++j) {
