@@ -69,6 +69,8 @@ def _family(impl):
 
 def memory_bytes(op, impl, mode, n, d):
     """Estimated peak bytes above the inputs."""
+    if op == "rkd_loss":  # both terms: at most the two losses' (ours computes them together)
+        return sum(memory_bytes(term, impl, mode, n, d) for term in ("distance_loss", "angle_loss"))
     rows = _ROW_BYTES * n * d + _FIXED_BYTES
     if op.startswith("angle"):
         n2d, n3, n2 = _ANGLE_MEMORY[(op, _family(impl), mode)]
@@ -87,6 +89,8 @@ def input_bytes(op, mode, n, d, dtype):
 
 def cpu_seconds(op, impl, mode, n, d, threads):
     """Estimated seconds for one call on `threads` CPU cores."""
+    if op == "rkd_loss":
+        return sum(cpu_seconds(term, impl, mode, n, d, threads) for term in ("distance_loss", "angle_loss"))
     if op.startswith("angle"):
         k = _ANGLE_NS[(op, _family(impl), mode)]
     else:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-OPS = ("pairwise_distance", "normalized_distance", "distance_loss", "angle_tensor", "angle_loss")
+OPS = ("pairwise_distance", "normalized_distance", "distance_loss", "angle_tensor", "angle_loss", "rkd_loss")
 IMPLS = ("ours", "ours_materialised", "reference", "reference_compiled", "cdist", "law_of_cosines")
 BASE = "reference"
 MODE_NAMES = {"forward": "forward", "forward_backward": "forward+backward"}
