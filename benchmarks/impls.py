@@ -7,6 +7,8 @@ Implementations:
   ours                 the fused rkd_ext op
   ours_materialised    the loss composed from our relation op and F.smooth_l1_loss,
                        so both relation tensors exist in memory at once
+  ours_separate        (rkd_loss) our two losses called separately, weighted and added: each builds
+                       its own pair matrices and runs its own gradient product
   reference            rkd_ext.reference, the formulation of the authors' code
   reference_compiled   the same under torch.compile, specialised to the shape
                        (the suites reset dynamo before each case, so every case
@@ -40,6 +42,10 @@ def _ours_materialised_distance_loss(student, teacher):
 
 def _ours_materialised_angle_loss(student, teacher):
     return F.smooth_l1_loss(rkd_ext.angle_tensor(student), rkd_ext.angle_tensor(teacher))
+
+
+def _ours_separate_rkd_loss(student, teacher):
+    return 25 * rkd_ext.rkd_distance_loss(student, teacher) + 50 * rkd_ext.rkd_angle_loss(student, teacher)
 
 
 def _reference_rkd_loss(student, teacher):
@@ -91,6 +97,7 @@ IMPLS = {
     },
     "rkd_loss": {
         "ours": rkd_ext.RKDLoss(25.0, 50.0),
+        "ours_separate": _ours_separate_rkd_loss,
         "reference": _reference_rkd_loss,
     },
 }
