@@ -286,8 +286,8 @@ def _rkd_loss(student, teacher, distance_weight, angle_weight, beta, eps, angle_
     if angle_weight and n < 3:
         _warn_once("rkd_angle_loss", _NO_TRIPLETS)
     if _ext.usable_for(student):
-        return torch.ops.rkd_ext.rkd_loss(student, teacher, distance_weight, angle_weight, beta, eps, angle_eps,
-                                          reduction, squared, mean_offset, normalize)[0]
+        return torch.ops.rkd_ext.rkd_loss.default(student, teacher, distance_weight, angle_weight, beta, eps,
+                                                  angle_eps, reduction, squared, mean_offset, normalize)[0]
     dtype = ops.loss_dtype(student, teacher)
     s, t = student.to(dtype), teacher.to(dtype)
     loss = _no_relations(student, teacher, dtype, reduction, 0)
