@@ -69,6 +69,8 @@ def expected(op, inputs, grad_out=None, want_grad=False):
     grad is None unless want_grad: then the gradient w.r.t. the first input of
     the loss, or of <grad_out, output> for a tensor op.
     """
+    if op == "rkd_loss":
+        return _rkd_loss(inputs, want_grad)
     x = _leaf(inputs[0])
     if op == "angle_loss":
         return _angle_loss(x, inputs[1].detach().to(torch.float64), want_grad)
@@ -107,6 +109,12 @@ def _angle_loss(x, teacher, want_grad):
         return total, None
     s.backward(s_leaf.grad)
     return total, x.grad
+
+
+def _rkd_loss(inputs, want_grad):
+    """25 x the distance loss + 50 x the angle loss, value and gradient, from the oracles of both."""
+    (dv, dg), (av, ag) = (expected(op, inputs, want_grad=want_grad) for op in ("distance_loss", "angle_loss"))
+    return 25 * dv + 50 * av, (25 * dg + 50 * ag if want_grad else None)
 
 
 def _angle_tensor(x, grad_out, want_grad):

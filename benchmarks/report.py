@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-OPS = ("pairwise_distance", "normalized_distance", "distance_loss", "angle_tensor", "angle_loss")
-IMPLS = ("ours", "ours_materialised", "reference", "reference_compiled", "cdist", "law_of_cosines")
+OPS = ("pairwise_distance", "normalized_distance", "distance_loss", "angle_tensor", "angle_loss", "rkd_loss")
+IMPLS = ("ours", "ours_materialised", "ours_separate", "reference", "reference_compiled", "cdist", "law_of_cosines")
 BASE = "reference"
 MODE_NAMES = {"forward": "forward", "forward_backward": "forward+backward"}
 SKIP_CELL = {"memory": "skip: memory", "time": "skip: time", "unsupported": "unsupported"}
@@ -215,7 +215,7 @@ def plot(rows, device, mode, dtype, d, path):
     sel = [r for r in rows if (r["device"], r["mode"], r["dtype"], r["d"]) == (device, mode, dtype, d)]
     ops = _ordered((r["op"] for r in sel), OPS)
     colors = {impl: plt.get_cmap("tab10")(i) for i, impl in enumerate(IMPLS)}
-    markers = dict(zip(IMPLS, "o^sDvx"))
+    markers = dict(zip(IMPLS, "o^PsDvx"))
     guides = ((2, ":", "∝ N²"), (3, "--", "∝ N³"))
     height = 3.0 * len(ops) + 0.9
     fig, axes = plt.subplots(len(ops), 2, figsize=(11, height), squeeze=False)

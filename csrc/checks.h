@@ -41,18 +41,20 @@ inline void check_pair(const char* op, const at::Tensor& student, const at::Tens
                     teacher.size(0));
 }
 
-inline void check_eps(const char* op, double eps) {
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a positive finite number, got ", eps);
+inline void check_eps(const char* op, double eps, const char* arg = "eps") {
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": ", arg, " must be a positive finite number, got ", eps);
 }
 
-inline void check_beta(const char* op, double beta) {
-  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0, op, ": beta must be a finite number >= 0, got ",
-                    beta);
+// A smooth-L1 threshold, mean offset or loss weight.
+inline void check_non_negative(const char* op, const char* arg, double value) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0.0, op, ": ", arg, " must be a finite number >= 0, got ",
+                    value);
 }
+
+inline void check_beta(const char* op, double beta) { check_non_negative(op, "beta", beta); }
 
 inline void check_mean_offset(const char* op, double mean_offset) {
-  TORCH_CHECK_VALUE(std::isfinite(mean_offset) && mean_offset >= 0.0, op,
-                    ": mean_offset must be a finite number >= 0, got ", mean_offset);
+  check_non_negative(op, "mean_offset", mean_offset);
 }
 
 // Gradient of a matrix-valued output, checked before a backward kernel reads it.

@@ -38,6 +38,17 @@ TORCH_LIBRARY(rkd_ext, m) {
       "rkd_angle_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor sq_student, Tensor sq_teacher,"
       " float beta, float eps, str reduction, bool normalize, bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
+  // Both terms, distance_weight * rkd_distance_loss + angle_weight * rkd_angle_loss, from one squared-distance
+  // matrix per input: eps is the distance term's clamp, angle_eps the angle term's; reduction 'mean' or 'sum'.
+  m.def(
+      "rkd_loss(Tensor student, Tensor teacher, float distance_weight, float angle_weight, float beta, float eps,"
+      " float angle_eps, str reduction, bool squared, float mean_offset, bool normalize)"
+      " -> (Tensor loss, Tensor sq_student, Tensor sq_teacher)");
+  m.def(
+      "rkd_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor sq_student, Tensor sq_teacher,"
+      " float distance_weight, float angle_weight, float beta, float eps, float angle_eps, str reduction,"
+      " bool squared, float mean_offset, bool normalize, bool student_grad, bool teacher_grad)"
+      " -> (Tensor grad_student, Tensor grad_teacher)");
   // Rows [begin, end) of the global batch, for relations sharded by anchor
   // (rkd_ext/distributed.py); no autograd of their own.
   m.def("pair_matrix_rows(Tensor x, int begin, int end, str kind, float eps) -> Tensor");

@@ -55,6 +55,9 @@ SCALAR = {
         lambda s, t: R.angle_loss(s, t, normalize=False, reduction="sum")),
     "RKDLoss": (lambda s, t: rkd_ext.RKDLoss()(s, t),
                 lambda s, t: 25 * R.distance_loss(s, t) + 50 * R.angle_loss(s, t)),
+    "rkd_loss": (lambda s, t: rkd_ext.rkd_loss(s, t, distance_weight=2.0, angle_weight=3.0, beta=0.5, reduction="sum"),
+                 lambda s, t: 2 * R.distance_loss(s, t, beta=0.5, reduction="sum")
+                 + 3 * R.angle_loss(s, t, beta=0.5, reduction="sum")),
 }
 
 
@@ -82,7 +85,7 @@ def test_func_grad_matches_reference(name):
     _assert_grads_match(grad(ours, argnums=(0, 1))(s, t), _reference_grads(ref, s, t), name)
 
 
-@pytest.mark.parametrize("name", ["rkd_distance_loss", "rkd_angle_loss", "RKDLoss"])
+@pytest.mark.parametrize("name", ["rkd_distance_loss", "rkd_angle_loss", "RKDLoss", "rkd_loss"])
 def test_func_vjp_matches_reference(name):
     ours, ref = SCALAR[name]
     s, t = _inputs()
@@ -153,7 +156,7 @@ FORWARD_MODES["torch.autograd.forward_ad"] = _forward_ad
 
 @pytest.mark.parametrize("mode", list(FORWARD_MODES))
 @pytest.mark.parametrize("name", ["pairwise_distance", "normalized_distance", "angle_tensor", "rkd_distance_loss",
-                                  "rkd_angle_loss"])
+                                  "rkd_angle_loss", "rkd_loss"])
 def test_forward_mode_is_a_clear_error(name, mode):
     ours, _ = SCALAR[name]
     s, t = _inputs()

@@ -31,7 +31,7 @@ OPS = torch.ops.rkd_ext
 NS = [1, 2, 3, 31, 128, 257, 1000]
 # (D_student, D_teacher): every D in {1, 3, 64, 512}, never equal.
 DIMS = [(1, 3), (3, 64), (64, 512), (512, 1)]
-LOSSES = ("rkd_distance_loss", "rkd_angle_loss")
+LOSSES = ("rkd_distance_loss", "rkd_angle_loss", "rkd_loss")
 
 
 def close(actual, expected, rtol, atol, what):
@@ -53,6 +53,7 @@ def _call(name, s, t, reduction="mean", **kw):
         "angle_tensor": lambda: rkd_ext.angle_tensor(s, **kw),
         "rkd_distance_loss": lambda: rkd_ext.rkd_distance_loss(s, t, reduction=reduction, **kw),
         "rkd_angle_loss": lambda: rkd_ext.rkd_angle_loss(s, t, reduction=reduction, **kw),
+        "rkd_loss": lambda: rkd_ext.rkd_loss(s, t, reduction=reduction, **kw),
     }
     return fns[name]()
 
@@ -88,7 +89,7 @@ def _compare_with_cpu(name, n, dims, dtype, reduction="mean", kind="random", **k
     tag = f"{name} n={n} dims={dims} {dtype} {reduction} {kind} {kw}"
     assert vg.device.type == "cuda" and vg.dtype == out_dtype, f"{tag}: {vg.device} {vg.dtype}"
     close(vg, vc, RTOL[dtype], FLOOR[dtype], f"{tag}: value")
-    angles = "angle" in name
+    angles = "angle" in name or name == "rkd_loss"
     for side, a, b, x, d in zip(("student", "teacher"), gg, gc, (s, t), dims):
         assert a.dtype == x.dtype, f"{tag}: {side} gradient dtype {a.dtype}"
         if angles and d == 1 and n > 2:
@@ -101,7 +102,8 @@ def _compare_with_cpu(name, n, dims, dtype, reduction="mean", kind="random", **k
 
 
 def _sweep():
-    for name in ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss"):
+    for name in ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss",
+                 "rkd_loss"):
         for n in NS:
             if name == "angle_tensor" and n > 257:
                 continue  # (N, N, N) output: covered up to 257 here, at 1300 by the int64 test
@@ -131,6 +133,15 @@ def test_distance_variants_match_cpu(dtype, kw):
         _compare_with_cpu("rkd_distance_loss", 67, (9, 4), dtype, reduction, **kw)
 
 
+@pytest.mark.parametrize("kw", [dict(distance_weight=25.0, angle_weight=0.0), dict(distance_weight=0.0),
+                                dict(reduction="sum", beta=0.3), dict(squared=True, mean_offset=1e-7, normalize=False)],
+                         ids=repr)
+@pytest.mark.parametrize("n", [2, 3, 31, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rkd_loss_variants_match_cpu(dtype, n, kw):
+    _compare_with_cpu("rkd_loss", n, (5, 9), dtype, **kw)
+
+
 @pytest.mark.parametrize("kw", [dict(beta=0.3), dict(beta=0.0), dict(eps=1e-3), dict(normalize=False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_angle_variants_match_cpu(dtype, kw):
@@ -148,7 +159,8 @@ def test_hard_data_matches_cpu(name, kind, dtype):
 
 
 def test_feature_dimension_zero_matches_cpu():
-    for name in ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss"):
+    for name in ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss",
+                 "rkd_loss"):
         _compare_with_cpu(name, 5, (0, 3), torch.float32)
 
 
@@ -303,6 +315,10 @@ def _op_samples():
     yield OPS.angle_tensor_backward.default, (up3, xd, sq, 1e-12, True)
     _, a, b = OPS.rkd_angle_loss(xd, td, 1.0, 1e-12, "none", True)
     yield OPS.rkd_angle_loss_backward.default, (up3, xd, td, a, b, 1.0, 1e-12, "none", True, True, False)
+    fused = (25.0, 50.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True)
+    yield OPS.rkd_loss.default, (x, t, *fused)
+    _, a, b = OPS.rkd_loss(xd, td, *fused)
+    yield OPS.rkd_loss_backward.default, (one, xd, td, a, b, *fused, True, False)
 
 
 @pytest.mark.parametrize("op,args", list(_op_samples()) if CUDA_KERNELS else [],

@@ -1,7 +1,8 @@
 """rkd_ext: Relational Knowledge Distillation losses with hand-written C++/CUDA kernels."""
 from . import reference
 from ._ext import build_info
-from .functional import angle_tensor, normalized_distance, pairwise_distance, rkd_angle_loss, rkd_distance_loss
+from .functional import (angle_tensor, normalized_distance, pairwise_distance, rkd_angle_loss, rkd_distance_loss,
+                         rkd_loss)
 from .losses import RKDAngleLoss, RKDDistanceLoss, RKDLoss
 
 __version__ = "0.1.0"
@@ -17,4 +18,5 @@ __all__ = [
     "reference",
     "rkd_angle_loss",
     "rkd_distance_loss",
+    "rkd_loss",
 ]

@@ -81,13 +81,13 @@ def _real(fn, name, value, expected):
     return float(value)
 
 
-def eps(fn, value):
+def eps(fn, value, name="eps"):
     if _symbolic(value):
         return value
     expected = "a positive finite number"
-    number = _real(fn, "eps", value, expected)
+    number = _real(fn, name, value, expected)
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{fn}: eps must be {expected}, got {value!r}")
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
     return number
 
 
@@ -116,4 +116,13 @@ def flag(fn, name, value):
 def reduction(fn, value):
     if not isinstance(value, str) or value not in _REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {value!r}")
+    return value
+
+
+def reduced(fn, value):
+    """A reduction of both RKD terms at once: 'mean' or 'sum' (their elementwise losses differ in shape)."""
+    if reduction(fn, value) == "none":
+        raise ValueError(f"{fn}: reduction must be 'mean' or 'sum' when both terms are combined (their elementwise "
+                         "losses have different shapes, (N, N) and (N, N, N); rkd_distance_loss and "
+                         "rkd_angle_loss give each), got 'none'")
     return value

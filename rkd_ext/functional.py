@@ -41,7 +41,9 @@ from torch._dynamo.comptime import comptime
 
 from . import _checks, _ext, ops, reference
 
-__all__ = ["pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss"]
+__all__ = [
+    "pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss", "rkd_loss",
+]
 
 _warned = set()
 _NO_PAIRS = ("a batch of one sample has no pairs; returning 0 with a zero gradient "
@@ -221,3 +223,76 @@ def rkd_angle_loss(student, teacher, *, beta=1.0, eps=1e-12, reduction="mean", n
     if n < 3:
         return _no_relations(student, teacher, dtype, reduction, 3)
     return reference.angle_loss(student.to(dtype), teacher.to(dtype), beta, eps, reduction, normalize)
+
+
+def rkd_loss(student, teacher, *, distance_weight=25.0, angle_weight=50.0, beta=1.0, eps=1e-12, angle_eps=None,
+             reduction="mean", squared=False, mean_offset=0.0, normalize=True):
+    r"""Both RKD terms at once: ``distance_weight * rkd_distance_loss + angle_weight * rkd_angle_loss``.
+
+    One fused operator computes both terms from one float64 squared-distance
+    matrix per input (the one the angle term needs, which the distance term
+    reads its distances from), and its backward sums the two terms' weights on
+    the pairs before one gradient product per input: about the cost of the
+    angle loss alone. The value is that of the two functions weighted and
+    added, to rounding: the distance term gets the float64 products the angle
+    term needs, a little more accurate than :func:`rkd_distance_loss`'s own in
+    float32, and the sum is rounded once.
+
+    Args:
+        student: (N, D_s) student features, or (N, ...) flattened.
+        teacher: (N, D_t) teacher features, or (N, ...) flattened.
+        distance_weight: weight of the distance-wise term (the paper's 25); 0
+            skips its computation.
+        angle_weight: weight of the angle-wise term (the paper's 50); 0 skips
+            its computation.
+        beta: smooth-L1 threshold of both terms.
+        eps: clamp applied to the squared distances of the distance term, and
+            to the difference norms of the angle term unless ``angle_eps`` is given.
+        angle_eps: clamp of the angle term's difference norms (default: ``eps``).
+        reduction: ``'mean'`` (each term over all its entries, N^2 and N^3, as
+            the reference) or ``'sum'``. ``'none'`` is refused: the terms'
+            elementwise losses differ in shape; call the two functions for them.
+        squared: the distance term normalises clamped squared distances
+            (mdistiller's ``squared=True``).
+        mean_offset: added to the distance term's mean before dividing (KD_Lib uses 1e-7).
+        normalize: with ``False``, the angle term compares unnormalised dot
+            products of the difference vectors (KD_Lib's ``normalize=False``).
+
+    Returns:
+        The loss, float32 (float64 if an input is float64). A term without
+        relations (N = 1 for distances, N < 3 for angles) contributes 0, with
+        the one-time warning of its function.
+    """
+    fn = "rkd_loss"
+    student, teacher = _checks.pair(fn, student, teacher)
+    eps = _checks.eps(fn, eps)
+    return _rkd_loss(student, teacher, _checks.non_negative(fn, "distance_weight", distance_weight),
+                     _checks.non_negative(fn, "angle_weight", angle_weight), _checks.beta(fn, beta), eps,
+                     eps if angle_eps is None else _checks.eps(fn, angle_eps, "angle_eps"),
+                     _checks.reduced(fn, reduction), _checks.flag(fn, "squared", squared),
+                     _checks.non_negative(fn, "mean_offset", mean_offset), _checks.flag(fn, "normalize", normalize))
+
+
+def _rkd_loss(student, teacher, distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared, mean_offset,
+              normalize):
+    """rkd_loss on checked arguments: (N, D) inputs, scalars as floats and bools.
+
+    The modules and compat wrappers check their scalars once, when they are
+    built, and call this with their inputs checked.
+    """
+    n = student.shape[0]
+    if distance_weight and n < 2:
+        _warn_once("rkd_distance_loss", _NO_PAIRS)
+    if angle_weight and n < 3:
+        _warn_once("rkd_angle_loss", _NO_TRIPLETS)
+    if _ext.usable_for(student):
+        return torch.ops.rkd_ext.rkd_loss.default(student, teacher, distance_weight, angle_weight, beta, eps,
+                                                  angle_eps, reduction, squared, mean_offset, normalize)[0]
+    dtype = ops.loss_dtype(student, teacher)
+    s, t = student.to(dtype), teacher.to(dtype)
+    loss = _no_relations(student, teacher, dtype, reduction, 0)
+    if distance_weight and n >= 2:
+        loss = loss + distance_weight * reference.distance_loss(s, t, beta, eps, reduction, squared, mean_offset)
+    if angle_weight and n >= 3:
+        loss = loss + angle_weight * reference.angle_loss(s, t, beta, angle_eps, reduction, normalize)
+    return loss

@@ -116,7 +116,9 @@ class RKDLoss(nn.Module):
     r"""The full RKD objective: ``distance_weight * distance loss + angle_weight * angle loss``.
 
     Defaults are the paper's (and mmrazor's / RepDistiller's) weights 25 and 50.
-    Weights are finite numbers >= 0; a weight of 0 skips that term's
+    Both terms come from one fused operator (see :func:`rkd_ext.rkd_loss`):
+    one pair matrix per input forward, one gradient product per input
+    backward. Weights are finite numbers >= 0; a weight of 0 skips that term's
     computation entirely (the inputs are checked all the same).
 
     Args:
@@ -147,17 +149,11 @@ class RKDLoss(nn.Module):
                                              self.beta, self.eps, "mean", None)
         if self.gather_distributed and not self.shard:
             student, teacher = distributed.gather_student_teacher(student, teacher)
-        # Checked here too, not only by the terms: with both weights 0 no term runs.
         student, teacher = _checks.pair("RKDLoss", student, teacher)
-        loss = None
-        if self.distance_weight != 0:
-            loss = self.distance_weight * F.rkd_distance_loss(student, teacher, beta=self.beta, eps=self.eps)
-        if self.angle_weight != 0:
-            term = self.angle_weight * F.rkd_angle_loss(student, teacher, beta=self.beta, eps=self.eps)
-            loss = term if loss is None else loss + term
-        if loss is None:
+        if self.distance_weight == 0 and self.angle_weight == 0:
             return student.new_zeros((), dtype=torch.float32) + 0 * student.sum()
-        return loss
+        return F._rkd_loss(student, teacher, self.distance_weight, self.angle_weight, self.beta, self.eps, self.eps,
+                           "mean", False, 0.0, True)
 
     def extra_repr(self):
         return (f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}, "

@@ -20,7 +20,9 @@ Forward operators also return the float64 matrices their backward needs, so
 that it never recomputes the O(N^2 D) part: the distance ops the clamped
 distances ``dist64`` (:math:`\sqrt{\max(s, \epsilon)}`, zero diagonal), the angle
 ops the squared distances ``sq`` (the law of cosines needs :math:`s` itself).
-The autograd context keeps them for the backward operator.
+The autograd context keeps them for the backward operator. ``rkd_loss``, both
+terms at once, returns the squared distances ``sq`` of each input: the one
+matrix per input that both of its terms are computed from.
 """
 import torch
 from torch._functorch.utils import enable_single_level_autograd_function
@@ -31,7 +33,7 @@ from . import _ext
 __all__ = ["OPS", "SHARD_OPS", "loss_dtype"]
 
 # Forward operators with a backward; every one of them is also autocast to float32.
-OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss")
+OPS = ("pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss", "rkd_loss")
 
 
 def loss_dtype(a, b):
@@ -49,6 +51,16 @@ def _check_pair_fake(student, teacher):
                  lambda: "rkd_ext: student and teacher must be 2-D (N, D) tensors")
     torch._check(student.shape[0] == teacher.shape[0],
                  lambda: "rkd_ext: student and teacher must have the same batch size")
+
+
+def _loss_backward_fake(grad, student, teacher, *args):
+    """The fake kernel of every loss backward operator, whose arguments end with (student_grad, teacher_grad)."""
+    _check_pair_fake(student, teacher)
+
+    def out(x, wanted):
+        return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
+
+    return out(student, args[-2]), out(teacher, args[-1])
 
 
 def _register_fakes():
@@ -79,15 +91,7 @@ def _register_fakes():
         loss = _square(student, dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
         return loss, _square(student, torch.float64), _square(teacher, torch.float64)
 
-    @torch.library.register_fake(lib + "rkd_distance_loss_backward")
-    def _(grad, student, teacher, dist64_student, dist64_teacher, beta, eps, reduction, squared, mean_offset,
-          student_grad, teacher_grad):
-        _check_pair_fake(student, teacher)
-
-        def out(x, wanted):
-            return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
-
-        return out(student, student_grad), out(teacher, teacher_grad)
+    torch.library.register_fake(lib + "rkd_distance_loss_backward")(_loss_backward_fake)
 
 
 def _register_angle_fakes():
@@ -111,15 +115,21 @@ def _register_angle_fakes():
         loss = student.new_empty((n, n, n), dtype=dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
         return loss, _square(student, torch.float64), _square(teacher, torch.float64)
 
-    @torch.library.register_fake(lib + "rkd_angle_loss_backward")
-    def _(grad, student, teacher, sq_student, sq_teacher, beta, eps, reduction, normalize, student_grad,
-          teacher_grad):
+    torch.library.register_fake(lib + "rkd_angle_loss_backward")(_loss_backward_fake)
+
+
+def _register_rkd_loss_fakes():
+    lib = "rkd_ext::"
+
+    @torch.library.register_fake(lib + "rkd_loss")
+    def _(student, teacher, distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared, mean_offset,
+          normalize):
         _check_pair_fake(student, teacher)
+        torch._check(reduction != "none", lambda: "rkd_loss: reduction must be 'mean' or 'sum', got 'none'")
+        loss = student.new_empty((), dtype=loss_dtype(student, teacher))
+        return loss, _square(student, torch.float64), _square(teacher, torch.float64)
 
-        def out(x, wanted):
-            return torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty((0,))
-
-        return out(student, student_grad), out(teacher, teacher_grad)
+    torch.library.register_fake(lib + "rkd_loss_backward")(_loss_backward_fake)
 
 
 # The row-range operators of the sharded mode (rkd_ext/_rows.py), in extensions that have them. They run
@@ -227,6 +237,20 @@ def _register_autograd_formula(name, backward, setup_context):
     _LIB.impl(name, kernel, "Autograd")
 
 
+def _call_backward(op, *args):
+    """``op(*args)`` for a ``*_backward`` operator, from an autograd formula.
+
+    Its autograd kernel only refuses double backward. In a plain backward
+    (no create_graph) gradients are off and there is nothing to refuse, so the
+    call skips that kernel: a Function application less per backward, which
+    at small N is a good part of the call's cost.
+    """
+    if torch.is_grad_enabled():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _no_double_backward(op_name):
     def setup_context(ctx, inputs, output):
         pass
@@ -256,13 +280,13 @@ def _register_autograd():
         if grad is None:
             return None, None
         x, d64 = ctx.saved_tensors
-        return ops.pairwise_distance_backward(grad, x, d64, ctx.eps), None
+        return _call_backward(ops.pairwise_distance_backward, grad, x, d64, ctx.eps), None
 
     def normalized_backward(ctx, grad, _grad_d):
         if grad is None:
             return None, None
         x, d64 = ctx.saved_tensors
-        return ops.normalized_distance_backward(grad, x, d64, ctx.eps), None
+        return _call_backward(ops.normalized_distance_backward, grad, x, d64, ctx.eps), None
 
     def loss_setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
@@ -277,7 +301,7 @@ def _register_autograd():
                 return (None,) * n_inputs
             student, teacher, saved_s, saved_t = ctx.saved_tensors
             want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            gs, gt = backward_op(grad, student, teacher, saved_s, saved_t, *ctx.args, want_s, want_t)
+            gs, gt = _call_backward(backward_op, grad, student, teacher, saved_s, saved_t, *ctx.args, want_s, want_t)
             return ((gs if want_s else None), (gt if want_t else None)) + (None,) * (n_inputs - 2)
 
         return backward
@@ -298,12 +322,13 @@ def _register_autograd():
         if grad is None:
             return None, None, None
         x, sq = ctx.saved_tensors
-        return ops.angle_tensor_backward(grad, x, sq, *ctx.args), None, None
+        return _call_backward(ops.angle_tensor_backward, grad, x, sq, *ctx.args), None, None
 
     angle_loss_backward = loss_backward_of(ops.rkd_angle_loss_backward, 6)
 
     _register_autograd_formula("angle_tensor", angle_backward, angle_setup)
     _register_autograd_formula("rkd_angle_loss", angle_loss_backward, loss_setup)
+    _register_autograd_formula("rkd_loss", loss_backward_of(ops.rkd_loss_backward, 11), loss_setup)
     for name in OPS:
         _no_double_backward(name)
 
@@ -319,6 +344,7 @@ def _register_autocast():
 if _ext.available:
     _register_fakes()
     _register_angle_fakes()
+    _register_rkd_loss_fakes()
     _register_shard_fakes()
     _register_autograd()
     _register_autocast()

@@ -71,7 +71,8 @@ class Emulated:
         self.lib = lib
         for fn in ("rkd_distance_matrix", "rkd_distance_matrix_backward", "rkd_distance_loss_c",
                    "rkd_distance_loss_backward_c", "rkd_angle_tensor_c", "rkd_angle_tensor_backward_c",
-                   "rkd_angle_loss_c", "rkd_angle_loss_backward_c", "rkd_pair_matrix_rows_c",
+                   "rkd_angle_loss_c", "rkd_angle_loss_backward_c", "rkd_loss_c", "rkd_loss_backward_c",
+                   "rkd_pair_matrix_rows_c",
                    "rkd_pair_matrix_rows_backward_c", "rkd_grad_rows_c", "rkd_angle_loss_rows_c",
                    "rkd_angle_grad_rows_c"):
             getattr(lib, fn).restype = None
@@ -169,6 +170,28 @@ class Emulated:
                                            DTYPE_CODE[_loss_dtype(s, t)], _p(gs), _p(gt))
         return gs, gt
 
+    def rkd_loss(self, s, t, distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared, mean_offset,
+                 normalize):
+        (s, t), pair = self._pair_args(s, t)
+        n = s.shape[0]
+        dtype = _loss_dtype(s, t)
+        loss = torch.empty((), dtype=dtype)
+        sq_s, sq_t = torch.empty(n, n, dtype=torch.float64), torch.empty(n, n, dtype=torch.float64)
+        self.lib.rkd_loss_c(*pair, _f(distance_weight), _f(angle_weight), _f(beta), _f(eps), _f(angle_eps),
+                            RED_CODE[reduction], int(squared), _f(mean_offset), int(normalize), _p(sq_s), _p(sq_t),
+                            DTYPE_CODE[dtype], _p(loss))
+        return loss, sq_s, sq_t
+
+    def rkd_loss_backward(self, grad, s, t, sq_s, sq_t, distance_weight, angle_weight, beta, eps, angle_eps,
+                          reduction, squared, mean_offset, normalize, student_grad, teacher_grad):
+        (s, t), pair = self._pair_args(s, t)
+        grad = grad.contiguous()
+        gs, gt = self._grads(s, t, student_grad, teacher_grad)
+        self.lib.rkd_loss_backward_c(DTYPE_CODE[grad.dtype], _p(grad), *pair, _p(sq_s), _p(sq_t),
+                                     _f(distance_weight), _f(angle_weight), _f(beta), _f(eps), _f(angle_eps),
+                                     RED_CODE[reduction], int(squared), _f(mean_offset), int(normalize),
+                                     DTYPE_CODE[_loss_dtype(s, t)], _p(gs), _p(gt))
+        return gs, gt
 
     # ---- rows of the global batch ----
 
@@ -333,6 +356,40 @@ def run_angle(emu, rep, n, ds, dt, dtype, kind, quick):
                 check_grads(rep, vt, wanted, gm, gr, tol, atol_s, atol_t)
 
 
+# rkd_loss variants: (distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared, mean_offset,
+# normalize); a weight of 0 skips a term (and, for the angle term, the float64 products).
+RKD_LOSS_VARIANTS = [
+    (25.0, 50.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True),
+    (0.5, 0.5, 0.3, 1e-10, 1e-12, "sum", True, 1e-7, False),
+    (25.0, 0.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True),
+    (0.0, 50.0, 0.2, 1e-12, 1e-12, "sum", False, 0.0, True),
+]
+
+
+def run_rkd_loss(emu, rep, n, ds, dt, dtype, kind, quick):
+    """rkd_loss forward and backward, every one-sided gradient included, against the CPU op in float64."""
+    s = features(n, ds, dtype, 15, kind)
+    t = features(n, dt, dtype, 16, kind)
+    s64, t64 = s.double(), t.double()
+    tag = f"n={n} ds={ds} dt={dt} {str(dtype)[6:]} {kind}"
+    tol = TOL[dtype]
+    # As for each term alone: with N = 2 (no triplets; normalised distances 1) or D = 1 (collinear
+    # triplets) the exact gradient cancels to 0, and rounding noise is left.
+    atol_s = NOISE[dtype] if ds == 1 or n <= 2 else FLOOR[dtype]
+    atol_t = NOISE[dtype] if dt == 1 or n <= 2 else FLOOR[dtype]
+    for args in RKD_LOSS_VARIANTS[:2] if quick else RKD_LOSS_VARIANTS:
+        vt = f"rkd_loss {args} {tag}"
+        mine = emu.rkd_loss(s, t, *args)
+        ref = CPU.rkd_loss(s64, t64, *args)
+        rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
+        rep.check(vt + " sq", mine[1], ref[1], 1e-12)
+        g = upstream((), loss_dtype(dtype), 17)
+        gr = CPU.rkd_loss_backward(g.double(), s64, t64, ref[1], ref[2], *args, True, True)
+        for wanted in ((True, True), (True, False), (False, True)):
+            gm = emu.rkd_loss_backward(g, s, t, mine[1], mine[2], *args, *wanted)
+            check_grads(rep, vt, wanted, gm, gr, tol, atol_s, atol_t)
+
+
 def run_rows(emu, rep, n, d, dtype, parts):
     """The row-range ops over the blocks `parts` of the rows, against the CPU ops on the same blocks."""
     x = features(n, d, dtype, 11, "random")
@@ -405,6 +462,14 @@ def main():
                 run_angle(emu, rep, n, ds, dt, dtype, "random", args.quick)
             if n > 2:
                 run_angle(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
+        loss_cases = [(2, 1, 3), (3, 4, 7), (31, 5, 3), (6, 0, 2), (1, 2, 3), (70, 65, 9)]
+        if args.quick:
+            loss_cases = loss_cases[:4]
+        for i, (n, ds, dt) in enumerate(loss_cases):
+            for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
+                run_rkd_loss(emu, rep, n, ds, dt, dtype, "random", args.quick)
+            if n > 2:
+                run_rkd_loss(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
         # Blocks of rows: empty, one row, across and within the 64-row GEMM and 32-row triplet tiles.
         run_rows(emu, rep, 7, 5, torch.float64, [(0, 7), (2, 3), (4, 4)])
         run_rows(emu, rep, 70, 9, torch.float32, [(0, 70), (5, 69)] if args.quick else [(0, 70), (5, 69), (33, 70)])

@@ -129,9 +129,7 @@ void with_triplet_type(bool wide, const F& f) {
 
 template <typename B>
 void angle_grad_through(B& be, const Features& x, const AngleGrad& g, const Buffer& dx) {
-  auto W = be.weights(x, all_rows(x.N), Precision::F64);  // W holds large terms that cancel
-  be.build_weights(AngleWeight{g, x.N}, W);
-  be.grad_from_weights(x, W, dx);
+  grad_through(be, x, AngleWeight{g, x.N}, Precision::F64, dx);  // W holds large terms that cancel
 }
 
 // sq: the (N, N) float64 squared distances (kept for the backward); out: (N, N, N) in x's dtype.
@@ -173,10 +171,10 @@ void rkd_angle_loss(B& be, const Features& s, const Features& t, const AngleArgs
     const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a), eb = be.template edges<Acc>(sq_t, N, a);
     if (none) return be.angle_values(ea, &eb, N, a.beta, loss);
     const double n = static_cast<double>(N), div = mean_divisor(a.reduction, n * n * n);
-    if (wide)
-      be.angle_loss_sum(ea, eb, N, all_rows(N), a.beta, StoreLoss<double>{static_cast<double*>(loss.data), div});
-    else
-      be.angle_loss_sum(ea, eb, N, all_rows(N), a.beta, StoreLoss<float>{static_cast<float*>(loss.data), div});
+    with_loss_out(loss, [&](auto* out) {
+      using Out = std::remove_pointer_t<decltype(out)>;
+      be.angle_loss_sum(ea, eb, N, all_rows(N), a.beta, StoreLoss<Out>{out, div});
+    });
   });
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "rkd_loss_op.h"
 #include "shard_op.h"
 
 namespace rkd {
@@ -225,6 +226,63 @@ std::tuple<at::Tensor, at::Tensor> rkd_angle_loss_backward(const at::Tensor& gra
   return {out.gs, out.gt};
 }
 
+// ---- both terms (rkd_loss_op.h) ---------------------------------------------------------
+
+inline RkdLossArgs rkd_loss_args(const char* op, double distance_weight, double angle_weight, double beta,
+                                 double eps, double angle_eps, const std::string& reduction, bool squared,
+                                 double mean_offset, bool normalize) {
+  check_non_negative(op, "distance_weight", distance_weight);
+  check_non_negative(op, "angle_weight", angle_weight);
+  check_beta(op, beta);
+  check_eps(op, eps);
+  check_eps(op, angle_eps, "angle_eps");
+  check_mean_offset(op, mean_offset);
+  const Reduction red = parse_reduction(op, reduction);
+  TORCH_CHECK_VALUE(red != Reduction::None, op,
+                    ": reduction must be 'mean' or 'sum' (the elementwise losses of the two terms have different "
+                    "shapes, (N, N) and (N, N, N)), got 'none'");
+  return {distance_weight, angle_weight, {beta, eps, red, squared, mean_offset}, {beta, angle_eps, red, normalize}};
+}
+
+template <typename Ctx>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_loss(const at::Tensor& student, const at::Tensor& teacher,
+                                                        double distance_weight, double angle_weight, double beta,
+                                                        double eps, double angle_eps, c10::string_view reduction,
+                                                        bool squared, double mean_offset, bool normalize) {
+  constexpr const char* op = "rkd_loss";
+  const RkdLossArgs args = rkd_loss_args(op, distance_weight, angle_weight, beta, eps, angle_eps,
+                                         std::string(reduction), squared, mean_offset, normalize);
+  LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
+  at::Tensor loss = loss_output(in.s, in.t, args.distance.reduction, 2);
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
+  });
+  return {loss, in.ps, in.pt};
+}
+
+template <typename Ctx>
+std::tuple<at::Tensor, at::Tensor> rkd_loss_backward(const at::Tensor& grad, const at::Tensor& student,
+                                                     const at::Tensor& teacher, const at::Tensor& sq_s,
+                                                     const at::Tensor& sq_t, double distance_weight,
+                                                     double angle_weight, double beta, double eps, double angle_eps,
+                                                     c10::string_view reduction, bool squared, double mean_offset,
+                                                     bool normalize, bool student_grad, bool teacher_grad) {
+  constexpr const char* op = "rkd_loss_backward";
+  const std::string red(reduction);
+  const RkdLossArgs args =
+      rkd_loss_args(op, distance_weight, angle_weight, beta, eps, angle_eps, red, squared, mean_offset, normalize);
+  check_loss_backward(op, grad, student, teacher, "sq_student", sq_s, "sq_teacher", sq_t, red, 0);
+  const LossOperands in{student.contiguous(), teacher.contiguous(), sq_s, sq_t};
+  const at::Tensor g = grad.contiguous();
+  const LossGrads out(in, student_grad, teacher_grad);
+  const Dtype loss = loss_dtype(student, teacher) == at::kDouble ? Dtype::Float64 : Dtype::Float32;
+  Ctx::run(in.s.device(), [&](auto& be) {
+    rkd::rkd_loss_backward(be, operand(g), in.fs(), in.ft(), sq_s.const_data_ptr<double>(),
+                           sq_t.const_data_ptr<double>(), args, loss, out.bs, out.bt);
+  });
+  return {out.gs, out.gt};
+}
+
 // ---- rows of the global batch (shard_op.h) ------------------------------------------
 
 inline Rows check_rows(const char* op, int64_t begin, int64_t end, int64_t N) {
@@ -352,6 +410,8 @@ void register_ops(M& m) {
   m.impl("angle_tensor_backward", &angle_tensor_backward<Ctx>);
   m.impl("rkd_angle_loss", &rkd_angle_loss<Ctx>);
   m.impl("rkd_angle_loss_backward", &rkd_angle_loss_backward<Ctx>);
+  m.impl("rkd_loss", &rkd_loss<Ctx>);
+  m.impl("rkd_loss_backward", &rkd_loss_backward<Ctx>);
   m.impl("pair_matrix_rows", &pair_matrix_rows<Ctx>);
   m.impl("pair_matrix_rows_backward", &pair_matrix_rows_backward<Ctx>);
   m.impl("grad_rows", &grad_rows<Ctx>);

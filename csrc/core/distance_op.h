@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../rkd_math.h"
 #include "params.h"
@@ -123,6 +124,7 @@ struct LossTerm {
   Huber<double> huber;
   RKD_HD double r(int64_t i, int64_t j) const { return residual(a[i * N + j], *inv_a, b[i * N + j], *inv_b); }
   RKD_HD double operator()(int64_t i, int64_t j) const { return smooth_l1(r(i, j), huber); }
+  LossTerm swapped() const { return {b, a, N, inv_b, inv_a, huber}; }
 };
 
 // dL/dpsi_a = upstream * scale * l'(psi_a - psi_b); up holds N x N values for
@@ -175,10 +177,10 @@ void inverse_mean(B& be, const double* d, int64_t N, double offset, double* out)
   be.reduce(MatrixAt{d, N}, N, StoreInvMean{out, pair_count(N), offset});
 }
 
-// dL/dx through the weights of f.
+// dL/dx through the weights of f, in products of the given precision.
 template <typename B, typename F>
-void grad_through(B& be, const Features& x, const F& f, const Buffer& dx) {
-  auto W = be.weights(x, all_rows(x.N), Precision::Fast);
+void grad_through(B& be, const Features& x, const F& f, Precision precision, const Buffer& dx) {
+  auto W = be.weights(x, all_rows(x.N), precision);
   be.build_weights(f, W);
   be.grad_from_weights(x, W, dx);
 }
@@ -194,7 +196,7 @@ template <typename B>
 void pairwise_distance_backward(B& be, const Operand& grad, const Features& x, const double* d64, double eps,
                                 const Buffer& dx) {
   const double* g = be.to_f64(grad, x.N * x.N);
-  grad_through(be, x, Symmetrised<PairwiseGrad>{{g, d64, x.N, std::sqrt(eps)}}, dx);
+  grad_through(be, x, Symmetrised<PairwiseGrad>{{g, d64, x.N, std::sqrt(eps)}}, Precision::Fast, dx);
 }
 
 template <typename B>
@@ -216,10 +218,41 @@ void normalized_distance_backward(B& be, const Operand& grad, const Features& x,
   double* stats = be.template scratch<double>(2);
   inverse_mean(be, d64, N, 0.0, stats);
   be.reduce(ProductAt{g, d64, N}, N, StoreMeanTerm{stats + 1, stats, pair_count(N)});
-  grad_through(be, x, Symmetrised<NormalizedGrad>{{g, d64, N, stats, std::sqrt(eps)}}, dx);
+  grad_through(be, x, Symmetrised<NormalizedGrad>{{g, d64, N, stats, std::sqrt(eps)}}, Precision::Fast, dx);
 }
 
 inline double mean_divisor(Reduction red, double elements) { return red == Reduction::Mean ? elements : 1.0; }
+
+// Calls f(out) with the reduced loss's element pointer: float64 or float32.
+template <typename F>
+void with_loss_out(const Buffer& loss, const F& f) {
+  if (loss.dtype == Dtype::Float64)
+    f(static_cast<double*>(loss.data));
+  else
+    f(static_cast<float*>(loss.data));
+}
+
+// The loss term between the pair values ds and dt (each side's distances, or
+// clamped squares with `squared`), with their inverse means (computed here,
+// in backend memory).
+template <typename B>
+LossTerm loss_term(B& be, const double* ds, const double* dt, int64_t N, const DistanceArgs& a) {
+  double* inv = be.template scratch<double>(2);
+  inverse_mean(be, ds, N, a.mean_offset, inv);
+  inverse_mean(be, dt, N, a.mean_offset, inv + 1);
+  return {ds, dt, N, inv, inv + 1, Huber<double>(a.beta)};
+}
+
+// The weight functor of side a of the term t (the other side's is that of
+// t.swapped()), for the upstream gradient up times scale; its mean term c is
+// computed here.
+template <typename B>
+LossWeight loss_weight(B& be, const LossTerm& t, const double* up, double scale, const DistanceArgs& a) {
+  double* c = be.template scratch<double>(1);
+  const LossGrad g{t, up, scale, a.reduction == Reduction::None};
+  be.reduce(LossGradTimesValue{g}, t.N, StoreMeanTerm{c, t.inv_a, pair_count(t.N)});
+  return {g, c, a.eps, std::sqrt(a.eps), a.squared};
+}
 
 // ds, dt: the (N, N) float64 pair values of each side (kept for the
 // backward); loss: (N, N) for reduction 'none', else one element.
@@ -232,17 +265,14 @@ void rkd_distance_loss(B& be, const Features& s, const Features& t, const Distan
   distance_pairs(be, t, kind, a.eps, dt);
   const bool none = a.reduction == Reduction::None;
   if (N < 2) return be.fill_zero(loss, none ? N * N : 1);
-  double* stats = be.template scratch<double>(2);
-  inverse_mean(be, ds, N, a.mean_offset, stats);
-  inverse_mean(be, dt, N, a.mean_offset, stats + 1);
   // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
-  const LossTerm term{ds, dt, N, stats, stats + 1, Huber<double>(a.beta)};
+  const LossTerm term = loss_term(be, ds, dt, N, a);
   if (none) return be.map(term, N, loss);
   const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  if (loss.dtype == Dtype::Float64)
-    be.reduce(term, N, StoreLoss<double>{static_cast<double*>(loss.data), div});
-  else
-    be.reduce(term, N, StoreLoss<float>{static_cast<float*>(loss.data), div});
+  with_loss_out(loss, [&](auto* out) {
+    using Out = std::remove_pointer_t<decltype(out)>;
+    be.reduce(term, N, StoreLoss<Out>{out, div});
+  });
 }
 
 // The gradients of a loss without relations: zeros where wanted.
@@ -262,20 +292,11 @@ void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, c
   const bool none = a.reduction == Reduction::None;
   const double* up = be.to_f64(grad, none ? N * N : 1);
   const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  // The inverse means of both sides, once; then each side's mean term c.
-  double* inv = be.template scratch<double>(2);
-  inverse_mean(be, ds, N, a.mean_offset, inv);
-  inverse_mean(be, dt, N, a.mean_offset, inv + 1);
-  // The teacher's gradient is the student's with the roles swapped.
-  auto side = [&](const Features& x, const double* mine, const double* other, const double* inv_mine,
-                  const double* inv_other, const Buffer& dx) {
-    double* c = be.template scratch<double>(1);
-    const LossGrad g{LossTerm{mine, other, N, inv_mine, inv_other, Huber<double>(a.beta)}, up, scale, none};
-    be.reduce(LossGradTimesValue{g}, N, StoreMeanTerm{c, inv_mine, pair_count(N)});
-    grad_through(be, x, LossWeight{g, c, a.eps, std::sqrt(a.eps), a.squared}, dx);
-  };
-  if (gs.data) side(s, ds, dt, inv, inv + 1, gs);
-  if (gt.data) side(t, dt, ds, inv + 1, inv, gt);
+  // The inverse means of both sides, once; the teacher's gradient is the
+  // student's with the roles swapped.
+  const LossTerm term = loss_term(be, ds, dt, N, a);
+  if (gs.data) grad_through(be, s, loss_weight(be, term, up, scale, a), Precision::Fast, gs);
+  if (gt.data) grad_through(be, t, loss_weight(be, term.swapped(), up, scale, a), Precision::Fast, gt);
 }
 
 }  // namespace rkd

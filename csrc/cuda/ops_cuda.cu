@@ -1,5 +1,5 @@
 // Every rkd_ext op on CUDA. Each op's sequence of steps is csrc/core/
-// (distance_op.h, angle_op.h, shard_op.h), shared with the CPU build and the
+// (distance_op.h, angle_op.h, rkd_loss_op.h, shard_op.h), shared with the CPU build and the
 // host emulation; the bindings are csrc/core/bind.h. The GPU primitives they
 // run on are gpu_backend.cuh, launching the kernels of pair_matrix_kernel.cuh,
 // angle_kernel.cuh and common.cuh.

@@ -1,7 +1,7 @@
 """Input handling shared by the compat wrappers, with errors in each framework's own argument names."""
 import torch
 
-from .. import _checks
+from .. import _checks, functional
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -35,6 +35,21 @@ def l2_normalize(x):
 def zero_loss(student):
     """A float32 zero that stays connected to the student, for a loss whose every term is weighted 0."""
     return student.new_zeros((), dtype=torch.float32) + 0 * student.sum()
+
+
+def rkd_loss(student, teacher, distance_weight, angle_weight, *, eps=1e-12, reduction="mean", squared=False,
+             mean_offset=0.0, normalize=True):
+    """``distance_weight * distance loss + angle_weight * angle loss`` from the fused operator (rkd_ext.rkd_loss).
+
+    Checked inputs and scalars; smooth-L1 with beta 1 and the angle term's
+    clamp at 1e-12 (``F.normalize``'s), as in every framework; ``eps`` clamps
+    the distance term's squared distances. A term weighted 0 is not computed;
+    with both, the loss is :func:`zero_loss`.
+    """
+    if not distance_weight and not angle_weight:
+        return zero_loss(student)
+    return functional._rkd_loss(student, teacher, distance_weight, angle_weight, 1.0, eps, 1e-12, reduction, squared,
+                                mean_offset, normalize)
 
 
 def weighted_sum(terms):

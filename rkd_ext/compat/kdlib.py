@@ -61,7 +61,9 @@ class RKDAngleLoss(nn.Module):
 
 
 class RKDLoss(nn.Module):
-    """``angle_ratio * angle loss + dist_ratio * distance loss``.
+    """``angle_ratio * angle loss + dist_ratio * distance loss``, both from one fused operator.
+
+    The terms come from :func:`rkd_ext.rkd_loss`.
 
     Args:
         dist_ratio: weight of the distance-wise term.
@@ -79,11 +81,8 @@ class RKDLoss(nn.Module):
 
     def forward(self, teacher, student):
         student, teacher = _pair("RKDLoss", teacher, student)
-        loss = _common.weighted_sum([
-            (self.angle_ratio, lambda: _angle(student, teacher, self.normalize)),
-            (self.dist_ratio, lambda: _distance(student, teacher)),
-        ])
-        return _common.zero_loss(student) if loss is None else loss
+        return _common.rkd_loss(student, teacher, self.dist_ratio, self.angle_ratio, eps=_CLAMP,
+                                mean_offset=_MEAN_OFFSET, normalize=self.normalize)
 
     def extra_repr(self):
         return f"dist_ratio={self.dist_ratio}, angle_ratio={self.angle_ratio}, normalize={self.normalize}"

@@ -8,7 +8,6 @@ exactly coincident samples get a zero subgradient instead of one scaled by
 1/eps; a term weighted 0 is not computed.
 """
 from .. import _checks
-from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common
 
 __all__ = ["rkd_loss"]
@@ -27,16 +26,11 @@ def rkd_loss(f_s, f_t, squared=False, eps=1e-12, distance_weight=25, angle_weigh
         angle_weight: weight of the angle-wise term.
 
     Returns:
-        A scalar loss.
+        A scalar loss, both terms from one fused operator (:func:`rkd_ext.rkd_loss`).
     """
     fn = "rkd_loss"
     student, teacher = _common.pair(fn, ("f_s", "f_t"), f_s, f_t)
     teacher = teacher.detach()
-    squared = _checks.flag(fn, "squared", squared)
-    eps = _checks.eps(fn, eps)
-    loss = _common.weighted_sum([
-        (_checks.non_negative(fn, "distance_weight", distance_weight),
-         lambda: rkd_distance_loss(student, teacher, eps=eps, squared=squared)),
-        (_checks.non_negative(fn, "angle_weight", angle_weight), lambda: rkd_angle_loss(student, teacher)),
-    ])
-    return _common.zero_loss(student) if loss is None else loss
+    return _common.rkd_loss(student, teacher, _checks.non_negative(fn, "distance_weight", distance_weight),
+                            _checks.non_negative(fn, "angle_weight", angle_weight), eps=_checks.eps(fn, eps),
+                            squared=_checks.flag(fn, "squared", squared))

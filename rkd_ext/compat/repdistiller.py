@@ -10,7 +10,6 @@ exactly coincident samples get a zero subgradient instead of one scaled by
 from torch import nn
 
 from .. import _checks
-from ..functional import rkd_angle_loss, rkd_distance_loss
 from . import _common
 
 __all__ = ["RKDLoss"]
@@ -23,8 +22,9 @@ class RKDLoss(nn.Module):
         w_d: weight of the distance-wise term.
         w_a: weight of the angle-wise term.
 
-    ``forward(f_s, f_t)`` returns a scalar. The teacher ``f_t`` is detached
-    (RepDistiller computes it under no_grad).
+    ``forward(f_s, f_t)`` returns a scalar, both terms from one fused operator
+    (:func:`rkd_ext.rkd_loss`). The teacher ``f_t`` is detached (RepDistiller
+    computes it under no_grad).
     """
 
     def __init__(self, w_d=25, w_a=50):
@@ -34,12 +34,7 @@ class RKDLoss(nn.Module):
 
     def forward(self, f_s, f_t):
         student, teacher = _common.pair("RKDLoss", ("f_s", "f_t"), f_s, f_t)
-        teacher = teacher.detach()
-        loss = _common.weighted_sum([
-            (self.w_d, lambda: rkd_distance_loss(student, teacher)),
-            (self.w_a, lambda: rkd_angle_loss(student, teacher)),
-        ])
-        return _common.zero_loss(student) if loss is None else loss
+        return _common.rkd_loss(student, teacher.detach(), self.w_d, self.w_a)
 
     def extra_repr(self):
         return f"w_d={self.w_d}, w_a={self.w_a}"

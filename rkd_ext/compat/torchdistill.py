@@ -43,7 +43,8 @@ class RKDLoss(nn.Module):
 
     ``forward(student_io_dict, teacher_io_dict, *args, **kwargs)`` reads
     ``io_dict[path]['output'].flatten(1)`` of both. The teacher is detached
-    (torchdistill computes it under no_grad).
+    (torchdistill computes it under no_grad). With reduction 'mean' or 'sum'
+    both terms come from one fused operator (:func:`rkd_ext.rkd_loss`).
     """
 
     def __init__(self, student_output_path, teacher_output_path, dist_factor, angle_factor, reduction, **kwargs):
@@ -62,6 +63,10 @@ class RKDLoss(nn.Module):
             student_io_dict[self.student_output_path]["output"],
             teacher_io_dict[self.teacher_output_path]["output"])
         teacher = teacher.detach()
+        if self.reduction != "none":
+            return _common.rkd_loss(student, teacher, self.dist_factor or 0.0, self.angle_factor or 0.0,
+                                    reduction=self.reduction)
+        # The elementwise terms differ in shape: they add up only when one of them is computed.
         loss = _common.weighted_sum([
             (self.dist_factor, lambda: rkd_distance_loss(student, teacher, reduction=self.reduction)),
             (self.angle_factor, lambda: self._angle(student, teacher)),

@@ -14,6 +14,7 @@
 
 #include <vector>
 
+#include "../../core/rkd_loss_op.h"
 #include "../../core/shard_op.h"
 #include "../gpu_backend.cuh"
 
@@ -47,6 +48,13 @@ void with_backend(const F& f) {
 inline Features features(const void* x, int dtype, int64_t N, int64_t D) { return {x, static_cast<Dtype>(dtype), N, D}; }
 inline Buffer buffer(void* p, int dtype) { return {p, static_cast<Dtype>(dtype)}; }
 inline Operand operand(const void* p, int dtype) { return {p, static_cast<Dtype>(dtype)}; }
+
+inline RkdLossArgs rkd_loss_args(double distance_weight, double angle_weight, double beta, double eps,
+                                 double angle_eps, int reduction, int squared, double mean_offset, int normalize) {
+  const Reduction red = static_cast<Reduction>(reduction);
+  return {distance_weight, angle_weight, {beta, eps, red, squared != 0, mean_offset},
+          {beta, angle_eps, red, normalize != 0}};
+}
 
 }  // namespace entry
 }  // namespace rkd
@@ -137,6 +145,33 @@ void rkd_angle_loss_backward_c(int grad_dtype, const void* grad, int ds_, const 
     rkd::rkd_angle_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt),
                                  sq_s, sq_t, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_),
                                  buffer(gt, dt_));
+  });
+}
+
+// ---- both terms (rkd_loss_op.h); reduction 'mean' or 'sum' ----
+
+void rkd_loss_c(int ds_, const void* s, int dt_, const void* t, int64_t N, int64_t Ds, int64_t Dt,
+                double distance_weight, double angle_weight, double beta, double eps, double angle_eps, int reduction,
+                int squared, double mean_offset, int normalize, double* sq_s, double* sq_t, int loss_dtype,
+                void* loss) {
+  using namespace rkd::entry;
+  const rkd::RkdLossArgs args = rkd_loss_args(distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared,
+                                              mean_offset, normalize);
+  with_backend([&](auto& be) {
+    rkd::rkd_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, sq_s, sq_t, buffer(loss, loss_dtype));
+  });
+}
+
+void rkd_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* s, int dt_, const void* t, int64_t N,
+                         int64_t Ds, int64_t Dt, const double* sq_s, const double* sq_t, double distance_weight,
+                         double angle_weight, double beta, double eps, double angle_eps, int reduction, int squared,
+                         double mean_offset, int normalize, int loss_dtype, void* gs, void* gt) {
+  using namespace rkd::entry;
+  const rkd::RkdLossArgs args = rkd_loss_args(distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared,
+                                              mean_offset, normalize);
+  with_backend([&](auto& be) {
+    rkd::rkd_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt), sq_s,
+                           sq_t, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_), buffer(gt, dt_));
   });
 }
 

@@ -1,0 +1,174 @@
+// The full RKD objective as one op, once for every backend:
+//   rkd_loss = distance_weight * the distance loss + angle_weight * the angle loss,
+// forward and backward, sequenced from the primitives of distance_op.h and
+// angle_op.h (no primitive of its own).
+//
+// One pair matrix per input serves both terms: the unclamped squared
+// distances s in float64 products (Precision::F64, which the law of cosines
+// needs; the distance term reads its pair values off s elementwise, so it
+// gets the same accurate s). The backward forms one weight matrix per input,
+// the sum of both terms' weight functors, each scaled by its term's weight
+// through its upstream gradient, and runs one gradient product with it.
+//
+// A term weighted 0, or without relations in a batch of N (N < 2 pairs, N < 3
+// triplets), is skipped: none of its passes run. With the angle term skipped
+// the pair matrix and the product use Precision::Fast, as the distance loss
+// alone does, and without either term nothing runs but the zero fills.
+//
+// Reductions 'mean' and 'sum' only: the terms' elementwise losses have
+// different shapes ((N, N) and (N, N, N)), so 'none' has no sum.
+#pragma once
+
+#include <type_traits>
+
+#include "angle_op.h"
+
+namespace rkd {
+
+struct RkdLossArgs {
+  double distance_weight, angle_weight;
+  DistanceArgs distance;  // reduction: the loss's, 'mean' or 'sum'
+  AngleArgs angle;        // beta and reduction: the same as the distance term's
+};
+
+// The terms that run for a batch of N.
+struct Terms {
+  bool distance, angle;
+  bool any() const { return distance || angle; }
+  Precision precision() const { return angle ? Precision::F64 : Precision::Fast; }
+};
+
+inline Terms terms_of(const RkdLossArgs& a, int64_t N) {
+  return {a.distance_weight != 0.0 && N >= 2, a.angle_weight != 0.0 && N >= 3};
+}
+
+// The distance term's pair value from s (rkd_distance_loss's pair matrices):
+// the clamped distance, or with `squared` the clamped square; 0 on the diagonal.
+struct PairValueFromSq {
+  const double* sq;
+  int64_t N;
+  double eps;
+  bool squared;
+  RKD_HD double operator()(int64_t i, int64_t j) const {
+    const double s = sq[i * N + j];
+    return i == j ? 0.0 : squared ? clamp_sq(s, eps) : dist_from_sq(s, eps);
+  }
+};
+
+// A term's reduced loss, weighted, added to the term stored before it (base,
+// in backend memory; null for none): *out = *base + weight * total / div.
+template <typename Out>
+struct WeightedLoss {
+  Out* out;
+  double div, weight;
+  const double* base;
+  RKD_HD void operator()(double total) const {
+    *out = static_cast<Out>((base ? *base : 0.0) + weight * (total / div));
+  }
+};
+
+// The weight functor of both terms: the sum of theirs.
+template <typename D, typename A>
+struct SummedWeights {
+  D d;
+  A a;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return d(i, j) + a(i, j); }
+  RKD_HD bool rowwise() const { return d.rowwise() && a.rowwise(); }
+};
+
+// The distance term between the squared distances sq_s and sq_t: their pair
+// values and inverse means, in backend memory.
+template <typename B>
+LossTerm distance_term(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a) {
+  double* v = be.template scratch<double>(2 * N * N);
+  be.map(PairValueFromSq{sq_s, N, a.eps, a.squared}, N, Buffer{v, Dtype::Float64});
+  be.map(PairValueFromSq{sq_t, N, a.eps, a.squared}, N, Buffer{v + N * N, Dtype::Float64});
+  return loss_term(be, v, v + N * N, N, a);
+}
+
+inline double pairs_divisor(const RkdLossArgs& a, int64_t N) {
+  return mean_divisor(a.distance.reduction, static_cast<double>(N) * static_cast<double>(N));
+}
+
+inline double triplets_divisor(const RkdLossArgs& a, int64_t N) {
+  const double n = static_cast<double>(N);
+  return mean_divisor(a.distance.reduction, n * n * n);
+}
+
+// sq_s, sq_t: the (N, N) float64 squared distances of each side (kept for the
+// backward; zeros when no term runs); loss: one element, in float64 if
+// either input is float64, float32 otherwise.
+template <typename B>
+void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a, double* sq_s, double* sq_t,
+              const Buffer& loss) {
+  const int64_t N = s.N;
+  const Terms on = terms_of(a, N);
+  if (!on.any()) {
+    be.fill_zero(Buffer{sq_s, Dtype::Float64}, N * N);
+    be.fill_zero(Buffer{sq_t, Dtype::Float64}, N * N);
+    return be.fill_zero(loss, 1);
+  }
+  be.pair_matrix(s, PairKind::Sq, 0.0, on.precision(), sq_s);
+  be.pair_matrix(t, PairKind::Sq, 0.0, on.precision(), sq_t);
+  with_loss_out(loss, [&](auto* out) {
+    using Out = std::remove_pointer_t<decltype(out)>;
+    const double* dist = nullptr;  // the weighted distance term, when the angle term follows
+    if (on.distance) {
+      const LossTerm term = distance_term(be, sq_s, sq_t, N, a.distance);
+      const double div = pairs_divisor(a, N);
+      if (!on.angle) return be.reduce(term, N, WeightedLoss<Out>{out, div, a.distance_weight, nullptr});
+      double* d = be.template scratch<double>(1);
+      be.reduce(term, N, WeightedLoss<double>{d, div, a.distance_weight, nullptr});
+      dist = d;
+    }
+    with_triplet_type<B>(loss.dtype == Dtype::Float64, [&](auto acc) {
+      using Acc = decltype(acc);
+      const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a.angle), eb = be.template edges<Acc>(sq_t, N, a.angle);
+      be.angle_loss_sum(ea, eb, N, all_rows(N), a.angle.beta,
+                        WeightedLoss<Out>{out, triplets_divisor(a, N), a.angle_weight, dist});
+    });
+  });
+}
+
+// gs, gt: the gradients wanted (a null Buffer for one that is not).
+template <typename B>
+void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Features& t, const double* sq_s,
+                       const double* sq_t, const RkdLossArgs& a, Dtype loss_dtype, const Buffer& gs,
+                       const Buffer& gt) {
+  const int64_t N = s.N;
+  if (!gs.data && !gt.data) return;
+  const Terms on = terms_of(a, N);
+  if (!on.any()) return zero_grads(be, s, t, gs, gt);
+  const double* up = be.to_f64(grad, 1);
+  // Each term's weight scales its upstream gradient: the distance term's
+  // through LossGrad's scale, the angle term's folded into its divisor.
+  const double scale = a.distance_weight / pairs_divisor(a, N);
+  // The distance term's pair values and inverse means, once for both sides
+  // (a term over no pair values when it does not run).
+  const LossTerm term = on.distance ? distance_term(be, sq_s, sq_t, N, a.distance)
+                                    : LossTerm{nullptr, nullptr, N, nullptr, nullptr, Huber<double>(a.distance.beta)};
+  with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
+    using Acc = decltype(acc);
+    Edges<Acc> es{sq_s, nullptr}, et{sq_t, nullptr};
+    if (on.angle) {
+      es = be.template edges<Acc>(sq_s, N, a.angle);
+      et = be.template edges<Acc>(sq_t, N, a.angle);
+    }
+    const ScalarUpstream<Acc> up_a{up, triplets_divisor(a, N) / a.angle_weight};
+    // One side's gradient (the teacher's is the student's with the roles
+    // swapped): one weight matrix, one product.
+    auto side = [&](const Features& x, const LossTerm& dist, const Edges<Acc>& mine, const Edges<Acc>& other,
+                    const Buffer& dx) {
+      if (!dx.data) return;
+      if (!on.angle) return grad_through(be, x, loss_weight(be, dist, up, scale, a.distance), Precision::Fast, dx);
+      const AngleWeight angle{be.angle_passes(mine, other, up_a, N, all_rows(N), a.angle), N};
+      if (!on.distance) return grad_through(be, x, angle, Precision::F64, dx);
+      const SummedWeights<LossWeight, AngleWeight> both{loss_weight(be, dist, up, scale, a.distance), angle};
+      grad_through(be, x, both, Precision::F64, dx);
+    };
+    side(s, term, es, et, gs);
+    side(t, term.swapped(), et, es, gt);
+  });
+}
+
+}  // namespace rkd
