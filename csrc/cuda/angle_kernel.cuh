@@ -328,6 +328,41 @@ struct InvEdge {
   RKD_DEV double operator()(int64_t i, int64_t j) const { return normalize ? inv_edge(s[i * N + j], eps) : 1.0; }
 };
 
+// ---- costs, for the launch plan (common.cuh's Cost) ------------------------------------
+//
+// Per triplet: a cosine is 2 float64 operations (its numerator) and 3 in Acc;
+// smooth_l1 about 3, its derivative 2, the symmetrised upstream 2, an
+// accumulation 2.
+constexpr double kCosine64 = 2, kCosineAcc = 3;
+
+// `triplets` triplets of `f64` float64 and `acc` Acc operations each, over
+// `blocks` working blocks (0: the whole grid), moving `bytes`.
+template <typename Acc>
+Cost triplet_cost(double triplets, double f64, double acc, double bytes, double blocks) {
+  Cost c = flops_in<Acc>(triplets * acc);
+  c.flops64 += triplets * f64;
+  c.bytes = bytes;
+  c.blocks = blocks;
+  return c;
+}
+
+// The bytes of reading s and u of `sides` sides, (N, N) each.
+template <typename Acc>
+double edge_bytes(int64_t N, int sides) {
+  return static_cast<double>(sides) * static_cast<double>(N) * static_cast<double>(N) * (8.0 + sizeof(Acc));
+}
+
+// The distinct bytes of an upstream gradient: N^3 elements of an (N, N, N)
+// one, else one.
+template <typename Up>
+double upstream_bytes(const Up&, int64_t) {
+  return 8.0;
+}
+template <typename Acc, bool kLossTerm>
+double upstream_bytes(const CubeUpstream<Acc, kLossTerm>&, int64_t N) {
+  return static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N) * sizeof(Acc);
+}
+
 // Tiles of the (kTA, kTB) grid that reach on or above the diagonal.
 inline int64_t upper_tiles(int64_t N) {
   const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);

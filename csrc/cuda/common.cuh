@@ -41,13 +41,47 @@ T* take(Alloc& alloc, int64_t n) {
   return static_cast<T*>(alloc.bytes(static_cast<size_t>(n) * sizeof(T)));
 }
 
+// What one launch moves and computes, written beside the launch from the
+// sizes alone: the launch plan (scripts/launch_plan.py) reads it, a real
+// launch ignores it. bytes: the distinct bytes read and written (an operand
+// that several blocks read counts once: it is assumed to stay in L2);
+// flops32, flops64: arithmetic in float32 and in float64 (a fused
+// multiply-add is two); blocks: the blocks that do work, when some of the
+// grid returns at once (0: all of it).
+struct Cost {
+  double bytes = 0, flops32 = 0, flops64 = 0, blocks = 0;
+};
+
+// The flops of `n` operations in the arithmetic type T.
+template <typename T>
+Cost flops_in(double n) {
+  Cost c;
+  (sizeof(T) == 8 ? c.flops64 : c.flops32) = n;
+  return c;
+}
+
+// The generic N x N kernels below evaluate op-layer functors whose reads and
+// arithmetic vary; the plan counts each element as about two float64 reads
+// and ten float64 operations.
+constexpr double kElementBytes = 16, kElementFlops = 10;
+
+inline Cost elementwise_cost(int64_t elements, double write_bytes) {
+  const double n = static_cast<double>(elements);
+  Cost c;
+  c.bytes = n * (kElementBytes + write_bytes);
+  c.flops64 = n * kElementFlops;
+  return c;
+}
+
 #ifndef RKD_GPU_EMULATE
-// The one place a kernel launch is written (the host emulator behind
-// scripts/check_cuda.sh substitutes its own). `check` runs right after every
-// launch; the bindings pass C10_CUDA_KERNEL_LAUNCH_CHECK. A grid with no
-// blocks is no work, not an invalid launch.
+// The one place a kernel launch is written (the host emulator and the launch
+// plan behind scripts/check_cuda.sh and scripts/launch_plan.py substitute
+// their own). `check` runs right after every launch; the bindings pass
+// C10_CUDA_KERNEL_LAUNCH_CHECK. A grid with no blocks is no work, not an
+// invalid launch.
 template <typename Check, typename... P, typename... A>
-void launch(const Check& check, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, A... args) {
+void launch(const Check& check, const Cost&, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream,
+            A... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   kernel<<<grid, block, 0, stream>>>(args...);
   check();
@@ -161,22 +195,28 @@ __global__ void __launch_bounds__(kBlock) map_kernel(F f, int64_t N, Out* out) {
 
 template <typename F, typename Check>
 void row_sums(F f, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
-  launch(check, row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, rows);
+  launch(check, elementwise_cost(N * N, 0.0), row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N,
+         rows);
 }
 
 template <typename Fin, typename Check>
 void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Check& check) {
-  launch(check, finish_kernel<Fin>, dim3(1), dim3(kBlock), stream, v, n, fin);
+  Cost cost;
+  cost.bytes = 8.0 * static_cast<double>(n);
+  cost.flops64 = static_cast<double>(n);
+  launch(check, cost, finish_kernel<Fin>, dim3(1), dim3(kBlock), stream, v, n, fin);
 }
 
 template <typename F, typename Check>
 void build_weights(F f, int64_t N, Rows rows, double* W, double* w, cudaStream_t stream, const Check& check) {
-  launch(check, weights_kernel<F>, dim3(grid_dim(rows.size())), dim3(kBlock), stream, f, N, rows.begin, W, w);
+  launch(check, elementwise_cost(rows.size() * N, 8.0), weights_kernel<F>, dim3(grid_dim(rows.size())),
+         dim3(kBlock), stream, f, N, rows.begin, W, w);
 }
 
 template <typename Out, typename F, typename Check>
 void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, out);
+  launch(check, elementwise_cost(N * N, sizeof(Out)), map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream,
+         f, N, out);
 }
 
 // out[l] = in[l] converted, for n elements.
@@ -194,12 +234,17 @@ __global__ void __launch_bounds__(kBlock) zero_kernel(int64_t n, Out* __restrict
 
 template <typename In, typename Out, typename Check>
 void convert(const In* in, int64_t n, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, convert_kernel<In, Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, in, n, out);
+  Cost cost;
+  cost.bytes = static_cast<double>(n) * static_cast<double>(sizeof(In) + sizeof(Out));
+  launch(check, cost, convert_kernel<In, Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, in, n,
+         out);
 }
 
 template <typename Out, typename Check>
 void zero(int64_t n, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, zero_kernel<Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, n, out);
+  Cost cost;
+  cost.bytes = static_cast<double>(n) * static_cast<double>(sizeof(Out));
+  launch(check, cost, zero_kernel<Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, n, out);
 }
 
 }  // namespace gpu

@@ -130,13 +130,18 @@ class GpuBackend {
   void angle_values(const Edges<Acc>& a, const Edges<Acc>* b, int64_t N, double beta, const Buffer& out) {
     const Huber<Acc> huber(static_cast<Acc>(beta));
     const dim3 grid(grid_dim(N), grid_dim(N));
+    const double n3 = static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N);
     visit(out.dtype, [&](auto t) {
       using T = decltype(t);
       T* o = static_cast<T*>(out.data);
+      const double written = n3 * sizeof(T);
       if (b)
-        launch(check_, angle_values_kernel<Acc, T, true>, grid, dim3(kBlock), stream_, a, *b, N, huber, o);
+        launch(check_,
+               triplet_cost<Acc>(n3, 2 * kCosine64, 2 * kCosineAcc + 4, edge_bytes<Acc>(N, 2) + written, 0),
+               angle_values_kernel<Acc, T, true>, grid, dim3(kBlock), stream_, a, *b, N, huber, o);
       else
-        launch(check_, angle_values_kernel<Acc, T, false>, grid, dim3(kBlock), stream_, a, a, N, huber, o);
+        launch(check_, triplet_cost<Acc>(n3, kCosine64, kCosineAcc, edge_bytes<Acc>(N, 1) + written, 0),
+               angle_values_kernel<Acc, T, false>, grid, dim3(kBlock), stream_, a, a, N, huber, o);
     });
   }
 
@@ -146,7 +151,12 @@ class GpuBackend {
     const VertexSplit split = split_vertices(N, vertices);
     const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
     double* partial = scratch<double>(na * nb * split.splits);
-    launch(check_, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(split.splits)),
+    // The (j, k) tiles on or above the diagonal, each over the vertices.
+    const double triplets = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
+    const Cost cost = triplet_cost<Acc>(triplets, 2 * kCosine64, 2 * kCosineAcc + 6,
+                                        edge_bytes<Acc>(N, 2) + 8.0 * na * nb * split.splits,
+                                        static_cast<double>(upper_tiles(N) * split.splits));
+    launch(check_, cost, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(split.splits)),
            dim3(kTri, kTri), stream_, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), split, partial);
     gpu::finish(static_cast<const double*>(partial), na * nb * split.splits, fin, stream_, check_);
   }
@@ -159,12 +169,24 @@ class GpuBackend {
     const double eps2 = clamp_eps2(args);
     const Huber<Acc> huber(static_cast<Acc>(args.beta));
     double* V = scratch<double>(vertices.size() * N);
-    launch(check_, angle_vertex_kernel<Acc, Up>,
+    // Per triplet: A (and B, d for a loss), the upstream, two accumulations.
+    const int sides = Up::kLoss ? 2 : 1;
+    const double f64 = sides * kCosine64, acc = sides * kCosineAcc + (Up::kLoss ? 3 : 0) + 2 + 4;
+    const double up_bytes = upstream_bytes(up, N), n = static_cast<double>(N);
+    const int64_t vertex_tiles = ceil_div(N, kTB) * ceil_div(vertices.size(), kTA);
+    launch(check_,
+           triplet_cost<Acc>(static_cast<double>(vertex_tiles) * kTA * kTB * n, f64, acc,
+                             edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * vertices.size() * n, 0),
+           angle_vertex_kernel<Acc, Up>,
            dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA))), dim3(kTri, kTri), stream_, a,
            b, up, N, vertices, huber, eps2, kappa_of(args), V);
     const VertexSplit split = split_vertices(N, vertices);
     double* R = scratch<double>(split.splits * N * N);
-    launch(check_, angle_opposite_kernel<Acc, Up>,
+    const double opposite = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
+    launch(check_,
+           triplet_cost<Acc>(opposite, f64, acc, edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * split.splits * n * n,
+                             static_cast<double>(upper_tiles(N) * split.splits)),
+           angle_opposite_kernel<Acc, Up>,
            dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits)), dim3(kTri, kTri),
            stream_, a, b, up, N, huber, eps2, split, R);
     return {V, R, split.splits};

@@ -200,14 +200,39 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   });
 }
 
+// A gemm_f64 over `tiles` kTile x kTile output tiles and K steps (padding
+// included: the threads compute it), plus `epilogue` float64 operations, and
+// the distinct bytes the launch moves.
+inline Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
+  Cost c;
+  c.bytes = bytes;
+  c.flops64 = 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(K) + epilogue;
+  c.blocks = static_cast<double>(tiles);
+  return c;
+}
+
+// The bytes of a pair-matrix product: xc and its norms read, `out` float64
+// pair values written. The recomputed close pairs depend on the data and are
+// not counted.
+inline double pair_bytes(int64_t N, int64_t D, int64_t out) {
+  return 8.0 * (static_cast<double>(N) * static_cast<double>(D) + static_cast<double>(N) + static_cast<double>(out));
+}
+
 // xc (N x D) and, when norms is not null, the squared norms of its rows.
 template <typename T, typename Alloc, typename Check>
 void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& alloc, cudaStream_t stream,
             const Check& check) {
   double* mean = take<double>(alloc, D);
-  launch(check, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
-  launch(check, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean), D,
-         xc, norms);
+  const double nd = static_cast<double>(N) * static_cast<double>(D);
+  Cost mc;
+  mc.bytes = nd * sizeof(T) + 8.0 * static_cast<double>(D);
+  mc.flops64 = nd;
+  launch(check, mc, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
+  Cost cc;
+  cc.bytes = nd * (sizeof(T) + 8.0) + 8.0 * static_cast<double>(D + (norms ? N : 0));
+  cc.flops64 = nd * (norms ? 3.0 : 1.0);
+  launch(check, cc, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean),
+         D, xc, norms);
 }
 
 // x: contiguous (N, D) on the device. out: (N, N) float64.
@@ -221,8 +246,9 @@ void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, do
   auto kernel = what == PairKind::Dist        ? gram_pairs_kernel<PairKind::Dist>
                 : what == PairKind::SqClamped ? gram_pairs_kernel<PairKind::SqClamped>
                                               : gram_pairs_kernel<PairKind::Sq>;
-  launch(check, kernel, dim3(nt, nt), dim3(16, 16), stream, static_cast<const double*>(xc),
-         static_cast<const double*>(norms), N, D, eps, out);
+  const int64_t upper = static_cast<int64_t>(nt) * (nt + 1) / 2;  // the tiles on or above the diagonal
+  launch(check, gemm_cost(upper, D, 6.0 * N * N, pair_bytes(N, D, N * N)), kernel, dim3(nt, nt), dim3(16, 16), stream,
+         static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, eps, out);
 }
 
 // Rows [rows.begin, rows.end) of the pair matrix: out (rows.size(), N) float64.
@@ -235,8 +261,10 @@ void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, doubl
   auto kernel = what == PairKind::Dist        ? gram_rows_kernel<PairKind::Dist>
                 : what == PairKind::SqClamped ? gram_rows_kernel<PairKind::SqClamped>
                                               : gram_rows_kernel<PairKind::Sq>;
-  launch(check, kernel, dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16),
-         stream, static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
+  const int64_t tiles = ceil_div(N, kTile) * ceil_div(rows.size(), kTile);
+  launch(check, gemm_cost(tiles, D, 6.0 * rows.size() * N, pair_bytes(N, D, rows.size() * N)), kernel,
+         dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16), stream,
+         static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
 }
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
@@ -246,8 +274,13 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
                        Alloc& alloc, cudaStream_t stream, const Check& check) {
   double* xc = take<double>(alloc, N * D);
   centre(x, N, D, xc, static_cast<double*>(nullptr), alloc, stream, check);
-  launch(check, grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(rows.size(), kTile))),
-         dim3(16, 16), stream, W, w, static_cast<const double*>(xc), N, D, rows, dx);
+  const int64_t n = rows.size();
+  const double nd = static_cast<double>(n) * static_cast<double>(D);
+  // W, w and xc read, dx written.
+  const double bytes = 8.0 * (static_cast<double>(n) * N + n + static_cast<double>(N) * D) + nd * sizeof(T);
+  launch(check, gemm_cost(ceil_div(D, kTile) * ceil_div(n, kTile), N, 3.0 * nd, bytes), grad_gemm_kernel<T>,
+         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile))), dim3(16, 16), stream, W, w,
+         static_cast<const double*>(xc), N, D, rows, dx);
 }
 
 }  // namespace gpu
