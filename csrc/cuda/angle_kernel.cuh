@@ -161,11 +161,14 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
 }
 
 // Vertex pass: a block owns an (i, j) tile, i in the vertices, and loops over
-// k. Writes the rows of V for the vertices, (vertices.size(), N).
+// k in ks.range(z), z = blockIdx.z. Writes slice z of the rows of V for the
+// vertices, (vertices.size(), N): V is linear in p and q, so the slices'
+// sum is V.
 template <typename Acc, typename Up>
 __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
                                                                    Rows vertices, Huber<Acc> huber, double eps2,
-                                                                   double kappa, double* __restrict__ V) {
+                                                                   double kappa, VertexSplit ks,
+                                                                   double* __restrict__ V) {
   __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
   __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
@@ -189,7 +192,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       q[r][c] = 0.0;
     }
   }
-  for (int64_t k0 = 0; k0 < N; k0 += kChunk) {
+  const Rows range = ks.range(blockIdx.z);
+  for (int64_t k0 = range.begin; k0 < range.end; k0 += kChunk) {
     stage<kTA, Acc>(sIa, uIa, wIa, a, N, k0, i0, eps2, t);
     stage<kTB, Acc>(sJa, nullptr, nullptr, a, N, k0, j0, eps2, t);
     if constexpr (Up::kLoss) {
@@ -197,7 +201,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       stage<kTB, Acc>(sJb, nullptr, nullptr, b, N, k0, j0, eps2, t);
     }
     __syncthreads();
-    const int n = N - k0 < kChunk ? static_cast<int>(N - k0) : kChunk;
+    const int n = range.end - k0 < kChunk ? static_cast<int>(range.end - k0) : kChunk;
     Acc pp[kRows][kCols] = {}, qq[kRows][kCols] = {};
     for (int l = 0; l < n; ++l) {
       const int64_t k = k0 + l;
@@ -237,7 +241,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
       if (i >= vertices.end || j >= N) continue;
       const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
-      V[(i - vertices.begin) * N + j] = i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
+      V[(static_cast<int64_t>(blockIdx.z) * vertices.size() + i - vertices.begin) * N + j] =
+          i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
     }
   }
 }
@@ -320,12 +325,17 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
 
 // ---- launch geometry ----------------------------------------------------------------------------
 
+// u of s_a in rows [0, N), of s_b in rows [N, 2 N) (the rows of a map over 2 N rows).
 struct InvEdge {
-  const double* s;
+  const double* s_a;
+  const double* s_b;
   int64_t N;
   double eps;
   bool normalize;
-  RKD_DEV double operator()(int64_t i, int64_t j) const { return normalize ? inv_edge(s[i * N + j], eps) : 1.0; }
+  RKD_DEV double operator()(int64_t i, int64_t j) const {
+    const double s = i < N ? s_a[i * N + j] : s_b[(i - N) * N + j];
+    return normalize ? inv_edge(s, eps) : 1.0;
+  }
 };
 
 // ---- costs, for the launch plan (common.cuh's Cost) ------------------------------------
@@ -369,6 +379,17 @@ inline int64_t upper_tiles(int64_t N) {
   int64_t n = 0;
   for (int64_t ta = 0; ta < na; ++ta) n += nb - ta * kTA / kTB;
   return n;
+}
+
+// The k loop of the vertex pass over all N vertices split as split_vertices
+// splits the vertex loop, for its `tiles` (i, j) tiles; unsplit for a block
+// of rows (the op layer's AngleGrad: V in slices only for all vertices).
+inline VertexSplit split_k(int64_t N, Rows vertices, int64_t tiles) {
+  if (vertices.begin != 0 || vertices.end != N) return {0, N, 1, ceil_div(N, kChunk) * kChunk};
+  const int64_t want = ceil_div(512, tiles), chunks = ceil_div(N, kChunk);
+  const int64_t cap = chunks < 8 ? chunks : 8;
+  const int64_t splits = want < 1 ? 1 : (want > cap ? cap : want);
+  return {0, N, splits < 1 ? 1 : splits, ceil_div(chunks, splits < 1 ? 1 : splits) * kChunk};
 }
 
 // The vertex loop of the (j, k) kernels over `vertices` is split so that

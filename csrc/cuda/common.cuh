@@ -213,10 +213,48 @@ void build_weights(F f, int64_t N, Rows rows, double* W, double* w, cudaStream_t
          dim3(kBlock), stream, f, N, rows.begin, W, w);
 }
 
+// out[i][j] = f(i, j) for `rows` rows of N.
+template <typename Out, typename F, typename Check>
+void map_rows(F f, int64_t rows, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
+  launch(check, elementwise_cost(rows * N, sizeof(Out)), map_kernel<Out, F>, dim3(grid_dim(rows)), dim3(kBlock),
+         stream, f, N, out);
+}
+
 template <typename Out, typename F, typename Check>
 void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, elementwise_cost(N * N, sizeof(Out)), map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream,
-         f, N, out);
+  map_rows(f, N, N, out, stream, check);
+}
+
+// The steps of the op layer's reduce_seq in one block, for small N: each
+// step's sum over the N x N elements (thread t takes the elements t,
+// t + kBlock, ... in row-major order, then block_sum: a fixed order), its fin
+// on thread 0, then a barrier, which makes what fin stored visible to the
+// functors of the steps after it.
+template <typename Step>
+RKD_DEV void run_step(const Step& st, int64_t N, double* red) {
+  double acc = 0.0;
+  for (int64_t l = threadIdx.x; l < N * N; l += kBlock) acc += st.f(l / N, l % N);
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) st.fin(total);
+  __syncthreads();
+}
+
+template <typename... Steps>
+__global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Steps... steps) {
+  __shared__ double red[kBlock];
+  (run_step(steps, N, red), ...);
+}
+
+// N up to which reduce_seq runs in one block (N^2 / kBlock = 16 elements
+// per thread at most). Beyond, one block would keep the rest of the GPU idle
+// longer than the launches it saves (the launch plan flags it at N = 128).
+constexpr int64_t kSeqMaxN = 64;
+
+template <typename Check, typename... Steps>
+void reduce_seq_one_block(int64_t N, cudaStream_t stream, const Check& check, const Steps&... steps) {
+  Cost cost = elementwise_cost(N * N * static_cast<int64_t>(sizeof...(Steps)), 0.0);
+  cost.blocks = 1;
+  launch(check, cost, reduce_seq_kernel<Steps...>, dim3(1), dim3(kBlock), stream, N, steps...);
 }
 
 // out[l] = in[l] converted, for n elements.

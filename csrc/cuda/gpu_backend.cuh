@@ -13,6 +13,8 @@
 // triplet arithmetic runs in the result's type (Triplet<T> = T).
 #pragma once
 
+#include <utility>
+
 #include "../core/angle_op.h"
 #include "angle_kernel.cuh"
 #include "common.cuh"
@@ -77,6 +79,22 @@ class GpuBackend {
     });
   }
 
+  // Both in the same three launches when the dtypes agree.
+  void pair_matrices(const Features& s, const Features& t, PairKind kind, double eps, Precision p, double* out_s,
+                     double* out_t) {
+    if (s.dtype != t.dtype) {
+      pair_matrix(s, kind, eps, p, out_s);
+      return pair_matrix(t, kind, eps, p, out_t);
+    }
+    visit(s.dtype, [&](auto e) {
+      using T = decltype(e);
+      const T* x[2] = {static_cast<const T*>(s.data), static_cast<const T*>(t.data)};
+      const int64_t D[2] = {s.D, t.D};
+      double* out[2] = {out_s, out_t};
+      gpu::pair_matrices(x, D, 2, s.N, kind, eps, out, alloc_, stream_, check_);
+    });
+  }
+
   void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision, double* out) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
@@ -89,6 +107,14 @@ class GpuBackend {
     double* rows = scratch<double>(N);
     gpu::row_sums(f, N, rows, stream_, check_);
     gpu::finish(static_cast<const double*>(rows), N, fin, stream_, check_);
+  }
+
+  // One launch up to kSeqMaxN; beyond, each step is a row-sum and a finish
+  // launch (each step may depend on the one before).
+  template <typename... Steps>
+  void reduce_seq(int64_t N, const Steps&... steps) {
+    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, steps...);
+    (reduce(steps.f, N, steps.fin), ...);
   }
 
   template <typename F>
@@ -121,8 +147,16 @@ class GpuBackend {
   template <typename Acc>
   Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a) {
     Acc* u = scratch<Acc>(N * N);
-    gpu::map<Acc>(InvEdge{s, N, a.eps, a.normalize}, N, u, stream_, check_);
+    gpu::map<Acc>(InvEdge{s, s, N, a.eps, a.normalize}, N, u, stream_, check_);
     return {s, u};
+  }
+
+  // Both sides' u in one launch: rows N.. of the map are b's.
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> edge_pair(const double* s_a, const double* s_b, int64_t N, const AngleArgs& a) {
+    Acc* u = scratch<Acc>(2 * N * N);
+    gpu::map_rows<Acc>(InvEdge{s_a, s_b, N, a.eps, a.normalize}, 2 * N, N, u, stream_, check_);
+    return {Edges<Acc>{s_a, u}, Edges<Acc>{s_b, u + N * N}};
   }
 
   // The (N, N, N) cosines of a (b null) or the elementwise loss, a block per row (i, j).
@@ -168,18 +202,19 @@ class GpuBackend {
                          const AngleArgs& args) {
     const double eps2 = clamp_eps2(args);
     const Huber<Acc> huber(static_cast<Acc>(args.beta));
-    double* V = scratch<double>(vertices.size() * N);
+    const int64_t vertex_tiles = ceil_div(N, kTB) * ceil_div(vertices.size(), kTA);
+    const VertexSplit ks = split_k(N, vertices, vertex_tiles);
+    double* V = scratch<double>(ks.splits * vertices.size() * N);
     // Per triplet: A (and B, d for a loss), the upstream, two accumulations.
     const int sides = Up::kLoss ? 2 : 1;
     const double f64 = sides * kCosine64, acc = sides * kCosineAcc + (Up::kLoss ? 3 : 0) + 2 + 4;
     const double up_bytes = upstream_bytes(up, N), n = static_cast<double>(N);
-    const int64_t vertex_tiles = ceil_div(N, kTB) * ceil_div(vertices.size(), kTA);
     launch(check_,
            triplet_cost<Acc>(static_cast<double>(vertex_tiles) * kTA * kTB * n, f64, acc,
-                             edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * vertices.size() * n, 0),
+                             edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * ks.splits * vertices.size() * n, 0),
            angle_vertex_kernel<Acc, Up>,
-           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA))), dim3(kTri, kTri), stream_, a,
-           b, up, N, vertices, huber, eps2, kappa_of(args), V);
+           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits)),
+           dim3(kTri, kTri), stream_, a, b, up, N, vertices, huber, eps2, kappa_of(args), ks, V);
     const VertexSplit split = split_vertices(N, vertices);
     double* R = scratch<double>(split.splits * N * N);
     const double opposite = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
@@ -189,7 +224,7 @@ class GpuBackend {
            angle_opposite_kernel<Acc, Up>,
            dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits)), dim3(kTri, kTri),
            stream_, a, b, up, N, huber, eps2, split, R);
-    return {V, R, split.splits};
+    return {V, R, split.splits, ks.splits};
   }
 
  private:

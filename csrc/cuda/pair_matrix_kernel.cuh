@@ -17,6 +17,18 @@
 //
 // Both products run through one shared-memory tiled float64 GEMM: each
 // output element is one thread's sum over k in a fixed order.
+//
+// The pair matrix of one or two inputs (pair_matrices: the student's and the
+// teacher's in the same launches) is three launches whatever the shape:
+//   centre_columns: xc = x - mean, a block per 32 columns of each input;
+//   gram_partial:   the Gram product split over K (split-K) so that even one
+//                   64 x 64 output tile (N <= 64) gives the grid a few
+//                   hundred blocks: split z of tile (a, b) sums k in its
+//                   range and stores G's slice z;
+//   gram_finish:    a block per row sums the slices in slice order (fixed:
+//                   deterministic), takes the norms from G's diagonal, and
+//                   recomputes the pairs too close for the Gram form from
+//                   direct differences with the whole block over D.
 #pragma once
 
 #include "common.cuh"
@@ -99,8 +111,7 @@ __global__ void __launch_bounds__(256) column_mean_kernel(const T* __restrict__ 
   }
 }
 
-// xc = x - mean in float64 and, when norms is not null, norms[i] = ||xc_i||^2;
-// one block per row.
+// xc = x - mean in float64 and norms[i] = ||xc_i||^2; one block per row.
 template <typename T>
 __global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x, const double* __restrict__ mean,
                                                         int64_t D, double* __restrict__ xc,
@@ -113,7 +124,6 @@ __global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x,
     xc[i * D + k] = v;
     acc += v * v;
   }
-  if (norms == nullptr) return;  // uniform over the block: the reduction below is all or none
   const double n = block_sum<kBlock>(acc, red, threadIdx.x);
   if (threadIdx.x == 0) norms[i] = n;
 }
@@ -137,34 +147,21 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMic
     for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
 }
 
+// The pair value of kind kWhat from the squared distance v (i != j).
+template <PairKind kWhat>
+RKD_DEV double value_of_kind(double v, double eps) {
+  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
+  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
+  return v;
+}
+
 // The pair value of kind kWhat for i != j from the Gram entry g.
 template <PairKind kWhat>
 RKD_DEV double pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
                           int64_t j, double g, double eps) {
   double v = gram_sq(norms[i], norms[j], g);
   if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
-  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
-  return v;
-}
-
-// One kTile x kTile block of the pair matrix on or above the diagonal (blocks
-// below it return at once); each pair is computed once and stored at (i, j)
-// and (j, i), so the matrix is exactly symmetric.
-template <PairKind kWhat>
-__global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* __restrict__ xc,
-                                                                  const double* __restrict__ norms, int64_t N,
-                                                                  int64_t D, double eps, double* __restrict__ out) {
-  if (blockIdx.y > blockIdx.x) return;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  double acc[kMicro][kMicro] = {};
-  gemm_f64<true>(xc, D, N, xc, D, N, D, row0, col0, acc);
-  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
-    if (i >= N || j >= N || j < i) return;
-    const double v = j == i ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
-    out[i * N + j] = v;
-    out[j * N + i] = v;
-  });
+  return value_of_kind<kWhat>(v, eps);
 }
 
 // One kTile x kTile block of the rows [begin, end) of the pair matrix
@@ -218,7 +215,188 @@ inline double pair_bytes(int64_t N, int64_t D, int64_t out) {
   return 8.0 * (static_cast<double>(N) * static_cast<double>(D) + static_cast<double>(N) + static_cast<double>(out));
 }
 
-// xc (N x D) and, when norms is not null, the squared norms of its rows.
+// ---- the pair matrices of one or two inputs ----------------------------------------------
+
+// The inputs of one launch: count (1 or 2) inputs of N rows; an input's
+// blocks follow the previous input's.
+template <typename S>
+struct Sides {
+  S side[2];
+  int count;
+  int64_t N;
+  // The input of flat block b, the first input having `first` blocks; b
+  // made relative to it.
+  RKD_DEV const S& of(int64_t& b, int64_t first) const {
+    if (count == 1 || b < first) return side[0];
+    b -= first;
+    return side[1];
+  }
+};
+
+template <typename T>
+struct CentreSide {
+  const T* x;
+  int64_t D;
+  double* xc;
+};
+
+// xc = x - mean for 32 columns of one input: a (32, 8) block computes their
+// means (the 8 row slices summed in a fixed order), then writes them.
+template <typename T>
+__global__ void __launch_bounds__(256) centre_columns_kernel(Sides<CentreSide<T>> in) {
+  __shared__ double part[8][33];
+  __shared__ double mean[32];
+  int64_t b = blockIdx.x;
+  const CentreSide<T>& c = in.of(b, (in.side[0].D + 31) / 32);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = in.N, D = c.D, k = b * 32 + tx;
+  double acc = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += 8) acc += widen(c.x[i * D + k]);
+  part[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0) {
+    double total = 0.0;
+    for (int r = 0; r < 8; ++r) total += part[r][tx];
+    mean[tx] = total / static_cast<double>(N);
+  }
+  __syncthreads();
+  if (k < D)
+    for (int64_t i = ty; i < N; i += 8) c.xc[i * D + k] = widen(c.x[i * D + k]) - mean[tx];
+}
+
+// One input of the Gram product: xc (N, D), its K split into `splits`
+// ranges of per_split (a multiple of kTk), G's slices (splits, N, N), and
+// the pair values (N, N).
+struct GramSide {
+  const double* xc;
+  int64_t D, splits, per_split;
+  double* slices;
+  double* out;
+};
+
+// Tiles on or above the diagonal of an N x N matrix of kTile x kTile tiles.
+RKD_HD int64_t upper_tile_count(int64_t N) {
+  const int64_t nt = (N + kTile - 1) / kTile;
+  return nt * (nt + 1) / 2;
+}
+
+// Splits of the Gram product's K so that the upper tiles times the splits
+// give about kGramBlocks blocks, each over at least kMinSplit features: a
+// function of the sizes alone, so results do not depend on the device.
+constexpr int64_t kGramBlocks = 264, kMinSplit = 128;
+
+inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
+  const int64_t chunks = ceil_div(D, kMinSplit), want = ceil_div(kGramBlocks, upper_tile_count(N));
+  const int64_t splits = chunks < 1 ? 1 : (want < chunks ? want : chunks);
+  const int64_t per_split = chunks < 1 ? kMinSplit : ceil_div(chunks, splits) * kMinSplit;
+  return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out};
+}
+
+// Split z of one upper tile: G's slice z over the tile, stored at (i, j)
+// and (j, i), so each slice is exactly symmetric.
+__global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<GramSide> in) {
+  const int64_t N = in.N, tiles = upper_tile_count(N);
+  int64_t b = blockIdx.x;
+  const GramSide& g = in.of(b, tiles * in.side[0].splits);
+  const int64_t z = b / tiles;
+  int64_t t = b % tiles, ta = 0;
+  for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;  // upper tile t's tile row
+  const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
+  const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
+  double acc[kMicro][kMicro] = {};
+  if (k1 > k0) gemm_f64<true>(g.xc + k0, g.D, N, g.xc + k0, g.D, N, k1 - k0, row0, col0, acc);
+  double* slice = g.slices + z * N * N;
+  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double v) {
+    if (i >= N || j >= N || j < i) return;
+    slice[i * N + j] = v;
+    slice[j * N + i] = v;
+  });
+}
+
+// Row i of one input's pair matrix from G's slices: a block per row,
+// kBlock columns at a time; the close pairs of each kBlock columns are
+// recomputed one after another by the whole block.
+template <PairKind kWhat>
+__global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<GramSide> in, double eps) {
+  __shared__ double red[kBlock];
+  __shared__ double near_v[kBlock];
+  __shared__ int near[kBlock];
+  int64_t i = blockIdx.x;
+  const GramSide& g = in.of(i, in.N);
+  const int64_t N = in.N, NN = N * N, t = threadIdx.x;
+  auto G = [&](int64_t a, int64_t c) {
+    double v = 0.0;
+    for (int64_t z = 0; z < g.splits; ++z) v += g.slices[z * NN + a * N + c];
+    return v;
+  };
+  const double n_i = G(i, i);
+  for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
+    const int64_t j = j0 + t;
+    double v = 0.0, n_j = 0.0;
+    near[t] = 0;
+    if (j < N && j != i) {
+      n_j = G(j, j);
+      v = gram_sq(n_i, n_j, G(i, j));
+      near[t] = gram_near(v, n_i, n_j);
+    }
+    __syncthreads();
+    for (int l = 0; l < kBlock; ++l) {
+      if (!near[l]) continue;  // uniform over the block: every thread reads the same flag
+      const double* a = g.xc + i * g.D;
+      const double* c = g.xc + (j0 + l) * g.D;
+      double acc = 0.0;
+      for (int64_t k = t; k < g.D; k += kBlock) {
+        const double d = a[k] - c[k];
+        acc += d * d;
+      }
+      const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
+      if (t == l) near_v[l] = total;
+    }
+    __syncthreads();
+    if (j < N) g.out[i * N + j] = j == i ? 0.0 : value_of_kind<kWhat>(near[t] ? near_v[t] : v, eps);
+    __syncthreads();  // near and near_v are rewritten for the next columns
+  }
+}
+
+// The pair matrices of the `count` inputs x[c] (N, D[c]) into out[c]: three
+// launches for all of them.
+template <typename T, typename Alloc, typename Check>
+void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
+                   double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check) {
+  Sides<CentreSide<T>> cs{};
+  Sides<GramSide> gs{};
+  cs.count = gs.count = count;
+  cs.N = gs.N = N;
+  int64_t centre_grid = 0, partial_grid = 0;
+  Cost cc, pc, fc;
+  const double n2 = static_cast<double>(N) * static_cast<double>(N);
+  for (int c = 0; c < count; ++c) {
+    double* xc = take<double>(alloc, N * D[c]);
+    cs.side[c] = {x[c], D[c], xc};
+    gs.side[c] = gram_side(xc, N, D[c], out[c]);
+    gs.side[c].slices = take<double>(alloc, gs.side[c].splits * N * N);
+    const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
+    const int64_t upper = upper_tile_count(N), splits = gs.side[c].splits;
+    centre_grid += ceil_div(D[c], 32);
+    partial_grid += upper * splits;
+    cc.bytes += nd * (2.0 * sizeof(T) + 8.0);
+    cc.flops64 += 2.0 * nd;
+    pc.bytes += 8.0 * (nd + static_cast<double>(splits) * n2);
+    pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
+    // The recomputed close pairs depend on the data and are not counted.
+    fc.bytes += 8.0 * (static_cast<double>(splits) * n2 + n2);
+    fc.flops64 += n2 * (2.0 * static_cast<double>(splits) + 6.0);
+  }
+  launch(check, cc, centre_columns_kernel<T>, dim3(grid_dim(centre_grid)), dim3(32, 8), stream, cs);
+  launch(check, pc, gram_partial_kernel, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
+  auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist>
+                : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped>
+                                              : gram_finish_kernel<PairKind::Sq>;
+  launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
+}
+
+// xc (N x D) and the squared norms of its rows (the row blocks of pair_rows).
 template <typename T, typename Alloc, typename Check>
 void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& alloc, cudaStream_t stream,
             const Check& check) {
@@ -229,8 +407,8 @@ void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& 
   mc.flops64 = nd;
   launch(check, mc, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
   Cost cc;
-  cc.bytes = nd * (sizeof(T) + 8.0) + 8.0 * static_cast<double>(D + (norms ? N : 0));
-  cc.flops64 = nd * (norms ? 3.0 : 1.0);
+  cc.bytes = nd * (sizeof(T) + 8.0) + 8.0 * static_cast<double>(D + N);
+  cc.flops64 = 3.0 * nd;
   launch(check, cc, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean),
          D, xc, norms);
 }
@@ -239,16 +417,7 @@ void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& 
 template <typename T, typename Alloc, typename Check>
 void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, double* out, Alloc& alloc,
                  cudaStream_t stream, const Check& check) {
-  double* xc = take<double>(alloc, N * D);
-  double* norms = take<double>(alloc, N);
-  centre(x, N, D, xc, norms, alloc, stream, check);
-  const unsigned nt = grid_dim(ceil_div(N, kTile));
-  auto kernel = what == PairKind::Dist        ? gram_pairs_kernel<PairKind::Dist>
-                : what == PairKind::SqClamped ? gram_pairs_kernel<PairKind::SqClamped>
-                                              : gram_pairs_kernel<PairKind::Sq>;
-  const int64_t upper = static_cast<int64_t>(nt) * (nt + 1) / 2;  // the tiles on or above the diagonal
-  launch(check, gemm_cost(upper, D, 6.0 * N * N, pair_bytes(N, D, N * N)), kernel, dim3(nt, nt), dim3(16, 16), stream,
-         static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, eps, out);
+  pair_matrices(&x, &D, 1, N, what, eps, &out, alloc, stream, check);
 }
 
 // Rows [rows.begin, rows.end) of the pair matrix: out (rows.size(), N) float64.
@@ -273,7 +442,15 @@ template <typename T, typename Alloc, typename Check>
 void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
                        Alloc& alloc, cudaStream_t stream, const Check& check) {
   double* xc = take<double>(alloc, N * D);
-  centre(x, N, D, xc, static_cast<double*>(nullptr), alloc, stream, check);
+  Sides<CentreSide<T>> cs{};
+  cs.side[0] = {x, D, xc};
+  cs.count = 1;
+  cs.N = N;
+  const double xd = static_cast<double>(N) * static_cast<double>(D);
+  Cost cc;
+  cc.bytes = xd * (2.0 * sizeof(T) + 8.0);
+  cc.flops64 = 2.0 * xd;
+  launch(check, cc, centre_columns_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, cs);
   const int64_t n = rows.size();
   const double nd = static_cast<double>(n) * static_cast<double>(D);
   // W, w and xc read, dx written.
