@@ -42,12 +42,30 @@ def kernels(launches):
 
 
 def test_pairwise_distance_sequence(rec):
-    # Forward: centre (column means, then centring), the Gram product, the
-    # float32 copy of the float64 distances. Backward: the upstream gradient
-    # to float64, the weights, centre again, the W x X product.
+    # Forward: centring, the Gram product's K slices, their finish into
+    # distances, the float32 copy of the float64 distances. Backward: the
+    # upstream gradient to float64, the weights, the W x X product (which
+    # centres its own features).
     assert kernels(rec.run("pairwise_distance", 40, 100)) == [
-        "column_mean", "centre", "gram_pairs", "convert",
-        "convert", "weights", "column_mean", "centre", "grad_gemm"]
+        "centre_columns", "gram_partial", "gram_finish", "convert",
+        "convert", "weights", "grad_gemm"]
+
+
+def test_loss_sequences(rec):
+    # Both sides in each launch of the pair matrices; at N <= 64 the
+    # reductions of a sequence (two inverse means and the loss; in the
+    # backward two inverse means and the student's mean term) in one launch.
+    assert kernels(rec.run("rkd_distance_loss", 32, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "reduce_seq",
+        "reduce_seq", "weights", "grad_gemm"]
+    # Beyond, a launch per reduction and a finish: (3 + 1) forward, (3 + 1) backward.
+    big = kernels(rec.run("rkd_distance_loss", 65, 512))
+    assert (big.count("row_sums"), big.count("chained_row_sums"), big.count("finish")) == (2, 4, 2)
+    # The angle loss: u of both sides in one map; the backward's vertex and
+    # opposite passes in one launch.
+    assert kernels(rec.run("rkd_angle_loss", 32, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "map", "angle_loss_sum", "finish",
+        "map", "angle_passes", "weights", "grad_gemm"]
 
 
 def test_rkd_loss_is_both_terms(rec):
@@ -57,18 +75,22 @@ def test_rkd_loss_is_both_terms(rec):
         assert rec.run("RKDLoss", n, d) == both
 
 
-def test_gram_grid_and_flops(rec, lp):
-    # N = 130: 3 x 3 tiles of 64, of which the 6 on or above the diagonal work,
-    # each 64 x 64 dot products of length D.
+def test_gram_split_k(rec):
+    # N = 130: 3 x 3 tiles of 64, of which the 6 on or above the diagonal work.
+    # D = 300 in 128-feature splits: 3 of them (the most D allows, as 6 tiles
+    # are far from a few hundred blocks).
     n, d = 130, 300
-    gram = [l for l in rec.run("pairwise_distance", n, d) if l.kernel.startswith("gram_pairs")]
+    gram = [l for l in rec.run("pairwise_distance", n, d) if l.kernel.startswith("gram_partial")]
     assert len(gram) == 1
     g = gram[0]
-    assert g.grid == (3, 3, 1) and g.block == (16, 16, 1) and g.blocks == 6
-    assert g.flops64 == pytest.approx(6 * 64 * 64 * 2 * d + 6 * n * n)
+    assert g.grid == (6 * 3, 1, 1) and g.block == (16, 16, 1)
+    assert g.flops64 == 6 * 64 * 64 * 2 * d
     assert g.flops32 == 0
-    # xc and the norms read, the N x N float64 pair values written.
-    assert g.bytes == 8 * (n * d + n + n * n)
+    # xc read, 3 slices of the N x N Gram matrix written.
+    assert g.bytes == 8 * (n * d + 3 * n * n)
+    # N = 32, D = 25088: one tile, split until the grid has a few hundred blocks.
+    g = [l for l in rec.run("pairwise_distance", 32, 25088) if l.kernel.startswith("gram_partial")][0]
+    assert 132 <= g.blocks <= 25088 / 128
 
 
 def test_grad_gemm_covers_the_gradient(rec):
@@ -83,8 +105,8 @@ def test_angle_loss_float32_triplets(rec):
     # A float32 loss runs its triplet arithmetic in float32; the numerators
     # of the cosines stay float64.
     launches = rec.run("rkd_angle_loss", 64, 32)
-    tri = [l for l in launches if l.kernel.startswith(("angle_loss_sum", "angle_vertex", "angle_opposite"))]
-    assert kernels(tri) == ["angle_loss_sum", "angle_vertex", "angle_opposite"]
+    tri = [l for l in launches if l.kernel.startswith(("angle_loss_sum", "angle_passes"))]
+    assert kernels(tri) == ["angle_loss_sum", "angle_passes"]
     assert all(l.flops32 > 0 and l.flops64 > 0 for l in tri)
 
 

@@ -160,20 +160,19 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
   if (t == 0) partial[block] = total;
 }
 
-// Vertex pass: a block owns an (i, j) tile, i in the vertices, and loops over
-// k in ks.range(z), z = blockIdx.z. Writes slice z of the rows of V for the
+// Vertex pass (block blk of its grid): a block owns an (i, j) tile, i in the vertices, and loops over
+// k in ks.range(z), z = blk.z. Writes slice z of the rows of V for the
 // vertices, (vertices.size(), N): V is linear in p and q, so the slices'
 // sum is V.
 template <typename Acc, typename Up>
-__global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                   Rows vertices, Huber<Acc> huber, double eps2,
-                                                                   double kappa, VertexSplit ks,
-                                                                   double* __restrict__ V) {
+RKD_DEV void angle_vertex_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
+                                Rows vertices, const Huber<Acc>& huber, double eps2, double kappa,
+                                const VertexSplit& ks, double* __restrict__ V) {
   __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
   __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t i0 = vertices.begin + static_cast<int64_t>(blockIdx.y) * kTA;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const int64_t i0 = vertices.begin + static_cast<int64_t>(blk.y) * kTA;
+  const int64_t j0 = static_cast<int64_t>(blk.x) * kTB;
   const auto g = up.eval();
   // Elements past the edge compute on clamped indices (every read stays in
   // bounds) and are not stored.
@@ -192,7 +191,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       q[r][c] = 0.0;
     }
   }
-  const Rows range = ks.range(blockIdx.z);
+  const Rows range = ks.range(blk.z);
   for (int64_t k0 = range.begin; k0 < range.end; k0 += kChunk) {
     stage<kTA, Acc>(sIa, uIa, wIa, a, N, k0, i0, eps2, t);
     stage<kTB, Acc>(sJa, nullptr, nullptr, a, N, k0, j0, eps2, t);
@@ -241,24 +240,24 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
       if (i >= vertices.end || j >= N) continue;
       const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
-      V[(static_cast<int64_t>(blockIdx.z) * vertices.size() + i - vertices.begin) * N + j] =
+      V[(static_cast<int64_t>(blk.z) * (vertices.end - vertices.begin) + i - vertices.begin) * N + j] =
           i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
     }
   }
 }
 
-// Opposite pass: a block owns a (j, k) tile on or above the diagonal (blocks
+// Opposite pass (block blk of its grid): a block owns a (j, k) tile on or above the diagonal (blocks
 // below it return at once) and loops over the vertex rows split.range(z),
-// z = blockIdx.z. Writes slice z of R: R[z] (N, N), symmetric.
+// z = blk.z. Writes slice z of R: R[z] (N, N), symmetric.
 template <typename Acc, typename Up>
-__global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                     Huber<Acc> huber, double eps2, VertexSplit split,
-                                                                     double* __restrict__ R) {
+RKD_DEV void angle_opposite_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
+                                  const Huber<Acc>& huber, double eps2, const VertexSplit& split,
+                                  double* __restrict__ R) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
   __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const int64_t j0 = static_cast<int64_t>(blk.y) * kTA, k0 = static_cast<int64_t>(blk.x) * kTB;
   if (k0 + kTB - 1 < j0) return;
   const auto g = up.eval();
   double sa_jk[kRows][kCols], sb_jk[kRows][kCols], acc[kRows][kCols];
@@ -272,7 +271,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       acc[r][c] = 0.0;
     }
   }
-  const Rows range = split.range(blockIdx.z);
+  const Rows range = split.range(blk.z);
   const int64_t i_begin = range.begin, i_end = range.end;
   for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
     stage<kTA, Acc>(sJa, uJa, wJa, a, N, i0, j0, eps2, t);
@@ -310,7 +309,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       for (int c = 0; c < kCols; ++c) acc[r][c] += static_cast<double>(part[r][c]);
     __syncthreads();
   }
-  double* out = R + static_cast<int64_t>(blockIdx.z) * N * N;
+  double* out = R + static_cast<int64_t>(blk.z) * N * N;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
@@ -321,6 +320,28 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       out[k * N + j] = acc[r][c];
     }
   }
+}
+
+// The block (x, y, z) of grid g with flat index f (x fastest).
+RKD_DEV uint3 unflatten(int64_t f, const dim3& g) {
+  return make_uint3(static_cast<unsigned>(f % g.x), static_cast<unsigned>(f / g.x % g.y),
+                    static_cast<unsigned>(f / (static_cast<int64_t>(g.x) * g.y)));
+}
+
+// Both backward passes in one launch (they read the same operands and write
+// different outputs): the vertex pass's grid vgrid, then the opposite pass's
+// ogrid, flattened.
+template <typename Acc, typename Up>
+__global__ void __launch_bounds__(kTriThreads) angle_passes_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
+                                                                   Rows vertices, Huber<Acc> huber, double eps2,
+                                                                   double kappa, VertexSplit ks, double* V,
+                                                                   VertexSplit split, double* R, dim3 vgrid,
+                                                                   dim3 ogrid) {
+  const int64_t f = blockIdx.x, nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
+  if (f < nv)
+    angle_vertex_block(unflatten(f, vgrid), a, b, up, N, vertices, huber, eps2, kappa, ks, V);
+  else
+    angle_opposite_block(unflatten(f - nv, ogrid), a, b, up, N, huber, eps2, split, R);
 }
 
 // ---- launch geometry ----------------------------------------------------------------------------

@@ -250,6 +250,35 @@ __global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Steps... 
 // longer than the launches it saves (the launch plan flags it at N = 128).
 constexpr int64_t kSeqMaxN = 64;
 
+// Beyond kSeqMaxN, step k's row sums (a block per row, as row_sums_kernel)
+// in the launch that finishes step k - 1 from its row sums: every block sums
+// them in finish_kernel's order, so all get the same bits, and runs prev.fin
+// (each block storing the same value) before evaluating f, which may read it.
+template <typename Prev, typename Step>
+__global__ void __launch_bounds__(kBlock) chained_row_sums_kernel(Prev prev, const double* prev_rows, Step st,
+                                                                  int64_t N, double* rows) {
+  __shared__ double red[kBlock];
+  double acc = 0.0;
+  for (int64_t l = threadIdx.x; l < N; l += kBlock) acc += prev_rows[l];
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) prev.fin(total);
+  __syncthreads();
+  const int64_t i = blockIdx.x;
+  acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
+  const double row = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) rows[i] = row;
+}
+
+template <typename Prev, typename Step, typename Check>
+void chained_row_sums(const Prev& prev, const double* prev_rows, const Step& st, int64_t N, double* rows,
+                      cudaStream_t stream, const Check& check) {
+  Cost cost = elementwise_cost(N * N, 0.0);
+  cost.bytes += 8.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads the previous row sums
+  launch(check, cost, chained_row_sums_kernel<Prev, Step>, dim3(grid_dim(N)), dim3(kBlock), stream, prev, prev_rows,
+         st, N, rows);
+}
+
 template <typename Check, typename... Steps>
 void reduce_seq_one_block(int64_t N, cudaStream_t stream, const Check& check, const Steps&... steps) {
   Cost cost = elementwise_cost(N * N * static_cast<int64_t>(sizeof...(Steps)), 0.0);

@@ -109,12 +109,15 @@ class GpuBackend {
     gpu::finish(static_cast<const double*>(rows), N, fin, stream_, check_);
   }
 
-  // One launch up to kSeqMaxN; beyond, each step is a row-sum and a finish
-  // launch (each step may depend on the one before).
-  template <typename... Steps>
-  void reduce_seq(int64_t N, const Steps&... steps) {
-    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, steps...);
-    (reduce(steps.f, N, steps.fin), ...);
+  // One launch up to kSeqMaxN; beyond, a launch per step (its row sums, after
+  // finishing the step before) and a finish: bitwise what a reduce per step
+  // gives.
+  template <typename First, typename... Rest>
+  void reduce_seq(int64_t N, const First& first, const Rest&... rest) {
+    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, first, rest...);
+    double* rows = scratch<double>(N);
+    gpu::row_sums(first.f, N, rows, stream_, check_);
+    chain(N, first, static_cast<const double*>(rows), rest...);
   }
 
   template <typename F>
@@ -138,7 +141,7 @@ class GpuBackend {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
       gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, W.rows, static_cast<const double*>(W.W),
-                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), alloc_, stream_, check_);
+                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), stream_, check_);
     });
   }
 
@@ -195,8 +198,8 @@ class GpuBackend {
     gpu::finish(static_cast<const double*>(partial), na * nb * split.splits, fin, stream_, check_);
   }
 
-  // The vertex pass (V's rows for the vertices) and the opposite pass (R, in
-  // split_vertices' slices).
+  // The vertex pass (V's rows for the vertices, in split_k's slices) and the
+  // opposite pass (R, in split_vertices' slices), in one launch.
   template <typename Acc, typename Up>
   AngleGrad angle_passes(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, Rows vertices,
                          const AngleArgs& args) {
@@ -209,25 +212,37 @@ class GpuBackend {
     const int sides = Up::kLoss ? 2 : 1;
     const double f64 = sides * kCosine64, acc = sides * kCosineAcc + (Up::kLoss ? 3 : 0) + 2 + 4;
     const double up_bytes = upstream_bytes(up, N), n = static_cast<double>(N);
-    launch(check_,
-           triplet_cost<Acc>(static_cast<double>(vertex_tiles) * kTA * kTB * n, f64, acc,
-                             edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * ks.splits * vertices.size() * n, 0),
-           angle_vertex_kernel<Acc, Up>,
-           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits)),
-           dim3(kTri, kTri), stream_, a, b, up, N, vertices, huber, eps2, kappa_of(args), ks, V);
     const VertexSplit split = split_vertices(N, vertices);
     double* R = scratch<double>(split.splits * N * N);
+    // One launch: the vertex pass's blocks, then the opposite pass's.
+    const dim3 vgrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits));
+    const dim3 ogrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits));
+    const int64_t nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
+    const int64_t no = static_cast<int64_t>(ogrid.x) * ogrid.y * ogrid.z;
+    const double vertex = static_cast<double>(vertex_tiles) * kTA * kTB * n;
     const double opposite = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
-    launch(check_,
-           triplet_cost<Acc>(opposite, f64, acc, edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * split.splits * n * n,
-                             static_cast<double>(upper_tiles(N) * split.splits)),
-           angle_opposite_kernel<Acc, Up>,
-           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits)), dim3(kTri, kTri),
-           stream_, a, b, up, N, huber, eps2, split, R);
+    const Cost cost = triplet_cost<Acc>(
+        vertex + opposite, f64, acc,
+        edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * (ks.splits * vertices.size() * n + split.splits * n * n),
+        static_cast<double>(nv + upper_tiles(N) * split.splits));
+    launch(check_, cost, angle_passes_kernel<Acc, Up>, dim3(grid_dim(nv + no)), dim3(kTri, kTri), stream_, a, b, up,
+           N, vertices, huber, eps2, kappa_of(args), ks, V, split, R, vgrid, ogrid);
     return {V, R, split.splits, ks.splits};
   }
 
  private:
+  template <typename Prev>
+  void chain(int64_t N, const Prev& prev, const double* rows) {
+    gpu::finish(rows, N, prev.fin, stream_, check_);
+  }
+
+  template <typename Prev, typename Next, typename... Rest>
+  void chain(int64_t N, const Prev& prev, const double* rows, const Next& next, const Rest&... rest) {
+    double* next_rows = scratch<double>(N);
+    gpu::chained_row_sums(prev, rows, next, N, next_rows, stream_, check_);
+    chain(N, next, static_cast<const double*>(next_rows), rest...);
+  }
+
   template <typename F>
   static void visit(Dtype dtype, const F& f) {
     visit_dtype<__half, __nv_bfloat16>(dtype, f);

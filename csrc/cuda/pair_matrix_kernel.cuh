@@ -20,7 +20,8 @@
 //
 // The pair matrix of one or two inputs (pair_matrices: the student's and the
 // teacher's in the same launches) is three launches whatever the shape:
-//   centre_columns: xc = x - mean, a block per 32 columns of each input;
+//   centre_columns: xc = x - mean, a block per kCentreCols columns of each
+//                   input (narrow, so that small D still gives many blocks);
 //   gram_partial:   the Gram product split over K (split-K) so that even one
 //                   64 x 64 output tile (N <= 64) gives the grid a few
 //                   hundred blocks: split z of tile (a, b) sums k in its
@@ -46,13 +47,12 @@ constexpr int kGemmThreads = 256;
 
 // acc[r][c] += sum_k A[row0 + ty + 16 r][k] B[k][col0 + tx + 16 c] over k < K.
 // A is row-major with leading dimension lda and M rows. B has Nc columns and
-// is read as B[k][n] = b[n * ldb + k] when kBT (the transpose of a row-major
-// matrix: the Gram product), b[k * ldb + n] otherwise. Entries outside the
+// is read as B[k][n] = bload(k, n); kBT: B is the transpose of a row-major
+// matrix (the Gram product), so its k run along memory. Entries outside the
 // matrices read as 0. Called by all threads of a (16, 16) block.
-template <bool kBT>
-RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const double* __restrict__ b,
-                      int64_t ldb, int64_t Nc, int64_t K, int64_t row0, int64_t col0,
-                      double (&acc)[kMicro][kMicro]) {
+template <bool kBT, typename BLoad>
+RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const BLoad& bload, int64_t Nc, int64_t K,
+                      int64_t row0, int64_t col0, double (&acc)[kMicro][kMicro]) {
   __shared__ double As[kTk][kTile + 1];
   __shared__ double Bs[kTk][kTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
@@ -67,11 +67,11 @@ RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, cons
       As[kk][m] = (row < M && k < K) ? a[row * lda + k] : 0.0;
       if (kBT) {
         const int64_t col = col0 + m;
-        Bs[kk][m] = (col < Nc && k < K) ? b[col * ldb + k] : 0.0;
+        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : 0.0;
       } else {
         const int n = e % kTile, kb = e / kTile;
         const int64_t col = col0 + n, kr = k0 + kb;
-        Bs[kb][n] = (col < Nc && kr < K) ? b[kr * ldb + col] : 0.0;
+        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : 0.0;
       }
     }
     __syncthreads();
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
   const int64_t row0 = rows.begin + static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
-  gemm_f64<true>(xc, D, rows.end, xc, D, N, D, row0, col0, acc);
+  gemm_f64<true>(xc, D, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
     if (i >= rows.end || j >= N) return;
     out[(i - rows.begin) * N + j] = i == j ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
@@ -183,17 +183,36 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
 
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
 // rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
+// The block centres its kTile features itself: it reads all N rows of them
+// for the product anyway, so xc costs no launch and no memory.
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
-                                                                 const double* __restrict__ xc, int64_t N,
-                                                                 int64_t D, Rows rows, T* __restrict__ dx) {
+                                                                 const T* __restrict__ x, int64_t N, int64_t D,
+                                                                 Rows rows, T* __restrict__ dx) {
+  constexpr int kSlices = kGemmThreads / kTile;
+  __shared__ double part[kSlices][kTile];
+  __shared__ double mean[kTile];
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  // The column means of the block's features: kSlices row slices, summed in order.
+  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
+  double sum = 0.0;
+  if (col0 + c < D)
+    for (int64_t i = r; i < N; i += kSlices) sum += widen(x[i * D + col0 + c]);
+  part[r][c] = sum;
+  __syncthreads();
+  if (t < kTile) {
+    double total = 0.0;
+    for (int l = 0; l < kSlices; ++l) total += part[l][t];
+    mean[t] = total / static_cast<double>(N);
+  }
+  __syncthreads();
+  auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
   double acc[kMicro][kMicro] = {};
-  gemm_f64<false>(W, N, n, xc, D, D, N, row0, col0, acc);
+  gemm_f64<false>(W, N, n, xc, D, N, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
-    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc[(rows.begin + l) * D + k], wx));
+    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), wx));
   });
 }
 
@@ -240,29 +259,45 @@ struct CentreSide {
   double* xc;
 };
 
-// xc = x - mean for 32 columns of one input: a (32, 8) block computes their
-// means (the 8 row slices summed in a fixed order), then writes them.
+// centre_columns_kernel's block: kCentreCols columns by kCentreRows row slices.
+constexpr int kCentreCols = 8, kCentreRows = 32;
+
+// xc = x - mean for kCentreCols columns of one input: the block computes
+// their means (the row slices summed in a fixed order), then writes them.
 template <typename T>
-__global__ void __launch_bounds__(256) centre_columns_kernel(Sides<CentreSide<T>> in) {
-  __shared__ double part[8][33];
-  __shared__ double mean[32];
+__global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_columns_kernel(Sides<CentreSide<T>> in) {
+  __shared__ double part[kCentreRows][kCentreCols + 1];
+  __shared__ double mean[kCentreCols];
   int64_t b = blockIdx.x;
-  const CentreSide<T>& c = in.of(b, (in.side[0].D + 31) / 32);
+  const CentreSide<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t N = in.N, D = c.D, k = b * 32 + tx;
+  const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
   double acc = 0.0;
   if (k < D)
-    for (int64_t i = ty; i < N; i += 8) acc += widen(c.x[i * D + k]);
+    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(c.x[i * D + k]);
   part[ty][tx] = acc;
   __syncthreads();
   if (ty == 0) {
     double total = 0.0;
-    for (int r = 0; r < 8; ++r) total += part[r][tx];
+    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
     mean[tx] = total / static_cast<double>(N);
   }
   __syncthreads();
   if (k < D)
-    for (int64_t i = ty; i < N; i += 8) c.xc[i * D + k] = widen(c.x[i * D + k]) - mean[tx];
+    for (int64_t i = ty; i < N; i += kCentreRows) c.xc[i * D + k] = widen(c.x[i * D + k]) - mean[tx];
+}
+
+template <typename T, typename Check>
+void centre_columns(const Sides<CentreSide<T>>& cs, cudaStream_t stream, const Check& check) {
+  Cost cost;
+  int64_t blocks = 0;
+  for (int c = 0; c < cs.count; ++c) {
+    const double nd = static_cast<double>(cs.N) * static_cast<double>(cs.side[c].D);
+    cost.bytes += nd * (2.0 * sizeof(T) + 8.0);  // x read twice, xc written
+    cost.flops64 += 2.0 * nd;
+    blocks += ceil_div(cs.side[c].D, kCentreCols);
+  }
+  launch(check, cost, centre_columns_kernel<T>, dim3(grid_dim(blocks)), dim3(kCentreCols, kCentreRows), stream, cs);
 }
 
 // One input of the Gram product: xc (N, D), its K split into `splits`
@@ -294,18 +329,22 @@ inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
 }
 
 // Split z of one upper tile: G's slice z over the tile, stored at (i, j)
-// and (j, i), so each slice is exactly symmetric.
-__global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<GramSide> in) {
+// and (j, i), so each slice is exactly symmetric. (A template, S = GramSide,
+// so that every translation unit may define it, like every kernel here.)
+template <typename S>
+__global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in) {
   const int64_t N = in.N, tiles = upper_tile_count(N);
   int64_t b = blockIdx.x;
-  const GramSide& g = in.of(b, tiles * in.side[0].splits);
+  const S& g = in.of(b, tiles * in.side[0].splits);
   const int64_t z = b / tiles;
   int64_t t = b % tiles, ta = 0;
   for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;  // upper tile t's tile row
   const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
   const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
   double acc[kMicro][kMicro] = {};
-  if (k1 > k0) gemm_f64<true>(g.xc + k0, g.D, N, g.xc + k0, g.D, N, k1 - k0, row0, col0, acc);
+  const double* xk = g.xc + k0;
+  auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
+  if (k1 > k0) gemm_f64<true>(xk, g.D, N, xk_t, N, k1 - k0, row0, col0, acc);
   double* slice = g.slices + z * N * N;
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double v) {
     if (i >= N || j >= N || j < i) return;
@@ -368,8 +407,8 @@ void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, Pa
   Sides<GramSide> gs{};
   cs.count = gs.count = count;
   cs.N = gs.N = N;
-  int64_t centre_grid = 0, partial_grid = 0;
-  Cost cc, pc, fc;
+  int64_t partial_grid = 0;
+  Cost pc, fc;
   const double n2 = static_cast<double>(N) * static_cast<double>(N);
   for (int c = 0; c < count; ++c) {
     double* xc = take<double>(alloc, N * D[c]);
@@ -378,18 +417,15 @@ void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, Pa
     gs.side[c].slices = take<double>(alloc, gs.side[c].splits * N * N);
     const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
     const int64_t upper = upper_tile_count(N), splits = gs.side[c].splits;
-    centre_grid += ceil_div(D[c], 32);
     partial_grid += upper * splits;
-    cc.bytes += nd * (2.0 * sizeof(T) + 8.0);
-    cc.flops64 += 2.0 * nd;
     pc.bytes += 8.0 * (nd + static_cast<double>(splits) * n2);
     pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
     // The recomputed close pairs depend on the data and are not counted.
     fc.bytes += 8.0 * (static_cast<double>(splits) * n2 + n2);
     fc.flops64 += n2 * (2.0 * static_cast<double>(splits) + 6.0);
   }
-  launch(check, cc, centre_columns_kernel<T>, dim3(grid_dim(centre_grid)), dim3(32, 8), stream, cs);
-  launch(check, pc, gram_partial_kernel, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
+  centre_columns(cs, stream, check);
+  launch(check, pc, gram_partial_kernel<GramSide>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
   auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist>
                 : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped>
                                               : gram_finish_kernel<PairKind::Sq>;
@@ -438,26 +474,16 @@ void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, doubl
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
 // and (rows.size()). dx: contiguous (rows.size(), D).
-template <typename T, typename Alloc, typename Check>
+template <typename T, typename Check>
 void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
-                       Alloc& alloc, cudaStream_t stream, const Check& check) {
-  double* xc = take<double>(alloc, N * D);
-  Sides<CentreSide<T>> cs{};
-  cs.side[0] = {x, D, xc};
-  cs.count = 1;
-  cs.N = N;
-  const double xd = static_cast<double>(N) * static_cast<double>(D);
-  Cost cc;
-  cc.bytes = xd * (2.0 * sizeof(T) + 8.0);
-  cc.flops64 = 2.0 * xd;
-  launch(check, cc, centre_columns_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, cs);
+                       cudaStream_t stream, const Check& check) {
   const int64_t n = rows.size();
-  const double nd = static_cast<double>(n) * static_cast<double>(D);
-  // W, w and xc read, dx written.
-  const double bytes = 8.0 * (static_cast<double>(n) * N + n + static_cast<double>(N) * D) + nd * sizeof(T);
-  launch(check, gemm_cost(ceil_div(D, kTile) * ceil_div(n, kTile), N, 3.0 * nd, bytes), grad_gemm_kernel<T>,
-         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile))), dim3(16, 16), stream, W, w,
-         static_cast<const double*>(xc), N, D, rows, dx);
+  const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
+  // W, w and x read, dx written; the means and the centring on the fly.
+  const double bytes = 8.0 * (static_cast<double>(n) * N + n) + (xd + nd) * sizeof(T);
+  launch(check, gemm_cost(ceil_div(D, kTile) * ceil_div(n, kTile), N, 3.0 * nd + 2.0 * xd, bytes),
+         grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile))), dim3(16, 16), stream,
+         W, w, x, N, D, rows, dx);
 }
 
 }  // namespace gpu
