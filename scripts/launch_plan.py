@@ -21,7 +21,9 @@ overhead) exceeds 10 us while its grid has fewer working blocks than the
 GPU has SMs.
 
 Usage:
-  python scripts/launch_plan.py [--profile NAME] [--detail] [--ops A,B] [--sizes typical|large|all] [--check]
+  python scripts/launch_plan.py [--profile NAME] [--detail | --compact] [--ops A,B] [--sizes typical|large|all]
+                                [--check]
+--compact: one row per op and N, one column per D (what the README shows).
 --check: exit 1 when, at N <= 256, a launch count exceeds its target (TARGETS) or a flagged launch appears at the
 typical sizes. Needs g++ and the CUDA headers (CUDA_HOME, default /usr/local/cuda); no GPU, no torch.
 """
@@ -246,6 +248,32 @@ def table(rows, profiles):
     return "\n".join(lines)
 
 
+def compact(rows, profiles):
+    """Rows (op, N), columns D: launches, the estimates, the slow profile's fp64 share, flagged launches."""
+    ps = [PROFILES[p] for p in profiles]
+    ds = sorted({d for _, _, d, _ in rows})
+    cells, order = {}, []
+    for op, n, d, launches in rows:
+        if (op, n) not in cells:
+            cells[(op, n)] = {}
+            order.append((op, n))
+        times = [sum(l.time(p) for l in launches) for p in ps]
+        text = f"{len(launches)} · " + " · ".join(f"{fmt_us(t)} µs" for t in times)
+        if len(ps) > 1:
+            p = ps[-1]
+            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in launches)
+            text += f" ({100 * f64 / times[-1]:.0f}% fp64)"
+        flagged = sum(l.flagged(ps[0]) for l in launches)
+        cells[(op, n)][d] = text + (f" · {flagged} flagged" if flagged else "")
+    head = ["op", "N"] + [f"D = {d}" for d in ds]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * len(ds)]
+    for op, n in order:
+        lines.append(f"| {op} | {n} | " + " | ".join(cells[(op, n)].get(d, "") for d in ds) + " |")
+    cell = "launches · " + " · ".join(f"est. {p}" for p in profiles) + \
+        (f" (share of the {profiles[-1]} estimate in float64 arithmetic)" if len(ps) > 1 else "")
+    return f"Each cell: {cell}; flagged launches ({profiles[0]}), if any.\n\n" + "\n".join(lines)
+
+
 def detail(op, n, d, launches, profiles):
     ps = [PROFILES[p] for p in profiles]
     lines = [f"### {op}, N = {n}, D = {d}", "",
@@ -277,6 +305,7 @@ def main(argv=None):
     ap.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
     ap.add_argument("--sizes", choices=("typical", "large", "all"), default="all")
     ap.add_argument("--detail", action="store_true", help="also list every launch")
+    ap.add_argument("--compact", action="store_true", help="one row per op and N, one column per D")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed (see TARGETS)")
     args = ap.parse_args(argv)
     profiles = args.profile or ["h200", "slow-fp64"]
@@ -289,7 +318,7 @@ def main(argv=None):
         print(f"  {p}: {PROFILES[p].name}")
     print(f"Flagged: estimated work over {FLAG_WORK_US:.0f} us with fewer working blocks than SMs "
           f"({profiles[0]}).\n")
-    print(table(rows, profiles))
+    print(compact(rows, profiles) if args.compact else table(rows, profiles))
     if args.detail:
         print()
         for row in rows:
