@@ -61,10 +61,10 @@ def test_loss_sequences(rec):
     # Beyond, a launch per reduction and a finish: (3 + 1) forward, (3 + 1) backward.
     big = kernels(rec.run("rkd_distance_loss", 65, 512))
     assert (big.count("row_sums"), big.count("chained_row_sums"), big.count("finish")) == (2, 4, 2)
-    # The angle loss: u of both sides in one map; the backward's vertex and
-    # opposite passes in one launch.
+    # The angle loss: u of both sides with s in the forward, in one map in the
+    # backward; the backward's vertex and opposite passes in one launch.
     assert kernels(rec.run("rkd_angle_loss", 32, 512)) == [
-        "centre_columns", "gram_partial", "gram_finish", "map", "angle_loss_sum", "finish",
+        "centre_columns", "gram_partial", "gram_finish", "angle_loss_sum", "finish",
         "map", "angle_passes", "weights", "grad_gemm"]
 
 

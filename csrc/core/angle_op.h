@@ -9,6 +9,9 @@
 //   to<Acc>(Operand, n)       an operand in Acc
 //   edges<Acc>(s, N, args)    u = inv_edge(s) (1 unnormalised)
 //   edge_pair<Acc>(s_a, s_b, N, args)   {edges of s_a, edges of s_b} (a backend may compute them together)
+//   pairs_and_edges<Acc>(Features s, Features t, args, sq_s, sq_t)   both inputs' s as angle_pairs
+//                             computes them, into sq_s and sq_t, and their edge_pair (a backend may
+//                             compute the edges with s)
 //   angle_values(a, b, N, beta, Buffer)      cosines of a (b null), or l(A_a - A_b), (N, N, N)
 //   angle_loss_sum(a, b, N, Rows, beta, Fin)    Fin(sum of l(A_a - A_b) over the triplets
 //                                               whose vertex is in Rows)
@@ -178,13 +181,15 @@ template <typename B>
 void rkd_angle_loss(B& be, const Features& s, const Features& t, const AngleArgs& a, double* sq_s, double* sq_t,
                     const Buffer& loss) {
   const int64_t N = s.N;
-  be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);  // as angle_pairs, both sides
   const bool none = a.reduction == Reduction::None;
-  if (N < 3) return be.fill_zero(loss, none ? N * N * N : 1);  // no triplets with three distinct points
+  if (N < 3) {  // no triplets with three distinct points
+    be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);  // as angle_pairs, both sides
+    return be.fill_zero(loss, none ? N * N * N : 1);
+  }
   const bool wide = loss.dtype == Dtype::Float64;
   with_triplet_type<B>(wide, [&](auto acc) {
     using Acc = decltype(acc);
-    const auto e = be.template edge_pair<Acc>(sq_s, sq_t, N, a);
+    const auto e = be.template pairs_and_edges<Acc>(s, t, a, sq_s, sq_t);
     const Edges<Acc>&ea = e.first, &eb = e.second;
     if (none) return be.angle_values(ea, &eb, N, a.beta, loss);
     const double n = static_cast<double>(N), div = mean_divisor(a.reduction, n * n * n);

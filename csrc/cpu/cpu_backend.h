@@ -144,6 +144,12 @@ class CpuBackend {
   std::pair<Edges<Acc>, Edges<Acc>> edge_pair(const double* s_a, const double* s_b, int64_t N, const AngleArgs& a) {
     return {edges<Acc>(s_a, N, a), edges<Acc>(s_b, N, a)};
   }
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> pairs_and_edges(const Features& s, const Features& t, const AngleArgs& a,
+                                                    double* sq_s, double* sq_t) {
+    pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);
+    return edge_pair<Acc>(sq_s, sq_t, s.N, a);
+  }
   void angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta, const Buffer& out);
   double angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, Rows vertices, double beta);
   template <typename Fin>

@@ -154,6 +154,28 @@ class GpuBackend {
     return {s, u};
   }
 
+  // s of both inputs and their u in the pair matrices' launches when the
+  // dtypes agree.
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> pairs_and_edges(const Features& s, const Features& t, const AngleArgs& a,
+                                                    double* sq_s, double* sq_t) {
+    if (s.dtype != t.dtype) {
+      pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);
+      return edge_pair<Acc>(sq_s, sq_t, s.N, a);
+    }
+    const int64_t N = s.N;
+    Acc* u = scratch<Acc>(2 * N * N);
+    visit(s.dtype, [&](auto e) {
+      using T = decltype(e);
+      const T* x[2] = {static_cast<const T*>(s.data), static_cast<const T*>(t.data)};
+      const int64_t D[2] = {s.D, t.D};
+      double* out[2] = {sq_s, sq_t};
+      const gpu::EdgeOut edges{u, sizeof(Acc) == 8, a.eps, a.normalize};
+      gpu::pair_matrices(x, D, 2, N, PairKind::Sq, 0.0, out, alloc_, stream_, check_, edges);
+    });
+    return {Edges<Acc>{sq_s, u}, Edges<Acc>{sq_t, u + N * N}};
+  }
+
   // Both sides' u in one launch: rows N.. of the map are b's.
   template <typename Acc>
   std::pair<Edges<Acc>, Edges<Acc>> edge_pair(const double* s_a, const double* s_b, int64_t N, const AngleArgs& a) {

@@ -301,13 +301,26 @@ void centre_columns(const Sides<CentreSide<T>>& cs, cudaStream_t stream, const C
 }
 
 // One input of the Gram product: xc (N, D), its K split into `splits`
-// ranges of per_split (a multiple of kTk), G's slices (splits, N, N), and
-// the pair values (N, N).
+// ranges of per_split (a multiple of kTk), G's slices (splits, N, N), the
+// pair values (N, N), and where not null the angle ops' u = inv_edge(value)
+// (1 unnormalised) in float64 or float32, (N, N).
 struct GramSide {
   const double* xc;
   int64_t D, splits, per_split;
   double* slices;
   double* out;
+  void* u;
+  bool u_f64, normalize;
+  double u_eps;
+};
+
+// Where pair_matrices also writes u (the angle ops' edges): the inputs' u
+// one after the other, N x N each, in float64 (f64) or float32.
+struct EdgeOut {
+  void* u;
+  bool f64;
+  double eps;
+  bool normalize;
 };
 
 // Tiles on or above the diagonal of an N x N matrix of kTile x kTile tiles.
@@ -325,7 +338,7 @@ inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
   const int64_t chunks = ceil_div(D, kMinSplit), want = ceil_div(kGramBlocks, upper_tile_count(N));
   const int64_t splits = chunks < 1 ? 1 : (want < chunks ? want : chunks);
   const int64_t per_split = chunks < 1 ? kMinSplit : ceil_div(chunks, splits) * kMinSplit;
-  return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out};
+  return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out, nullptr, false, false, 0.0};
 }
 
 // Split z of one upper tile: G's slice z over the tile, stored at (i, j)
@@ -393,16 +406,27 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<GramSide> in,
       if (t == l) near_v[l] = total;
     }
     __syncthreads();
-    if (j < N) g.out[i * N + j] = j == i ? 0.0 : value_of_kind<kWhat>(near[t] ? near_v[t] : v, eps);
+    if (j < N) {
+      const double value = j == i ? 0.0 : value_of_kind<kWhat>(near[t] ? near_v[t] : v, eps);
+      g.out[i * N + j] = value;
+      if (g.u != nullptr) {  // as a map of angle_kernel.cuh's InvEdge over out would
+        const double u = g.normalize ? inv_edge(value, g.u_eps) : 1.0;
+        if (g.u_f64)
+          static_cast<double*>(g.u)[i * N + j] = u;
+        else
+          static_cast<float*>(g.u)[i * N + j] = static_cast<float>(u);
+      }
+    }
     __syncthreads();  // near and near_v are rewritten for the next columns
   }
 }
 
-// The pair matrices of the `count` inputs x[c] (N, D[c]) into out[c]: three
-// launches for all of them.
+// The pair matrices of the `count` inputs x[c] (N, D[c]) into out[c], and
+// their u where edges.u is not null: three launches for all of them.
 template <typename T, typename Alloc, typename Check>
 void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
-                   double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check) {
+                   double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check,
+                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}) {
   Sides<CentreSide<T>> cs{};
   Sides<GramSide> gs{};
   cs.count = gs.count = count;
@@ -415,6 +439,14 @@ void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, Pa
     cs.side[c] = {x[c], D[c], xc};
     gs.side[c] = gram_side(xc, N, D[c], out[c]);
     gs.side[c].slices = take<double>(alloc, gs.side[c].splits * N * N);
+    const double u_size = edges.f64 ? 8.0 : 4.0;
+    if (edges.u != nullptr) {
+      gs.side[c].u = static_cast<char*>(edges.u) + static_cast<int64_t>(u_size) * c * N * N;
+      gs.side[c].u_f64 = edges.f64;
+      gs.side[c].normalize = edges.normalize;
+      gs.side[c].u_eps = edges.eps;
+      fc.bytes += u_size * N * N;
+    }
     const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
     const int64_t upper = upper_tile_count(N), splits = gs.side[c].splits;
     partial_grid += upper * splits;
