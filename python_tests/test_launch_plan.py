@@ -136,3 +136,13 @@ def test_report_says_estimate(lp, capsys):
     assert lp.main(["--ops", "pairwise_distance", "--sizes", "typical"]) == 0
     out = capsys.readouterr().out
     assert "ESTIMATES FROM A MODEL" in out and "| pairwise_distance | 32 | 25088 |" in out
+
+
+def test_grad_split(rec):
+    # N = 512, D = 512: 8 x 8 output tiles of the W x X product, at most half
+    # an H200, so its 512 samples are split in two (at least 256 each) and a
+    # finish launch sums the halves; at N = 1024 its 128 tiles go unsplit.
+    grad = [l for l in rec.run("pairwise_distance", 512, 512) if l.kernel.startswith("grad_")]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 8, 2)), ("grad_finish", (1024, 1, 1))]
+    grad = [l for l in rec.run("pairwise_distance", 1024, 512) if l.kernel.startswith("grad_")]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 16, 1))]

@@ -141,7 +141,7 @@ class GpuBackend {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
       gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, W.rows, static_cast<const double*>(W.W),
-                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), stream_, check_);
+                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), alloc_, stream_, check_);
     });
   }
 

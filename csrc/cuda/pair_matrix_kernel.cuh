@@ -45,6 +45,11 @@ constexpr int kTk = 16;
 constexpr int kMicro = 4;
 constexpr int kGemmThreads = 256;
 
+// The blocks a product split over its reduction aims for (about two per SM
+// of an H200): a constant, so that how a product is split, and with it its
+// rounding, depends on the sizes alone, not on the device.
+constexpr int64_t kSplitBlocks = 264;
+
 // acc[r][c] += sum_k A[row0 + ty + 16 r][k] B[k][col0 + tx + 16 c] over k < K.
 // A is row-major with leading dimension lda and M rows. B has Nc columns and
 // is read as B[k][n] = bload(k, n); kBT: B is the transpose of a row-major
@@ -181,15 +186,39 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
   });
 }
 
+// The W x X product's reduction over the N samples, split when its output
+// tiles fill at most half an H200 (kSplitBlocks / 4) and N is large (N = 512,
+// D = 512: 64 tiles of 512 steps); with more tiles the partials' traffic and
+// the finish launch cost more than the idle SMs.
+struct GradSplit {
+  int64_t splits, per_split;  // ranges of the samples j, per_split a multiple of kTk
+  double* partial;            // (splits, n, D) partial products, when splits > 1
+  double* mean;               // (D) the column means, when splits > 1
+};
+
+// At least kMinGradSplit samples per split; about kSplitBlocks blocks in all.
+constexpr int64_t kMinGradSplit = 256;
+
+inline GradSplit grad_split(int64_t tiles, int64_t N) {
+  const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles), most = N / kMinGradSplit;  // D = 0: none
+  const int64_t splits = want < most ? want : most;
+  if (splits <= 1 || tiles > kSplitBlocks / 4) return {1, ceil_div(N, kTk) * kTk, nullptr, nullptr};
+  const int64_t per_split = ceil_div(ceil_div(N, splits), kTk) * kTk;
+  return {ceil_div(N, per_split), per_split, nullptr, nullptr};
+}
+
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
 // rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
 // The block centres its kTile features itself: it reads all N rows of them
-// for the product anyway, so xc costs no launch and no memory.
+// for the product anyway, so xc costs no launch and no memory. Split (split
+// z = blockIdx.z over the samples of its range): the block stores its
+// partial product, and the blocks of split 0 and the first row tile the
+// means, for grad_finish_kernel.
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
                                                                  const T* __restrict__ x, int64_t N, int64_t D,
-                                                                 Rows rows, T* __restrict__ dx) {
+                                                                 Rows rows, GradSplit split, T* __restrict__ dx) {
   constexpr int kSlices = kGemmThreads / kTile;
   __shared__ double part[kSlices][kTile];
   __shared__ double mean[kTile];
@@ -210,10 +239,35 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   __syncthreads();
   auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
   double acc[kMicro][kMicro] = {};
-  gemm_f64<false>(W, N, n, xc, D, N, row0, col0, acc);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.z) * split.per_split;
+  const int64_t j1 = j0 + split.per_split < N ? j0 + split.per_split : N;
+  auto xc_from = [&](int64_t j, int64_t k) { return xc(j0 + j, k); };
+  if (j1 > j0) gemm_f64<false>(W + j0, N, n, xc_from, D, j1 - j0, row0, col0, acc);
+  if (split.splits > 1) {
+    double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
+    for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
+      if (l < n && k < D) part_z[l * D + k] = wx;
+    });
+    if (blockIdx.z == 0 && blockIdx.y == 0 && t < kTile && col0 + t < D) split.mean[col0 + t] = mean[t];
+    return;
+  }
   for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
     if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), wx));
   });
+}
+
+// dx from the split products: each element sums its partials in split order.
+template <typename T>
+__global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __restrict__ w, const T* __restrict__ x,
+                                                             int64_t D, Rows rows, GradSplit split,
+                                                             T* __restrict__ dx) {
+  const int64_t n = rows.end - rows.begin, e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (e >= n * D) return;
+  const int64_t l = e / D, k = e % D;
+  double wx = 0.0;
+  for (int64_t z = 0; z < split.splits; ++z) wx += split.partial[z * n * D + e];
+  const double xc = widen(x[(rows.begin + l) * D + k]) - split.mean[k];
+  dx[e] = narrow<T>(grad_epilogue(w[l], xc, wx));
 }
 
 // A gemm_f64 over `tiles` kTile x kTile output tiles and K steps (padding
@@ -330,12 +384,13 @@ RKD_HD int64_t upper_tile_count(int64_t N) {
 }
 
 // Splits of the Gram product's K so that the upper tiles times the splits
-// give about kGramBlocks blocks, each over at least kMinSplit features: a
+// give about kSplitBlocks blocks, each over at least kMinSplit features: a
 // function of the sizes alone, so results do not depend on the device.
-constexpr int64_t kGramBlocks = 264, kMinSplit = 128;
+constexpr int64_t kMinSplit = 128;
 
 inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
-  const int64_t chunks = ceil_div(D, kMinSplit), want = ceil_div(kGramBlocks, upper_tile_count(N));
+  const int64_t tiles = upper_tile_count(N), chunks = ceil_div(D, kMinSplit);
+  const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles);
   const int64_t splits = chunks < 1 ? 1 : (want < chunks ? want : chunks);
   const int64_t per_split = chunks < 1 ? kMinSplit : ceil_div(chunks, splits) * kMinSplit;
   return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out, nullptr, false, false, 0.0};
@@ -506,16 +561,29 @@ void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, doubl
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
 // and (rows.size()). dx: contiguous (rows.size(), D).
-template <typename T, typename Check>
+template <typename T, typename Alloc, typename Check>
 void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
-                       cudaStream_t stream, const Check& check) {
-  const int64_t n = rows.size();
+                       Alloc& alloc, cudaStream_t stream, const Check& check) {
+  const int64_t n = rows.size(), tiles = ceil_div(D, kTile) * ceil_div(n, kTile);
   const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
-  // W, w and x read, dx written; the means and the centring on the fly.
-  const double bytes = 8.0 * (static_cast<double>(n) * N + n) + (xd + nd) * sizeof(T);
-  launch(check, gemm_cost(ceil_div(D, kTile) * ceil_div(n, kTile), N, 3.0 * nd + 2.0 * xd, bytes),
-         grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile))), dim3(16, 16), stream,
-         W, w, x, N, D, rows, dx);
+  GradSplit split = grad_split(tiles, N);
+  if (split.splits > 1) {
+    split.partial = take<double>(alloc, split.splits * n * D);
+    split.mean = take<double>(alloc, D);
+  }
+  // W, w and x read, dx written (or the partials and the means); the means and the centring on the fly.
+  const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
+  Cost cost = gemm_cost(tiles * split.splits, ceil_div(N, split.splits), 3.0 * nd + 2.0 * xd,
+                        8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out);
+  launch(check, cost, grad_gemm_kernel<T>,
+         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
+         stream, W, w, x, N, D, rows, split, dx);
+  if (split.splits == 1) return;
+  Cost fin;
+  fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
+  fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
+  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
+         rows, split, dx);
 }
 
 }  // namespace gpu
