@@ -9,9 +9,9 @@
 //   pair_matrix(Features, PairKind, eps, Precision, double* out)
 //   pair_matrices(Features s, Features t, PairKind, eps, Precision, double* out_s, double* out_t)
 //                                       both sides' pair matrices (a backend may run them together)
-//   reduce(F, N, Fin)                   Fin(sum over i, j of F(i, j)), a fixed order
-//   reduce_seq(N, ReduceStep...)        reduce(f, N, fin) for each step in order; a step's f
-//                                       may read what an earlier step's fin stored
+//   reduce_seq(N, ReduceStep...)        fin(sum over i, j of f(i, j)), each sum in a fixed order,
+//                                       for each step in order; a step's f may read what an
+//                                       earlier step's fin stored
 //   map(F, N, Buffer)                   out_ij = F(i, j)
 //   pair_rows(Features, Rows, PairKind, eps, Precision, double* out)   rows of the pair matrix
 //   weights(Features, Rows, Precision) -> W   rows of the weight matrix of the gradient product

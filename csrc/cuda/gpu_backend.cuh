@@ -102,16 +102,9 @@ class GpuBackend {
     });
   }
 
-  template <typename F, typename Fin>
-  void reduce(const F& f, int64_t N, const Fin& fin) {
-    double* rows = scratch<double>(N);
-    gpu::row_sums(f, N, rows, stream_, check_);
-    gpu::finish(static_cast<const double*>(rows), N, fin, stream_, check_);
-  }
-
   // One launch up to kSeqMaxN; beyond, a launch per step (its row sums, after
-  // finishing the step before) and a finish: bitwise what a reduce per step
-  // gives.
+  // finishing the step before) and a finish: bitwise what a row-sum launch
+  // and a finish launch per step give.
   template <typename First, typename... Rest>
   void reduce_seq(int64_t N, const First& first, const Rest&... rest) {
     if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, first, rest...);

@@ -16,7 +16,9 @@
 // product is a CPU option.
 //
 // Both products run through one shared-memory tiled float64 GEMM: each
-// output element is one thread's sum over k in a fixed order.
+// output element (of a product, or of one of its slices over the reduction
+// index) is one thread's sum over k in a fixed order, and slices are summed
+// in slice order: repeated calls are bitwise identical.
 //
 // The pair matrix of one or two inputs (pair_matrices: the student's and the
 // teacher's in the same launches) is three launches whatever the shape:
@@ -30,6 +32,10 @@
 //                   deterministic), takes the norms from G's diagonal, and
 //                   recomputes the pairs too close for the Gram form from
 //                   direct differences with the whole block over D.
+// grad_from_weights centres in its own blocks and splits its sum over the
+// samples when its output tiles are few (grad_split). Rows of the pair
+// matrix (pair_rows, for the sharded global batch) are still one unsplit
+// launch after the two-launch centring (column_mean_kernel, centre_kernel).
 #pragma once
 
 #include "common.cuh"
