@@ -58,9 +58,13 @@ def test_loss_sequences(rec):
     assert kernels(rec.run("rkd_distance_loss", 32, 512)) == [
         "centre_columns", "gram_partial", "gram_finish", "reduce_seq",
         "reduce_seq", "weights", "grad_gemm"]
-    # Beyond, a launch per reduction and a finish: (3 + 1) forward, (3 + 1) backward.
+    # Beyond, a launch per reduction and a finish, the two inverse means (they
+    # read only the pair matrices) sharing theirs: 3 forward, 3 backward.
     big = kernels(rec.run("rkd_distance_loss", 65, 512))
-    assert (big.count("row_sums"), big.count("chained_row_sums"), big.count("finish")) == (2, 4, 2)
+    assert big[3:6] == big[6:9] == ["row_sums_pair", "chained_pair", "finish"]
+    # normalized_distance's backward: its inverse mean and mean term (both read
+    # only matrices) summed in one launch, their fins in one block.
+    assert kernels(rec.run("normalized_distance", 65, 512)).count("row_sums_pair") == 1
     # The angle loss: u of both sides with s in the forward, in one map in the
     # backward; the backward's vertex and opposite passes in one launch.
     assert kernels(rec.run("rkd_angle_loss", 32, 512)) == [

@@ -11,7 +11,7 @@
 //                                       both sides' pair matrices (a backend may run them together)
 //   reduce_seq(N, ReduceStep...)        fin(sum over i, j of f(i, j)), each sum in a fixed order,
 //                                       for each step in order; a step's f may read what an
-//                                       earlier step's fin stored
+//                                       earlier step's fin stored, unless it is standalone (below)
 //   map(F, N, Buffer)                   out_ij = F(i, j)
 //   pair_rows(Features, Rows, PairKind, eps, Precision, double* out)   rows of the pair matrix
 //   weights(Features, Rows, Precision) -> W   rows of the weight matrix of the gradient product
@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../rkd_math.h"
 #include "params.h"
@@ -76,6 +77,14 @@ ReduceStep<F, Fin> step(const F& f, const Fin& fin) {
   return {f, fin};
 }
 
+// A functor that reads matrices only, never what a step's fin stored, says
+// so with `static constexpr bool kStandalone = true`: a backend may then sum
+// it together with the step before it.
+template <typename F, typename = void>
+struct Standalone : std::false_type {};
+template <typename F>
+struct Standalone<F, std::void_t<decltype(F::kStandalone)>> : std::bool_constant<F::kStandalone> {};
+
 // The upstream gradient of a loss, read in place when it is float32 or
 // float64 (autograd hands a loss's backward the loss's dtype, one of the
 // two), so that no conversion runs before the backward; other dtypes are
@@ -97,6 +106,7 @@ LossUpstream loss_upstream(B& be, const Operand& grad, int64_t n) {
 // ---- N x N terms ---------------------------------------------------------------------
 
 struct MatrixAt {
+  static constexpr bool kStandalone = true;
   const double* m;
   int64_t N;
   RKD_HD double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
@@ -110,6 +120,7 @@ struct ScaledBy {
 };
 
 struct ProductAt {
+  static constexpr bool kStandalone = true;
   const double* a;
   const double* b;
   int64_t N;

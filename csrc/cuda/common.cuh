@@ -270,6 +270,69 @@ __global__ void __launch_bounds__(kBlock) chained_row_sums_kernel(Prev prev, con
   if (threadIdx.x == 0) rows[i] = row;
 }
 
+// The row sums of two steps, the second standalone (the op layer's
+// Standalone): blocks [0, N) the first's, [N, 2 N) the second's.
+template <typename F1, typename F2>
+__global__ void __launch_bounds__(kBlock) row_sums_pair_kernel(F1 f1, F2 f2, int64_t N, double* rows1,
+                                                               double* rows2) {
+  __shared__ double red[kBlock];
+  const bool second = blockIdx.x >= N;
+  const int64_t i = second ? blockIdx.x - N : blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += second ? f2(i, j) : f1(i, j);
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) (second ? rows2 : rows1)[i] = total;
+}
+
+// fin of each of the two steps from their row sums, in finish_kernel's
+// order; then, if st is not null, its row sums (as chained_row_sums_kernel).
+// One block per row of st, or one block.
+template <typename P1, typename P2, typename Step>
+__global__ void __launch_bounds__(kBlock) chained_pair_kernel(P1 p1, const double* rows1, P2 p2,
+                                                              const double* rows2, Step st, bool with_step, int64_t N,
+                                                              double* rows) {
+  __shared__ double red[kBlock];
+  double a1 = 0.0, a2 = 0.0;
+  for (int64_t l = threadIdx.x; l < N; l += kBlock) {
+    a1 += rows1[l];
+    a2 += rows2[l];
+  }
+  const double t1 = block_sum<kBlock>(a1, red, threadIdx.x);
+  const double t2 = block_sum<kBlock>(a2, red, threadIdx.x);
+  if (threadIdx.x == 0) {
+    p1.fin(t1);
+    p2.fin(t2);
+  }
+  __syncthreads();
+  if (!with_step) return;
+  const int64_t i = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
+  const double row = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) rows[i] = row;
+}
+
+template <typename F1, typename F2, typename Check>
+void row_sums_pair(const F1& f1, const F2& f2, int64_t N, double* rows1, double* rows2, cudaStream_t stream,
+                   const Check& check) {
+  launch(check, elementwise_cost(2 * N * N, 0.0), row_sums_pair_kernel<F1, F2>, dim3(grid_dim(2 * N)), dim3(kBlock),
+         stream, f1, f2, N, rows1, rows2);
+}
+
+// with_step false: the two fins alone, in one block (st unused).
+template <typename P1, typename P2, typename Step, typename Check>
+void chained_pair(const P1& p1, const double* rows1, const P2& p2, const double* rows2, const Step& st,
+                  bool with_step, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
+  Cost cost;
+  cost.bytes = 16.0 * static_cast<double>(N);
+  if (with_step) {
+    cost = elementwise_cost(N * N, 0.0);
+    cost.bytes += 16.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads both row sums
+  }
+  launch(check, cost, chained_pair_kernel<P1, P2, Step>, dim3(with_step ? grid_dim(N) : 1u), dim3(kBlock), stream,
+         p1, rows1, p2, rows2, st, with_step, N, rows);
+}
+
 template <typename Prev, typename Step, typename Check>
 void chained_row_sums(const Prev& prev, const double* prev_rows, const Step& st, int64_t N, double* rows,
                       cudaStream_t stream, const Check& check) {
