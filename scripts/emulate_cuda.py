@@ -457,6 +457,8 @@ def main():
             for dtype in dtypes:
                 run_distance(emu, rep, n, ds, dt, dtype, "random", args.quick)
             run_distance(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
+        if not args.quick:  # past N = 512 the W x X product splits its reduction over the samples
+            run_distance(emu, rep, 520, 3, 2, torch.float32, "offset", args.quick)
         for i, (n, ds, dt) in enumerate(angle_cases):
             for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
                 run_angle(emu, rep, n, ds, dt, dtype, "random", args.quick)

@@ -8,6 +8,10 @@
 //   Triplet<T>                the type its triplet arithmetic runs in for results of type T
 //   to<Acc>(Operand, n)       an operand in Acc
 //   edges<Acc>(s, N, args)    u = inv_edge(s) (1 unnormalised)
+//   edge_pair<Acc>(s_a, s_b, N, args)   {edges of s_a, edges of s_b} (a backend may compute them together)
+//   pairs_and_edges<Acc>(Features s, Features t, args, sq_s, sq_t)   both inputs' s as angle_pairs
+//                             computes them, into sq_s and sq_t, and their edge_pair (a backend may
+//                             compute the edges with s)
 //   angle_values(a, b, N, beta, Buffer)      cosines of a (b null), or l(A_a - A_b), (N, N, N)
 //   angle_loss_sum(a, b, N, Rows, beta, Fin)    Fin(sum of l(A_a - A_b) over the triplets
 //                                               whose vertex is in Rows)
@@ -49,13 +53,13 @@ inline double kappa_of(const AngleArgs& a) { return a.normalize ? 1.0 : 0.0; }
 template <typename Acc>
 struct ScalarUpstream {
   static constexpr bool kLoss = true;
-  const double* up;  // the upstream gradient: one float64 element in backend memory
-  double div;        // N^3 for 'mean', 1 for 'sum'
+  LossUpstream up;  // the upstream gradient: one element in backend memory
+  double div;       // N^3 for 'mean', 1 for 'sum'
   struct Eval {
     Acc c;
     RKD_HD Acc gsym(int64_t, int64_t, int64_t, Acc d) const { return Acc(2) * (c * d); }
   };
-  RKD_HD Eval eval() const { return {static_cast<Acc>(*up / div)}; }
+  RKD_HD Eval eval() const { return {static_cast<Acc>(up[0] / div)}; }
 };
 
 // An (N, N, N) upstream gradient. Of a loss with reduction 'none' (kLoss):
@@ -79,23 +83,36 @@ using TensorUpstream = CubeUpstream<Acc, true>;
 template <typename Acc>
 using RawUpstream = CubeUpstream<Acc, false>;
 
-// What angle_passes returns: the rows of V for its vertices, (n, N), and R
+// What angle_passes returns: the rows of V for its vertices, (n, N), as
+// `vslices` partial sums (a backend may split the vertex pass's loop; only
+// when the vertices are all N rows, so that V's slices are (N, N)), and R
 // over those vertices as `slices` (N, N) partial sums.
 struct AngleGrad {
   const double* V;
   const double* R;
   int64_t slices;
+  int64_t vslices = 1;
 };
+
+// The sum of `count` (N, N) slices at m, in order.
+RKD_HD double slice_sum(const double* m, int64_t count, int64_t N, int64_t i, int64_t j) {
+  double r = m[i * N + j];
+  for (int64_t z = 1; z < count; ++z) r += m[z * N * N + i * N + j];
+  return r;
+}
 
 // R summed over its slices, in order.
 struct SliceSum {
   AngleGrad g;
   int64_t N;
-  RKD_HD double operator()(int64_t i, int64_t j) const {
-    double r = g.R[i * N + j];
-    for (int64_t z = 1; z < g.slices; ++z) r += g.R[z * N * N + i * N + j];
-    return r;
-  }
+  RKD_HD double operator()(int64_t i, int64_t j) const { return slice_sum(g.R, g.slices, N, i, j); }
+};
+
+// V summed over its slices, in order (all N vertices).
+struct VertexSliceSum {
+  AngleGrad g;
+  int64_t N;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return slice_sum(g.V, g.vslices, N, i, j); }
 };
 
 // The weight functor of distance_op.h for the angle ops (V of all vertices).
@@ -103,7 +120,8 @@ struct AngleWeight {
   AngleGrad g;
   int64_t N;
   RKD_HD double operator()(int64_t i, int64_t j) const {
-    return g.V[i * N + j] + g.V[j * N + i] + opposite_edge_grad(SliceSum{g, N}(i, j));
+    const VertexSliceSum V{g, N};
+    return V(i, j) + V(j, i) + opposite_edge_grad(SliceSum{g, N}(i, j));
   }
   RKD_HD bool rowwise() const { return false; }
 };
@@ -161,14 +179,16 @@ template <typename B>
 void rkd_angle_loss(B& be, const Features& s, const Features& t, const AngleArgs& a, double* sq_s, double* sq_t,
                     const Buffer& loss) {
   const int64_t N = s.N;
-  angle_pairs(be, s, sq_s);
-  angle_pairs(be, t, sq_t);
   const bool none = a.reduction == Reduction::None;
-  if (N < 3) return be.fill_zero(loss, none ? N * N * N : 1);  // no triplets with three distinct points
+  if (N < 3) {  // no triplets with three distinct points
+    be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);  // as angle_pairs, both sides
+    return be.fill_zero(loss, none ? N * N * N : 1);
+  }
   const bool wide = loss.dtype == Dtype::Float64;
   with_triplet_type<B>(wide, [&](auto acc) {
     using Acc = decltype(acc);
-    const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a), eb = be.template edges<Acc>(sq_t, N, a);
+    const auto e = be.template pairs_and_edges<Acc>(s, t, a, sq_s, sq_t);
+    const Edges<Acc>&ea = e.first, &eb = e.second;
     if (none) return be.angle_values(ea, &eb, N, a.beta, loss);
     const double n = static_cast<double>(N), div = mean_divisor(a.reduction, n * n * n);
     with_loss_out(loss, [&](auto* out) {
@@ -187,7 +207,8 @@ void rkd_angle_loss_backward(B& be, const Operand& grad, const Features& s, cons
   if (N < 3) return zero_grads(be, s, t, gs, gt);
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
-    const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a), eb = be.template edges<Acc>(sq_t, N, a);
+    const auto e = be.template edge_pair<Acc>(sq_s, sq_t, N, a);
+    const Edges<Acc>&ea = e.first, &eb = e.second;
     // The teacher's gradient is the student's with the roles swapped: the
     // residual changes sign, and so does dL/dA.
     auto sides = [&](const auto& up) {
@@ -198,7 +219,7 @@ void rkd_angle_loss_backward(B& be, const Operand& grad, const Features& s, cons
       sides(TensorUpstream<Acc>{be.template to<Acc>(grad, N * N * N), N});
     } else {
       const double n = static_cast<double>(N);
-      sides(ScalarUpstream<Acc>{be.to_f64(grad, 1), mean_divisor(a.reduction, n * n * n)});
+      sides(ScalarUpstream<Acc>{loss_upstream(be, grad, 1), mean_divisor(a.reduction, n * n * n)});
     }
   });
 }

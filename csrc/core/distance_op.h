@@ -7,7 +7,11 @@
 //   to_f64(Operand, n)                  a float64 view or copy of an operand
 //   fill_zero(Buffer, n), convert(const double*, n, Buffer)
 //   pair_matrix(Features, PairKind, eps, Precision, double* out)
-//   reduce(F, N, Fin)                   Fin(sum over i, j of F(i, j)), a fixed order
+//   pair_matrices(Features s, Features t, PairKind, eps, Precision, double* out_s, double* out_t)
+//                                       both sides' pair matrices (a backend may run them together)
+//   reduce_seq(N, ReduceStep...)        fin(sum over i, j of f(i, j)), each sum in a fixed order,
+//                                       for each step in order; a step's f may read what an
+//                                       earlier step's fin stored, unless it is standalone (below)
 //   map(F, N, Buffer)                   out_ij = F(i, j)
 //   pair_rows(Features, Rows, PairKind, eps, Precision, double* out)   rows of the pair matrix
 //   weights(Features, Rows, Precision) -> W   rows of the weight matrix of the gradient product
@@ -61,9 +65,48 @@ struct StoreLoss {
   RKD_HD void operator()(double total) const { *out = static_cast<Out>(total / div); }
 };
 
+// One reduction of reduce_seq: fin(sum over i, j of f(i, j)).
+template <typename F, typename Fin>
+struct ReduceStep {
+  F f;
+  Fin fin;
+};
+
+template <typename F, typename Fin>
+ReduceStep<F, Fin> step(const F& f, const Fin& fin) {
+  return {f, fin};
+}
+
+// A functor that reads matrices only, never what a step's fin stored, says
+// so with `static constexpr bool kStandalone = true`: a backend may then sum
+// it together with the step before it.
+template <typename F, typename = void>
+struct Standalone : std::false_type {};
+template <typename F>
+struct Standalone<F, std::void_t<decltype(F::kStandalone)>> : std::bool_constant<F::kStandalone> {};
+
+// The upstream gradient of a loss, read in place when it is float32 or
+// float64 (autograd hands a loss's backward the loss's dtype, one of the
+// two), so that no conversion runs before the backward; other dtypes are
+// the backend's float64 copy.
+struct LossUpstream {
+  const void* p;
+  bool f64;
+  RKD_HD double operator[](int64_t l) const {
+    return f64 ? static_cast<const double*>(p)[l] : static_cast<double>(static_cast<const float*>(p)[l]);
+  }
+};
+
+template <typename B>
+LossUpstream loss_upstream(B& be, const Operand& grad, int64_t n) {
+  if (grad.dtype == Dtype::Float32) return {grad.data, false};
+  return {be.to_f64(grad, n), true};
+}
+
 // ---- N x N terms ---------------------------------------------------------------------
 
 struct MatrixAt {
+  static constexpr bool kStandalone = true;
   const double* m;
   int64_t N;
   RKD_HD double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
@@ -77,6 +120,7 @@ struct ScaledBy {
 };
 
 struct ProductAt {
+  static constexpr bool kStandalone = true;
   const double* a;
   const double* b;
   int64_t N;
@@ -132,7 +176,7 @@ struct LossTerm {
 // with a and b swapped: the residual, and with it every term, changes sign.
 struct LossGrad {
   LossTerm t;
-  const double* up;
+  LossUpstream up;
   double scale;
   bool none;
   RKD_HD double up_at(int64_t i, int64_t j) const { return none ? up[i * t.N + j] : up[0]; }
@@ -172,9 +216,9 @@ void distance_pairs(B& be, const Features& x, PairKind kind, double eps, double*
   be.pair_matrix(x, kind, eps, Precision::Fast, out);
 }
 
-template <typename B>
-void inverse_mean(B& be, const double* d, int64_t N, double offset, double* out) {
-  be.reduce(MatrixAt{d, N}, N, StoreInvMean{out, pair_count(N), offset});
+// The step that stores 1 / (mean of d + offset) at out.
+inline ReduceStep<MatrixAt, StoreInvMean> inverse_mean(const double* d, int64_t N, double offset, double* out) {
+  return step(MatrixAt{d, N}, StoreInvMean{out, pair_count(N), offset});
 }
 
 // dL/dx through the weights of f, in products of the given precision.
@@ -205,7 +249,7 @@ void normalized_distance(B& be, const Features& x, double eps, double* d64, cons
   distance_pairs(be, x, PairKind::Dist, eps, d64);
   if (N < 2) return be.fill_zero(psi, N * N);  // no pairs, no mean
   double* inv = be.template scratch<double>(1);
-  inverse_mean(be, d64, N, 0.0, inv);
+  be.reduce_seq(N, inverse_mean(d64, N, 0.0, inv));
   be.map(ScaledBy{d64, N, inv}, N, psi);
 }
 
@@ -216,8 +260,8 @@ void normalized_distance_backward(B& be, const Operand& grad, const Features& x,
   if (N < 2) return be.fill_zero(dx, N * x.D);
   const double* g = be.to_f64(grad, N * N);
   double* stats = be.template scratch<double>(2);
-  inverse_mean(be, d64, N, 0.0, stats);
-  be.reduce(ProductAt{g, d64, N}, N, StoreMeanTerm{stats + 1, stats, pair_count(N)});
+  be.reduce_seq(N, inverse_mean(d64, N, 0.0, stats),
+                step(ProductAt{g, d64, N}, StoreMeanTerm{stats + 1, stats, pair_count(N)}));
   grad_through(be, x, Symmetrised<NormalizedGrad>{{g, d64, N, stats, std::sqrt(eps)}}, Precision::Fast, dx);
 }
 
@@ -238,8 +282,7 @@ void with_loss_out(const Buffer& loss, const F& f) {
 template <typename B>
 LossTerm loss_term(B& be, const double* ds, const double* dt, int64_t N, const DistanceArgs& a) {
   double* inv = be.template scratch<double>(2);
-  inverse_mean(be, ds, N, a.mean_offset, inv);
-  inverse_mean(be, dt, N, a.mean_offset, inv + 1);
+  be.reduce_seq(N, inverse_mean(ds, N, a.mean_offset, inv), inverse_mean(dt, N, a.mean_offset, inv + 1));
   return {ds, dt, N, inv, inv + 1, Huber<double>(a.beta)};
 }
 
@@ -247,10 +290,10 @@ LossTerm loss_term(B& be, const double* ds, const double* dt, int64_t N, const D
 // t.swapped()), for the upstream gradient up times scale; its mean term c is
 // computed here.
 template <typename B>
-LossWeight loss_weight(B& be, const LossTerm& t, const double* up, double scale, const DistanceArgs& a) {
+LossWeight loss_weight(B& be, const LossTerm& t, const LossUpstream& up, double scale, const DistanceArgs& a) {
   double* c = be.template scratch<double>(1);
   const LossGrad g{t, up, scale, a.reduction == Reduction::None};
-  be.reduce(LossGradTimesValue{g}, t.N, StoreMeanTerm{c, t.inv_a, pair_count(t.N)});
+  be.reduce_seq(t.N, step(LossGradTimesValue{g}, StoreMeanTerm{c, t.inv_a, pair_count(t.N)}));
   return {g, c, a.eps, std::sqrt(a.eps), a.squared};
 }
 
@@ -261,18 +304,22 @@ void rkd_distance_loss(B& be, const Features& s, const Features& t, const Distan
                        const Buffer& loss) {
   const int64_t N = s.N;
   const PairKind kind = a.squared ? PairKind::SqClamped : PairKind::Dist;
-  distance_pairs(be, s, kind, a.eps, ds);
-  distance_pairs(be, t, kind, a.eps, dt);
+  be.pair_matrices(s, t, kind, a.eps, Precision::Fast, ds, dt);  // as distance_pairs, both sides
   const bool none = a.reduction == Reduction::None;
   if (N < 2) return be.fill_zero(loss, none ? N * N : 1);
+  double* stats = be.template scratch<double>(2);
+  const auto inv_s = inverse_mean(ds, N, a.mean_offset, stats), inv_t = inverse_mean(dt, N, a.mean_offset, stats + 1);
   // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
-  const LossTerm term = loss_term(be, ds, dt, N, a);
-  if (none) return be.map(term, N, loss);
+  const LossTerm term{ds, dt, N, stats, stats + 1, Huber<double>(a.beta)};
+  if (none) {
+    be.reduce_seq(N, inv_s, inv_t);
+    return be.map(term, N, loss);
+  }
   const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  with_loss_out(loss, [&](auto* out) {
-    using Out = std::remove_pointer_t<decltype(out)>;
-    be.reduce(term, N, StoreLoss<Out>{out, div});
-  });
+  if (loss.dtype == Dtype::Float64)
+    be.reduce_seq(N, inv_s, inv_t, step(term, StoreLoss<double>{static_cast<double*>(loss.data), div}));
+  else
+    be.reduce_seq(N, inv_s, inv_t, step(term, StoreLoss<float>{static_cast<float*>(loss.data), div}));
 }
 
 // The gradients of a loss without relations: zeros where wanted.
@@ -290,13 +337,27 @@ void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, c
   if (!gs.data && !gt.data) return;
   if (N < 2) return zero_grads(be, s, t, gs, gt);
   const bool none = a.reduction == Reduction::None;
-  const double* up = be.to_f64(grad, none ? N * N : 1);
+  const LossUpstream up = loss_upstream(be, grad, none ? N * N : 1);
   const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  // The inverse means of both sides, once; the teacher's gradient is the
-  // student's with the roles swapped.
-  const LossTerm term = loss_term(be, ds, dt, N, a);
-  if (gs.data) grad_through(be, s, loss_weight(be, term, up, scale, a), Precision::Fast, gs);
-  if (gt.data) grad_through(be, t, loss_weight(be, term.swapped(), up, scale, a), Precision::Fast, gt);
+  // stats: the inverse means of both sides, then the mean term c of each
+  // side wanted, in one sequence of reductions.
+  double* stats = be.template scratch<double>(4);
+  const Huber<double> huber(a.beta);
+  // The teacher's gradient is the student's with the roles swapped.
+  const LossGrad g_s{LossTerm{ds, dt, N, stats, stats + 1, huber}, up, scale, none};
+  const LossGrad g_t{LossTerm{dt, ds, N, stats + 1, stats, huber}, up, scale, none};
+  const auto inv_s = inverse_mean(ds, N, a.mean_offset, stats), inv_t = inverse_mean(dt, N, a.mean_offset, stats + 1);
+  const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{stats + 2, stats, pair_count(N)});
+  const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{stats + 3, stats + 1, pair_count(N)});
+  if (gs.data && gt.data)
+    be.reduce_seq(N, inv_s, inv_t, c_s, c_t);
+  else if (gs.data)
+    be.reduce_seq(N, inv_s, inv_t, c_s);
+  else
+    be.reduce_seq(N, inv_s, inv_t, c_t);
+  const double sqrt_eps = std::sqrt(a.eps);
+  if (gs.data) grad_through(be, s, LossWeight{g_s, stats + 2, a.eps, sqrt_eps, a.squared}, Precision::Fast, gs);
+  if (gt.data) grad_through(be, t, LossWeight{g_t, stats + 3, a.eps, sqrt_eps, a.squared}, Precision::Fast, gt);
 }
 
 }  // namespace rkd

@@ -19,6 +19,7 @@
 // different shapes ((N, N) and (N, N, N)), so 'none' has no sum.
 #pragma once
 
+#include <tuple>
 #include <type_traits>
 
 #include "angle_op.h"
@@ -77,13 +78,23 @@ struct SummedWeights {
 };
 
 // The distance term between the squared distances sq_s and sq_t: their pair
-// values and inverse means, in backend memory.
+// values (in backend memory) and the steps that store their inverse means at
+// inv[0], inv[1].
 template <typename B>
-LossTerm distance_term(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a) {
+LossTerm distance_values(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a,
+                         double* inv) {
   double* v = be.template scratch<double>(2 * N * N);
   be.map(PairValueFromSq{sq_s, N, a.eps, a.squared}, N, Buffer{v, Dtype::Float64});
   be.map(PairValueFromSq{sq_t, N, a.eps, a.squared}, N, Buffer{v + N * N, Dtype::Float64});
-  return loss_term(be, v, v + N * N, N, a);
+  return {v, v + N * N, N, inv, inv + 1, Huber<double>(a.beta)};
+}
+
+template <typename B>
+LossTerm distance_term(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a) {
+  double* inv = be.template scratch<double>(2);
+  const LossTerm t = distance_values(be, sq_s, sq_t, N, a, inv);
+  be.reduce_seq(N, inverse_mean(t.a, N, a.mean_offset, inv), inverse_mean(t.b, N, a.mean_offset, inv + 1));
+  return t;
 }
 
 inline double pairs_divisor(const RkdLossArgs& a, int64_t N) {
@@ -108,23 +119,30 @@ void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a,
     be.fill_zero(Buffer{sq_t, Dtype::Float64}, N * N);
     return be.fill_zero(loss, 1);
   }
-  be.pair_matrix(s, PairKind::Sq, 0.0, on.precision(), sq_s);
-  be.pair_matrix(t, PairKind::Sq, 0.0, on.precision(), sq_t);
+  const bool wide = loss.dtype == Dtype::Float64;
   with_loss_out(loss, [&](auto* out) {
     using Out = std::remove_pointer_t<decltype(out)>;
-    const double* dist = nullptr;  // the weighted distance term, when the angle term follows
-    if (on.distance) {
-      const LossTerm term = distance_term(be, sq_s, sq_t, N, a.distance);
-      const double div = pairs_divisor(a, N);
-      if (!on.angle) return be.reduce(term, N, WeightedLoss<Out>{out, div, a.distance_weight, nullptr});
-      double* d = be.template scratch<double>(1);
-      be.reduce(term, N, WeightedLoss<double>{d, div, a.distance_weight, nullptr});
-      dist = d;
+    // The weighted distance term: its inverse means and its sum in one sequence of reductions.
+    auto distance = [&](auto store) {
+      double* inv = be.template scratch<double>(2);
+      const LossTerm term = distance_values(be, sq_s, sq_t, N, a.distance, inv);
+      be.reduce_seq(N, inverse_mean(term.a, N, a.distance.mean_offset, inv),
+                    inverse_mean(term.b, N, a.distance.mean_offset, inv + 1), step(term, store));
+    };
+    if (!on.angle) {
+      be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::Fast, sq_s, sq_t);
+      return distance(WeightedLoss<Out>{out, pairs_divisor(a, N), a.distance_weight, nullptr});
     }
-    with_triplet_type<B>(loss.dtype == Dtype::Float64, [&](auto acc) {
+    with_triplet_type<B>(wide, [&](auto acc) {
       using Acc = decltype(acc);
-      const Edges<Acc> ea = be.template edges<Acc>(sq_s, N, a.angle), eb = be.template edges<Acc>(sq_t, N, a.angle);
-      be.angle_loss_sum(ea, eb, N, all_rows(N), a.angle.beta,
+      const auto e = be.template pairs_and_edges<Acc>(s, t, a.angle, sq_s, sq_t);
+      const double* dist = nullptr;  // the weighted distance term, when it runs
+      if (on.distance) {
+        double* d = be.template scratch<double>(1);
+        distance(WeightedLoss<double>{d, pairs_divisor(a, N), a.distance_weight, nullptr});
+        dist = d;
+      }
+      be.angle_loss_sum(e.first, e.second, N, all_rows(N), a.angle.beta,
                         WeightedLoss<Out>{out, triplets_divisor(a, N), a.angle_weight, dist});
     });
   });
@@ -139,7 +157,7 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
   if (!gs.data && !gt.data) return;
   const Terms on = terms_of(a, N);
   if (!on.any()) return zero_grads(be, s, t, gs, gt);
-  const double* up = be.to_f64(grad, 1);
+  const LossUpstream up = loss_upstream(be, grad, 1);
   // Each term's weight scales its upstream gradient: the distance term's
   // through LossGrad's scale, the angle term's folded into its divisor.
   const double scale = a.distance_weight / pairs_divisor(a, N);
@@ -150,10 +168,7 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
     Edges<Acc> es{sq_s, nullptr}, et{sq_t, nullptr};
-    if (on.angle) {
-      es = be.template edges<Acc>(sq_s, N, a.angle);
-      et = be.template edges<Acc>(sq_t, N, a.angle);
-    }
+    if (on.angle) std::tie(es, et) = be.template edge_pair<Acc>(sq_s, sq_t, N, a.angle);
     const ScalarUpstream<Acc> up_a{up, triplets_divisor(a, N) / a.angle_weight};
     // One side's gradient (the teacher's is the student's with the roles
     // swapped): one weight matrix, one product.

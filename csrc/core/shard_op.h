@@ -98,8 +98,11 @@ void angle_grad_rows(B& be, const double* sq_a, const double* sq_b, const double
   with_triplet_type<B>(wide, [&](auto acc) {
     using Acc = decltype(acc);
     const Edges<Acc> ea = be.template edges<Acc>(sq_a, N, a), eb = be.template edges<Acc>(sq_b, N, a);
-    const AngleGrad g = be.angle_passes(ea, eb, ScalarUpstream<Acc>{coef, 1.0}, N, vertices, a);
-    be.convert(g.V, vertices.size() * N, V);
+    const AngleGrad g = be.angle_passes(ea, eb, ScalarUpstream<Acc>{LossUpstream{coef, true}, 1.0}, N, vertices, a);
+    if (g.vslices == 1)
+      be.convert(g.V, vertices.size() * N, V);
+    else
+      be.map(VertexSliceSum{g, N}, N, V);  // sliced V: all N vertices
     be.map(SliceSum{g, N}, N, R);
   });
 }

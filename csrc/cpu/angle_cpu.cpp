@@ -253,7 +253,7 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const ScalarUpstream<double>& up,
                                    int64_t N, Rows vertices, const AngleArgs& args) {
-  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, vertices, *up.up / up.div, nullptr, nullptr,
+  return vertex_and_opposite(*this, Upstream::LossScalar, a, b, N, vertices, up.up[0] / up.div, nullptr, nullptr,
                              args);
 }
 

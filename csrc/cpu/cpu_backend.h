@@ -102,6 +102,11 @@ class CpuBackend {
   void convert(const double* v, int64_t n, const Buffer& out);
 
   void pair_matrix(const Features& x, PairKind kind, double eps, Precision precision, double* out);
+  void pair_matrices(const Features& s, const Features& t, PairKind kind, double eps, Precision precision,
+                     double* out_s, double* out_t) {
+    pair_matrix(s, kind, eps, precision, out_s);
+    pair_matrix(t, kind, eps, precision, out_t);
+  }
   // Rows [rows.begin, rows.end) of the pair matrix: rows.size() x N.
   void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision precision, double* out);
 
@@ -116,6 +121,11 @@ class CpuBackend {
     double total = 0.0;
     for (double v : rows) total += v;
     fin(total);
+  }
+
+  template <typename... Steps>
+  void reduce_seq(int64_t N, const Steps&... steps) {
+    (reduce(steps.f, N, steps.fin), ...);
   }
 
   template <typename F>
@@ -145,6 +155,16 @@ class CpuBackend {
   // ---- angle primitives (angle_cpu.cpp) ----
   template <typename Acc>
   Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a);
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> edge_pair(const double* s_a, const double* s_b, int64_t N, const AngleArgs& a) {
+    return {edges<Acc>(s_a, N, a), edges<Acc>(s_b, N, a)};
+  }
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> pairs_and_edges(const Features& s, const Features& t, const AngleArgs& a,
+                                                    double* sq_s, double* sq_t) {
+    pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);
+    return edge_pair<Acc>(sq_s, sq_t, s.N, a);
+  }
   void angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta, const Buffer& out);
   double angle_loss_total(const Edges<double>& a, const Edges<double>& b, int64_t N, Rows vertices, double beta);
   template <typename Fin>

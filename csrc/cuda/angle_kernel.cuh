@@ -160,17 +160,19 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
   if (t == 0) partial[block] = total;
 }
 
-// Vertex pass: a block owns an (i, j) tile, i in the vertices, and loops over
-// k. Writes the rows of V for the vertices, (vertices.size(), N).
+// Vertex pass (block blk of its grid): a block owns an (i, j) tile, i in the vertices, and loops over
+// k in ks.range(z), z = blk.z. Writes slice z of the rows of V for the
+// vertices, (vertices.size(), N): V is linear in p and q, so the slices'
+// sum is V.
 template <typename Acc, typename Up>
-__global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                   Rows vertices, Huber<Acc> huber, double eps2,
-                                                                   double kappa, double* __restrict__ V) {
+RKD_DEV void angle_vertex_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
+                                Rows vertices, const Huber<Acc>& huber, double eps2, double kappa,
+                                const VertexSplit& ks, double* __restrict__ V) {
   __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
   __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t i0 = vertices.begin + static_cast<int64_t>(blockIdx.y) * kTA;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const int64_t i0 = vertices.begin + static_cast<int64_t>(blk.y) * kTA;
+  const int64_t j0 = static_cast<int64_t>(blk.x) * kTB;
   const auto g = up.eval();
   // Elements past the edge compute on clamped indices (every read stays in
   // bounds) and are not stored.
@@ -189,7 +191,8 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       q[r][c] = 0.0;
     }
   }
-  for (int64_t k0 = 0; k0 < N; k0 += kChunk) {
+  const Rows range = ks.range(blk.z);
+  for (int64_t k0 = range.begin; k0 < range.end; k0 += kChunk) {
     stage<kTA, Acc>(sIa, uIa, wIa, a, N, k0, i0, eps2, t);
     stage<kTB, Acc>(sJa, nullptr, nullptr, a, N, k0, j0, eps2, t);
     if constexpr (Up::kLoss) {
@@ -197,7 +200,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       stage<kTB, Acc>(sJb, nullptr, nullptr, b, N, k0, j0, eps2, t);
     }
     __syncthreads();
-    const int n = N - k0 < kChunk ? static_cast<int>(N - k0) : kChunk;
+    const int n = range.end - k0 < kChunk ? static_cast<int>(range.end - k0) : kChunk;
     Acc pp[kRows][kCols] = {}, qq[kRows][kCols] = {};
     for (int l = 0; l < n; ++l) {
       const int64_t k = k0 + l;
@@ -237,23 +240,24 @@ __global__ void __launch_bounds__(kTriThreads) angle_vertex_kernel(Edges<Acc> a,
       const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
       if (i >= vertices.end || j >= N) continue;
       const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
-      V[(i - vertices.begin) * N + j] = i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
+      V[(static_cast<int64_t>(blk.z) * (vertices.end - vertices.begin) + i - vertices.begin) * N + j] =
+          i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
     }
   }
 }
 
-// Opposite pass: a block owns a (j, k) tile on or above the diagonal (blocks
+// Opposite pass (block blk of its grid): a block owns a (j, k) tile on or above the diagonal (blocks
 // below it return at once) and loops over the vertex rows split.range(z),
-// z = blockIdx.z. Writes slice z of R: R[z] (N, N), symmetric.
+// z = blk.z. Writes slice z of R: R[z] (N, N), symmetric.
 template <typename Acc, typename Up>
-__global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
-                                                                     Huber<Acc> huber, double eps2, VertexSplit split,
-                                                                     double* __restrict__ R) {
+RKD_DEV void angle_opposite_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
+                                  const Huber<Acc>& huber, double eps2, const VertexSplit& split,
+                                  double* __restrict__ R) {
   __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
   __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
   __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  const int64_t j0 = static_cast<int64_t>(blk.y) * kTA, k0 = static_cast<int64_t>(blk.x) * kTB;
   if (k0 + kTB - 1 < j0) return;
   const auto g = up.eval();
   double sa_jk[kRows][kCols], sb_jk[kRows][kCols], acc[kRows][kCols];
@@ -267,7 +271,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       acc[r][c] = 0.0;
     }
   }
-  const Rows range = split.range(blockIdx.z);
+  const Rows range = split.range(blk.z);
   const int64_t i_begin = range.begin, i_end = range.end;
   for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
     stage<kTA, Acc>(sJa, uJa, wJa, a, N, i0, j0, eps2, t);
@@ -305,7 +309,7 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
       for (int c = 0; c < kCols; ++c) acc[r][c] += static_cast<double>(part[r][c]);
     __syncthreads();
   }
-  double* out = R + static_cast<int64_t>(blockIdx.z) * N * N;
+  double* out = R + static_cast<int64_t>(blk.z) * N * N;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
@@ -318,15 +322,77 @@ __global__ void __launch_bounds__(kTriThreads) angle_opposite_kernel(Edges<Acc> 
   }
 }
 
+// The block (x, y, z) of grid g with flat index f (x fastest).
+RKD_DEV uint3 unflatten(int64_t f, const dim3& g) {
+  return make_uint3(static_cast<unsigned>(f % g.x), static_cast<unsigned>(f / g.x % g.y),
+                    static_cast<unsigned>(f / (static_cast<int64_t>(g.x) * g.y)));
+}
+
+// Both backward passes in one launch (they read the same operands and write
+// different outputs): the vertex pass's grid vgrid, then the opposite pass's
+// ogrid, flattened.
+template <typename Acc, typename Up>
+__global__ void __launch_bounds__(kTriThreads) angle_passes_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
+                                                                   Rows vertices, Huber<Acc> huber, double eps2,
+                                                                   double kappa, VertexSplit ks, double* V,
+                                                                   VertexSplit split, double* R, dim3 vgrid,
+                                                                   dim3 ogrid) {
+  const int64_t f = blockIdx.x, nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
+  if (f < nv)
+    angle_vertex_block(unflatten(f, vgrid), a, b, up, N, vertices, huber, eps2, kappa, ks, V);
+  else
+    angle_opposite_block(unflatten(f - nv, ogrid), a, b, up, N, huber, eps2, split, R);
+}
+
 // ---- launch geometry ----------------------------------------------------------------------------
 
+// u of s_a in rows [0, N), of s_b in rows [N, 2 N) (the rows of a map over 2 N rows).
 struct InvEdge {
-  const double* s;
+  const double* s_a;
+  const double* s_b;
   int64_t N;
   double eps;
   bool normalize;
-  RKD_DEV double operator()(int64_t i, int64_t j) const { return normalize ? inv_edge(s[i * N + j], eps) : 1.0; }
+  RKD_DEV double operator()(int64_t i, int64_t j) const {
+    const double s = i < N ? s_a[i * N + j] : s_b[(i - N) * N + j];
+    return normalize ? inv_edge(s, eps) : 1.0;
+  }
 };
+
+// ---- costs, for the launch plan (common.cuh's Cost) ------------------------------------
+//
+// Per triplet: a cosine is 2 float64 operations (its numerator) and 3 in Acc;
+// smooth_l1 about 3, its derivative 2, the symmetrised upstream 2, an
+// accumulation 2.
+constexpr double kCosine64 = 2, kCosineAcc = 3;
+
+// `triplets` triplets of `f64` float64 and `acc` Acc operations each, over
+// `blocks` working blocks (0: the whole grid), moving `bytes`.
+template <typename Acc>
+Cost triplet_cost(double triplets, double f64, double acc, double bytes, double blocks) {
+  Cost c = flops_in<Acc>(triplets * acc);
+  c.flops64 += triplets * f64;
+  c.bytes = bytes;
+  c.blocks = blocks;
+  return c;
+}
+
+// The bytes of reading s and u of `sides` sides, (N, N) each.
+template <typename Acc>
+double edge_bytes(int64_t N, int sides) {
+  return static_cast<double>(sides) * static_cast<double>(N) * static_cast<double>(N) * (8.0 + sizeof(Acc));
+}
+
+// The distinct bytes of an upstream gradient: N^3 elements of an (N, N, N)
+// one, else one.
+template <typename Up>
+double upstream_bytes(const Up&, int64_t) {
+  return 8.0;
+}
+template <typename Acc, bool kLossTerm>
+double upstream_bytes(const CubeUpstream<Acc, kLossTerm>&, int64_t N) {
+  return static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N) * sizeof(Acc);
+}
 
 // Tiles of the (kTA, kTB) grid that reach on or above the diagonal.
 inline int64_t upper_tiles(int64_t N) {
@@ -334,6 +400,17 @@ inline int64_t upper_tiles(int64_t N) {
   int64_t n = 0;
   for (int64_t ta = 0; ta < na; ++ta) n += nb - ta * kTA / kTB;
   return n;
+}
+
+// The k loop of the vertex pass over all N vertices split as split_vertices
+// splits the vertex loop, for its `tiles` (i, j) tiles; unsplit for a block
+// of rows (the op layer's AngleGrad: V in slices only for all vertices).
+inline VertexSplit split_k(int64_t N, Rows vertices, int64_t tiles) {
+  if (vertices.begin != 0 || vertices.end != N) return {0, N, 1, ceil_div(N, kChunk) * kChunk};
+  const int64_t want = ceil_div(512, tiles), chunks = ceil_div(N, kChunk);
+  const int64_t cap = chunks < 8 ? chunks : 8;
+  const int64_t splits = want < 1 ? 1 : (want > cap ? cap : want);
+  return {0, N, splits < 1 ? 1 : splits, ceil_div(chunks, splits < 1 ? 1 : splits) * kChunk};
 }
 
 // The vertex loop of the (j, k) kernels over `vertices` is split so that

@@ -41,13 +41,47 @@ T* take(Alloc& alloc, int64_t n) {
   return static_cast<T*>(alloc.bytes(static_cast<size_t>(n) * sizeof(T)));
 }
 
+// What one launch moves and computes, written beside the launch from the
+// sizes alone: the launch plan (scripts/launch_plan.py) reads it, a real
+// launch ignores it. bytes: the distinct bytes read and written (an operand
+// that several blocks read counts once: it is assumed to stay in L2);
+// flops32, flops64: arithmetic in float32 and in float64 (a fused
+// multiply-add is two); blocks: the blocks that do work, when some of the
+// grid returns at once (0: all of it).
+struct Cost {
+  double bytes = 0, flops32 = 0, flops64 = 0, blocks = 0;
+};
+
+// The flops of `n` operations in the arithmetic type T.
+template <typename T>
+Cost flops_in(double n) {
+  Cost c;
+  (sizeof(T) == 8 ? c.flops64 : c.flops32) = n;
+  return c;
+}
+
+// The generic N x N kernels below evaluate op-layer functors whose reads and
+// arithmetic vary; the plan counts each element as about two float64 reads
+// and ten float64 operations.
+constexpr double kElementBytes = 16, kElementFlops = 10;
+
+inline Cost elementwise_cost(int64_t elements, double write_bytes) {
+  const double n = static_cast<double>(elements);
+  Cost c;
+  c.bytes = n * (kElementBytes + write_bytes);
+  c.flops64 = n * kElementFlops;
+  return c;
+}
+
 #ifndef RKD_GPU_EMULATE
-// The one place a kernel launch is written (the host emulator behind
-// scripts/check_cuda.sh substitutes its own). `check` runs right after every
-// launch; the bindings pass C10_CUDA_KERNEL_LAUNCH_CHECK. A grid with no
-// blocks is no work, not an invalid launch.
+// The one place a kernel launch is written (the host emulator and the launch
+// plan behind scripts/check_cuda.sh and scripts/launch_plan.py substitute
+// their own). `check` runs right after every launch; the bindings pass
+// C10_CUDA_KERNEL_LAUNCH_CHECK. A grid with no blocks is no work, not an
+// invalid launch.
 template <typename Check, typename... P, typename... A>
-void launch(const Check& check, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, A... args) {
+void launch(const Check& check, const Cost&, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream,
+            A... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   kernel<<<grid, block, 0, stream>>>(args...);
   check();
@@ -161,22 +195,158 @@ __global__ void __launch_bounds__(kBlock) map_kernel(F f, int64_t N, Out* out) {
 
 template <typename F, typename Check>
 void row_sums(F f, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
-  launch(check, row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, rows);
+  launch(check, elementwise_cost(N * N, 0.0), row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N,
+         rows);
 }
 
 template <typename Fin, typename Check>
 void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Check& check) {
-  launch(check, finish_kernel<Fin>, dim3(1), dim3(kBlock), stream, v, n, fin);
+  Cost cost;
+  cost.bytes = 8.0 * static_cast<double>(n);
+  cost.flops64 = static_cast<double>(n);
+  launch(check, cost, finish_kernel<Fin>, dim3(1), dim3(kBlock), stream, v, n, fin);
 }
 
 template <typename F, typename Check>
 void build_weights(F f, int64_t N, Rows rows, double* W, double* w, cudaStream_t stream, const Check& check) {
-  launch(check, weights_kernel<F>, dim3(grid_dim(rows.size())), dim3(kBlock), stream, f, N, rows.begin, W, w);
+  launch(check, elementwise_cost(rows.size() * N, 8.0), weights_kernel<F>, dim3(grid_dim(rows.size())),
+         dim3(kBlock), stream, f, N, rows.begin, W, w);
+}
+
+// out[i][j] = f(i, j) for `rows` rows of N.
+template <typename Out, typename F, typename Check>
+void map_rows(F f, int64_t rows, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
+  launch(check, elementwise_cost(rows * N, sizeof(Out)), map_kernel<Out, F>, dim3(grid_dim(rows)), dim3(kBlock),
+         stream, f, N, out);
 }
 
 template <typename Out, typename F, typename Check>
 void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, map_kernel<Out, F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N, out);
+  map_rows(f, N, N, out, stream, check);
+}
+
+// The steps of the op layer's reduce_seq in one block, for small N: each
+// step's sum over the N x N elements (thread t takes the elements t,
+// t + kBlock, ... in row-major order, then block_sum: a fixed order), its fin
+// on thread 0, then a barrier, which makes what fin stored visible to the
+// functors of the steps after it.
+template <typename Step>
+RKD_DEV void run_step(const Step& st, int64_t N, double* red) {
+  double acc = 0.0;
+  for (int64_t l = threadIdx.x; l < N * N; l += kBlock) acc += st.f(l / N, l % N);
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) st.fin(total);
+  __syncthreads();
+}
+
+template <typename... Steps>
+__global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Steps... steps) {
+  __shared__ double red[kBlock];
+  (run_step(steps, N, red), ...);
+}
+
+// N up to which reduce_seq runs in one block (N^2 / kBlock = 16 elements
+// per thread at most). Beyond, one block would keep the rest of the GPU idle
+// longer than the launches it saves (the launch plan flags it at N = 128).
+constexpr int64_t kSeqMaxN = 64;
+
+// Beyond kSeqMaxN, step k's row sums (a block per row, as row_sums_kernel)
+// in the launch that finishes step k - 1 from its row sums: every block sums
+// them in finish_kernel's order, so all get the same bits, and runs prev.fin
+// (each block storing the same value) before evaluating f, which may read it.
+template <typename Prev, typename Step>
+__global__ void __launch_bounds__(kBlock) chained_row_sums_kernel(Prev prev, const double* prev_rows, Step st,
+                                                                  int64_t N, double* rows) {
+  __shared__ double red[kBlock];
+  double acc = 0.0;
+  for (int64_t l = threadIdx.x; l < N; l += kBlock) acc += prev_rows[l];
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) prev.fin(total);
+  __syncthreads();
+  const int64_t i = blockIdx.x;
+  acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
+  const double row = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) rows[i] = row;
+}
+
+// The row sums of two steps, the second standalone (the op layer's
+// Standalone): blocks [0, N) the first's, [N, 2 N) the second's.
+template <typename F1, typename F2>
+__global__ void __launch_bounds__(kBlock) row_sums_pair_kernel(F1 f1, F2 f2, int64_t N, double* rows1,
+                                                               double* rows2) {
+  __shared__ double red[kBlock];
+  const bool second = blockIdx.x >= N;
+  const int64_t i = second ? blockIdx.x - N : blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += second ? f2(i, j) : f1(i, j);
+  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) (second ? rows2 : rows1)[i] = total;
+}
+
+// fin of each of the two steps from their row sums, in finish_kernel's
+// order; then, if st is not null, its row sums (as chained_row_sums_kernel).
+// One block per row of st, or one block.
+template <typename P1, typename P2, typename Step>
+__global__ void __launch_bounds__(kBlock) chained_pair_kernel(P1 p1, const double* rows1, P2 p2,
+                                                              const double* rows2, Step st, bool with_step, int64_t N,
+                                                              double* rows) {
+  __shared__ double red[kBlock];
+  double a1 = 0.0, a2 = 0.0;
+  for (int64_t l = threadIdx.x; l < N; l += kBlock) {
+    a1 += rows1[l];
+    a2 += rows2[l];
+  }
+  const double t1 = block_sum<kBlock>(a1, red, threadIdx.x);
+  const double t2 = block_sum<kBlock>(a2, red, threadIdx.x);
+  if (threadIdx.x == 0) {
+    p1.fin(t1);
+    p2.fin(t2);
+  }
+  __syncthreads();
+  if (!with_step) return;
+  const int64_t i = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
+  const double row = block_sum<kBlock>(acc, red, threadIdx.x);
+  if (threadIdx.x == 0) rows[i] = row;
+}
+
+template <typename F1, typename F2, typename Check>
+void row_sums_pair(const F1& f1, const F2& f2, int64_t N, double* rows1, double* rows2, cudaStream_t stream,
+                   const Check& check) {
+  launch(check, elementwise_cost(2 * N * N, 0.0), row_sums_pair_kernel<F1, F2>, dim3(grid_dim(2 * N)), dim3(kBlock),
+         stream, f1, f2, N, rows1, rows2);
+}
+
+// with_step false: the two fins alone, in one block (st unused).
+template <typename P1, typename P2, typename Step, typename Check>
+void chained_pair(const P1& p1, const double* rows1, const P2& p2, const double* rows2, const Step& st,
+                  bool with_step, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
+  Cost cost;
+  cost.bytes = 16.0 * static_cast<double>(N);
+  if (with_step) {
+    cost = elementwise_cost(N * N, 0.0);
+    cost.bytes += 16.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads both row sums
+  }
+  launch(check, cost, chained_pair_kernel<P1, P2, Step>, dim3(with_step ? grid_dim(N) : 1u), dim3(kBlock), stream,
+         p1, rows1, p2, rows2, st, with_step, N, rows);
+}
+
+template <typename Prev, typename Step, typename Check>
+void chained_row_sums(const Prev& prev, const double* prev_rows, const Step& st, int64_t N, double* rows,
+                      cudaStream_t stream, const Check& check) {
+  Cost cost = elementwise_cost(N * N, 0.0);
+  cost.bytes += 8.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads the previous row sums
+  launch(check, cost, chained_row_sums_kernel<Prev, Step>, dim3(grid_dim(N)), dim3(kBlock), stream, prev, prev_rows,
+         st, N, rows);
+}
+
+template <typename Check, typename... Steps>
+void reduce_seq_one_block(int64_t N, cudaStream_t stream, const Check& check, const Steps&... steps) {
+  Cost cost = elementwise_cost(N * N * static_cast<int64_t>(sizeof...(Steps)), 0.0);
+  cost.blocks = 1;
+  launch(check, cost, reduce_seq_kernel<Steps...>, dim3(1), dim3(kBlock), stream, N, steps...);
 }
 
 // out[l] = in[l] converted, for n elements.
@@ -194,12 +364,17 @@ __global__ void __launch_bounds__(kBlock) zero_kernel(int64_t n, Out* __restrict
 
 template <typename In, typename Out, typename Check>
 void convert(const In* in, int64_t n, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, convert_kernel<In, Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, in, n, out);
+  Cost cost;
+  cost.bytes = static_cast<double>(n) * static_cast<double>(sizeof(In) + sizeof(Out));
+  launch(check, cost, convert_kernel<In, Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, in, n,
+         out);
 }
 
 template <typename Out, typename Check>
 void zero(int64_t n, Out* out, cudaStream_t stream, const Check& check) {
-  launch(check, zero_kernel<Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, n, out);
+  Cost cost;
+  cost.bytes = static_cast<double>(n) * static_cast<double>(sizeof(Out));
+  launch(check, cost, zero_kernel<Out>, dim3(grid_dim(ceil_div(n, kBlock))), dim3(kBlock), stream, n, out);
 }
 
 }  // namespace gpu

@@ -13,6 +13,8 @@
 // triplet arithmetic runs in the result's type (Triplet<T> = T).
 #pragma once
 
+#include <utility>
+
 #include "../core/angle_op.h"
 #include "angle_kernel.cuh"
 #include "common.cuh"
@@ -77,6 +79,22 @@ class GpuBackend {
     });
   }
 
+  // Both in the same three launches when the dtypes agree.
+  void pair_matrices(const Features& s, const Features& t, PairKind kind, double eps, Precision p, double* out_s,
+                     double* out_t) {
+    if (s.dtype != t.dtype) {
+      pair_matrix(s, kind, eps, p, out_s);
+      return pair_matrix(t, kind, eps, p, out_t);
+    }
+    visit(s.dtype, [&](auto e) {
+      using T = decltype(e);
+      const T* x[2] = {static_cast<const T*>(s.data), static_cast<const T*>(t.data)};
+      const int64_t D[2] = {s.D, t.D};
+      double* out[2] = {out_s, out_t};
+      gpu::pair_matrices(x, D, 2, s.N, kind, eps, out, alloc_, stream_, check_);
+    });
+  }
+
   void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision, double* out) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
@@ -84,11 +102,24 @@ class GpuBackend {
     });
   }
 
-  template <typename F, typename Fin>
-  void reduce(const F& f, int64_t N, const Fin& fin) {
+  // One launch up to kSeqMaxN; beyond, a launch per step (its row sums, after
+  // finishing the step before) and a finish: bitwise what a row-sum launch
+  // and a finish launch per step give.
+  // A standalone second step (distance_op.h's Standalone) shares the first's
+  // launches.
+  template <typename First, typename... Rest>
+  void reduce_seq(int64_t N, const First& first, const Rest&... rest) {
+    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, first, rest...);
     double* rows = scratch<double>(N);
-    gpu::row_sums(f, N, rows, stream_, check_);
-    gpu::finish(static_cast<const double*>(rows), N, fin, stream_, check_);
+    if constexpr (sizeof...(Rest) > 0) {
+      if constexpr (Standalone<decltype(first_of(rest...).f)>::value) {
+        double* rows2 = scratch<double>(N);
+        gpu::row_sums_pair(first.f, first_of(rest...).f, N, rows, rows2, stream_, check_);
+        return chain_pair(N, first, static_cast<const double*>(rows), static_cast<const double*>(rows2), rest...);
+      }
+    }
+    gpu::row_sums(first.f, N, rows, stream_, check_);
+    chain(N, first, static_cast<const double*>(rows), rest...);
   }
 
   template <typename F>
@@ -121,8 +152,38 @@ class GpuBackend {
   template <typename Acc>
   Edges<Acc> edges(const double* s, int64_t N, const AngleArgs& a) {
     Acc* u = scratch<Acc>(N * N);
-    gpu::map<Acc>(InvEdge{s, N, a.eps, a.normalize}, N, u, stream_, check_);
+    gpu::map<Acc>(InvEdge{s, s, N, a.eps, a.normalize}, N, u, stream_, check_);
     return {s, u};
+  }
+
+  // s of both inputs and their u in the pair matrices' launches when the
+  // dtypes agree.
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> pairs_and_edges(const Features& s, const Features& t, const AngleArgs& a,
+                                                    double* sq_s, double* sq_t) {
+    if (s.dtype != t.dtype) {
+      pair_matrices(s, t, PairKind::Sq, 0.0, Precision::F64, sq_s, sq_t);
+      return edge_pair<Acc>(sq_s, sq_t, s.N, a);
+    }
+    const int64_t N = s.N;
+    Acc* u = scratch<Acc>(2 * N * N);
+    visit(s.dtype, [&](auto e) {
+      using T = decltype(e);
+      const T* x[2] = {static_cast<const T*>(s.data), static_cast<const T*>(t.data)};
+      const int64_t D[2] = {s.D, t.D};
+      double* out[2] = {sq_s, sq_t};
+      const gpu::EdgeOut edges{u, sizeof(Acc) == 8, a.eps, a.normalize};
+      gpu::pair_matrices(x, D, 2, N, PairKind::Sq, 0.0, out, alloc_, stream_, check_, edges);
+    });
+    return {Edges<Acc>{sq_s, u}, Edges<Acc>{sq_t, u + N * N}};
+  }
+
+  // Both sides' u in one launch: rows N.. of the map are b's.
+  template <typename Acc>
+  std::pair<Edges<Acc>, Edges<Acc>> edge_pair(const double* s_a, const double* s_b, int64_t N, const AngleArgs& a) {
+    Acc* u = scratch<Acc>(2 * N * N);
+    gpu::map_rows<Acc>(InvEdge{s_a, s_b, N, a.eps, a.normalize}, 2 * N, N, u, stream_, check_);
+    return {Edges<Acc>{s_a, u}, Edges<Acc>{s_b, u + N * N}};
   }
 
   // The (N, N, N) cosines of a (b null) or the elementwise loss, a block per row (i, j).
@@ -130,13 +191,18 @@ class GpuBackend {
   void angle_values(const Edges<Acc>& a, const Edges<Acc>* b, int64_t N, double beta, const Buffer& out) {
     const Huber<Acc> huber(static_cast<Acc>(beta));
     const dim3 grid(grid_dim(N), grid_dim(N));
+    const double n3 = static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N);
     visit(out.dtype, [&](auto t) {
       using T = decltype(t);
       T* o = static_cast<T*>(out.data);
+      const double written = n3 * sizeof(T);
       if (b)
-        launch(check_, angle_values_kernel<Acc, T, true>, grid, dim3(kBlock), stream_, a, *b, N, huber, o);
+        launch(check_,
+               triplet_cost<Acc>(n3, 2 * kCosine64, 2 * kCosineAcc + 4, edge_bytes<Acc>(N, 2) + written, 0),
+               angle_values_kernel<Acc, T, true>, grid, dim3(kBlock), stream_, a, *b, N, huber, o);
       else
-        launch(check_, angle_values_kernel<Acc, T, false>, grid, dim3(kBlock), stream_, a, a, N, huber, o);
+        launch(check_, triplet_cost<Acc>(n3, kCosine64, kCosineAcc, edge_bytes<Acc>(N, 1) + written, 0),
+               angle_values_kernel<Acc, T, false>, grid, dim3(kBlock), stream_, a, a, N, huber, o);
     });
   }
 
@@ -146,31 +212,85 @@ class GpuBackend {
     const VertexSplit split = split_vertices(N, vertices);
     const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
     double* partial = scratch<double>(na * nb * split.splits);
-    launch(check_, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(split.splits)),
+    // The (j, k) tiles on or above the diagonal, each over the vertices.
+    const double triplets = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
+    const Cost cost = triplet_cost<Acc>(triplets, 2 * kCosine64, 2 * kCosineAcc + 6,
+                                        edge_bytes<Acc>(N, 2) + 8.0 * na * nb * split.splits,
+                                        static_cast<double>(upper_tiles(N) * split.splits));
+    launch(check_, cost, angle_loss_sum_kernel<Acc>, dim3(grid_dim(nb), grid_dim(na), grid_dim(split.splits)),
            dim3(kTri, kTri), stream_, a, b, N, Huber<Acc>(static_cast<Acc>(beta)), split, partial);
     gpu::finish(static_cast<const double*>(partial), na * nb * split.splits, fin, stream_, check_);
   }
 
-  // The vertex pass (V's rows for the vertices) and the opposite pass (R, in
-  // split_vertices' slices).
+  // The vertex pass (V's rows for the vertices, in split_k's slices) and the
+  // opposite pass (R, in split_vertices' slices), in one launch.
   template <typename Acc, typename Up>
   AngleGrad angle_passes(const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N, Rows vertices,
                          const AngleArgs& args) {
     const double eps2 = clamp_eps2(args);
     const Huber<Acc> huber(static_cast<Acc>(args.beta));
-    double* V = scratch<double>(vertices.size() * N);
-    launch(check_, angle_vertex_kernel<Acc, Up>,
-           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA))), dim3(kTri, kTri), stream_, a,
-           b, up, N, vertices, huber, eps2, kappa_of(args), V);
+    const int64_t vertex_tiles = ceil_div(N, kTB) * ceil_div(vertices.size(), kTA);
+    const VertexSplit ks = split_k(N, vertices, vertex_tiles);
+    double* V = scratch<double>(ks.splits * vertices.size() * N);
+    // Per triplet: A (and B, d for a loss), the upstream, two accumulations.
+    const int sides = Up::kLoss ? 2 : 1;
+    const double f64 = sides * kCosine64, acc = sides * kCosineAcc + (Up::kLoss ? 3 : 0) + 2 + 4;
+    const double up_bytes = upstream_bytes(up, N), n = static_cast<double>(N);
     const VertexSplit split = split_vertices(N, vertices);
     double* R = scratch<double>(split.splits * N * N);
-    launch(check_, angle_opposite_kernel<Acc, Up>,
-           dim3(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits)), dim3(kTri, kTri),
-           stream_, a, b, up, N, huber, eps2, split, R);
-    return {V, R, split.splits};
+    // One launch: the vertex pass's blocks, then the opposite pass's.
+    const dim3 vgrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits));
+    const dim3 ogrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits));
+    const int64_t nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
+    const int64_t no = static_cast<int64_t>(ogrid.x) * ogrid.y * ogrid.z;
+    const double vertex = static_cast<double>(vertex_tiles) * kTA * kTB * n;
+    const double opposite = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
+    const Cost cost = triplet_cost<Acc>(
+        vertex + opposite, f64, acc,
+        edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * (ks.splits * vertices.size() * n + split.splits * n * n),
+        static_cast<double>(nv + upper_tiles(N) * split.splits));
+    launch(check_, cost, angle_passes_kernel<Acc, Up>, dim3(grid_dim(nv + no)), dim3(kTri, kTri), stream_, a, b, up,
+           N, vertices, huber, eps2, kappa_of(args), ks, V, split, R, vgrid, ogrid);
+    return {V, R, split.splits, ks.splits};
   }
 
  private:
+  template <typename S, typename... Rest>
+  static const S& first_of(const S& s, const Rest&...) {
+    return s;
+  }
+
+  // The first two steps summed (rows1, rows2), then the rest.
+  template <typename P1, typename P2, typename... Rest>
+  void chain_pair(int64_t N, const P1& p1, const double* rows1, const double* rows2, const P2& p2,
+                  const Rest&... rest) {
+    if constexpr (sizeof...(Rest) == 0) {
+      gpu::chained_pair(p1, rows1, p2, rows2, p2, false, N, static_cast<double*>(nullptr), stream_, check_);
+    } else {
+      const auto& next = first_of(rest...);
+      double* next_rows = scratch<double>(N);
+      gpu::chained_pair(p1, rows1, p2, rows2, next, true, N, next_rows, stream_, check_);
+      chain_rest(N, static_cast<const double*>(next_rows), rest...);
+    }
+  }
+
+  template <typename Next, typename... Rest>
+  void chain_rest(int64_t N, const double* rows, const Next& next, const Rest&... rest) {
+    chain(N, next, rows, rest...);
+  }
+
+  template <typename Prev>
+  void chain(int64_t N, const Prev& prev, const double* rows) {
+    gpu::finish(rows, N, prev.fin, stream_, check_);
+  }
+
+  template <typename Prev, typename Next, typename... Rest>
+  void chain(int64_t N, const Prev& prev, const double* rows, const Next& next, const Rest&... rest) {
+    double* next_rows = scratch<double>(N);
+    gpu::chained_row_sums(prev, rows, next, N, next_rows, stream_, check_);
+    chain(N, next, static_cast<const double*>(next_rows), rest...);
+  }
+
   template <typename F>
   static void visit(Dtype dtype, const F& f) {
     visit_dtype<__half, __nv_bfloat16>(dtype, f);

@@ -16,7 +16,26 @@
 // product is a CPU option.
 //
 // Both products run through one shared-memory tiled float64 GEMM: each
-// output element is one thread's sum over k in a fixed order.
+// output element (of a product, or of one of its slices over the reduction
+// index) is one thread's sum over k in a fixed order, and slices are summed
+// in slice order: repeated calls are bitwise identical.
+//
+// The pair matrix of one or two inputs (pair_matrices: the student's and the
+// teacher's in the same launches) is three launches whatever the shape:
+//   centre_columns: xc = x - mean, a block per kCentreCols columns of each
+//                   input (narrow, so that small D still gives many blocks);
+//   gram_partial:   the Gram product split over K (split-K) so that even one
+//                   64 x 64 output tile (N <= 64) gives the grid a few
+//                   hundred blocks: split z of tile (a, b) sums k in its
+//                   range and stores G's slice z;
+//   gram_finish:    a block per row sums the slices in slice order (fixed:
+//                   deterministic), takes the norms from G's diagonal, and
+//                   recomputes the pairs too close for the Gram form from
+//                   direct differences with the whole block over D.
+// grad_from_weights centres in its own blocks and splits its sum over the
+// samples when its output tiles are few (grad_split). Rows of the pair
+// matrix (pair_rows, for the sharded global batch) are still one unsplit
+// launch after the two-launch centring (column_mean_kernel, centre_kernel).
 #pragma once
 
 #include "common.cuh"
@@ -32,15 +51,19 @@ constexpr int kTk = 16;
 constexpr int kMicro = 4;
 constexpr int kGemmThreads = 256;
 
+// The blocks a product split over its reduction aims for (about two per SM
+// of an H200): a constant, so that how a product is split, and with it its
+// rounding, depends on the sizes alone, not on the device.
+constexpr int64_t kSplitBlocks = 264;
+
 // acc[r][c] += sum_k A[row0 + ty + 16 r][k] B[k][col0 + tx + 16 c] over k < K.
 // A is row-major with leading dimension lda and M rows. B has Nc columns and
-// is read as B[k][n] = b[n * ldb + k] when kBT (the transpose of a row-major
-// matrix: the Gram product), b[k * ldb + n] otherwise. Entries outside the
+// is read as B[k][n] = bload(k, n); kBT: B is the transpose of a row-major
+// matrix (the Gram product), so its k run along memory. Entries outside the
 // matrices read as 0. Called by all threads of a (16, 16) block.
-template <bool kBT>
-RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const double* __restrict__ b,
-                      int64_t ldb, int64_t Nc, int64_t K, int64_t row0, int64_t col0,
-                      double (&acc)[kMicro][kMicro]) {
+template <bool kBT, typename BLoad>
+RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const BLoad& bload, int64_t Nc, int64_t K,
+                      int64_t row0, int64_t col0, double (&acc)[kMicro][kMicro]) {
   __shared__ double As[kTk][kTile + 1];
   __shared__ double Bs[kTk][kTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
@@ -55,11 +78,11 @@ RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, cons
       As[kk][m] = (row < M && k < K) ? a[row * lda + k] : 0.0;
       if (kBT) {
         const int64_t col = col0 + m;
-        Bs[kk][m] = (col < Nc && k < K) ? b[col * ldb + k] : 0.0;
+        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : 0.0;
       } else {
         const int n = e % kTile, kb = e / kTile;
         const int64_t col = col0 + n, kr = k0 + kb;
-        Bs[kb][n] = (col < Nc && kr < K) ? b[kr * ldb + col] : 0.0;
+        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : 0.0;
       }
     }
     __syncthreads();
@@ -99,8 +122,7 @@ __global__ void __launch_bounds__(256) column_mean_kernel(const T* __restrict__ 
   }
 }
 
-// xc = x - mean in float64 and, when norms is not null, norms[i] = ||xc_i||^2;
-// one block per row.
+// xc = x - mean in float64 and norms[i] = ||xc_i||^2; one block per row.
 template <typename T>
 __global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x, const double* __restrict__ mean,
                                                         int64_t D, double* __restrict__ xc,
@@ -113,7 +135,6 @@ __global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x,
     xc[i * D + k] = v;
     acc += v * v;
   }
-  if (norms == nullptr) return;  // uniform over the block: the reduction below is all or none
   const double n = block_sum<kBlock>(acc, red, threadIdx.x);
   if (threadIdx.x == 0) norms[i] = n;
 }
@@ -137,34 +158,21 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMic
     for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
 }
 
+// The pair value of kind kWhat from the squared distance v (i != j).
+template <PairKind kWhat>
+RKD_DEV double value_of_kind(double v, double eps) {
+  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
+  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
+  return v;
+}
+
 // The pair value of kind kWhat for i != j from the Gram entry g.
 template <PairKind kWhat>
 RKD_DEV double pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
                           int64_t j, double g, double eps) {
   double v = gram_sq(norms[i], norms[j], g);
   if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
-  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
-  return v;
-}
-
-// One kTile x kTile block of the pair matrix on or above the diagonal (blocks
-// below it return at once); each pair is computed once and stored at (i, j)
-// and (j, i), so the matrix is exactly symmetric.
-template <PairKind kWhat>
-__global__ void __launch_bounds__(kGemmThreads) gram_pairs_kernel(const double* __restrict__ xc,
-                                                                  const double* __restrict__ norms, int64_t N,
-                                                                  int64_t D, double eps, double* __restrict__ out) {
-  if (blockIdx.y > blockIdx.x) return;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  double acc[kMicro][kMicro] = {};
-  gemm_f64<true>(xc, D, N, xc, D, N, D, row0, col0, acc);
-  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
-    if (i >= N || j >= N || j < i) return;
-    const double v = j == i ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
-    out[i * N + j] = v;
-    out[j * N + i] = v;
-  });
+  return value_of_kind<kWhat>(v, eps);
 }
 
 // One kTile x kTile block of the rows [begin, end) of the pair matrix
@@ -177,52 +185,368 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
   const int64_t row0 = rows.begin + static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
-  gemm_f64<true>(xc, D, rows.end, xc, D, N, D, row0, col0, acc);
+  gemm_f64<true>(xc, D, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
     if (i >= rows.end || j >= N) return;
     out[(i - rows.begin) * N + j] = i == j ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
   });
 }
 
+// The W x X product's reduction over the N samples, split when its output
+// tiles fill at most half an H200 (kSplitBlocks / 4) and N is large (N = 512,
+// D = 512: 64 tiles of 512 steps); with more tiles the partials' traffic and
+// the finish launch cost more than the idle SMs.
+struct GradSplit {
+  int64_t splits, per_split;  // ranges of the samples j, per_split a multiple of kTk
+  double* partial;            // (splits, n, D) partial products, when splits > 1
+  double* mean;               // (D) the column means, when splits > 1
+};
+
+// At least kMinGradSplit samples per split; about kSplitBlocks blocks in all.
+constexpr int64_t kMinGradSplit = 256;
+
+inline GradSplit grad_split(int64_t tiles, int64_t N) {
+  const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles), most = N / kMinGradSplit;  // D = 0: none
+  const int64_t splits = want < most ? want : most;
+  if (splits <= 1 || tiles > kSplitBlocks / 4) return {1, ceil_div(N, kTk) * kTk, nullptr, nullptr};
+  const int64_t per_split = ceil_div(ceil_div(N, splits), kTk) * kTk;
+  return {ceil_div(N, per_split), per_split, nullptr, nullptr};
+}
+
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
 // rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
+// The block centres its kTile features itself: it reads all N rows of them
+// for the product anyway, so xc costs no launch and no memory. Split (split
+// z = blockIdx.z over the samples of its range): the block stores its
+// partial product, and the blocks of split 0 and the first row tile the
+// means, for grad_finish_kernel.
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
-                                                                 const double* __restrict__ xc, int64_t N,
-                                                                 int64_t D, Rows rows, T* __restrict__ dx) {
+                                                                 const T* __restrict__ x, int64_t N, int64_t D,
+                                                                 Rows rows, GradSplit split, T* __restrict__ dx) {
+  constexpr int kSlices = kGemmThreads / kTile;
+  __shared__ double part[kSlices][kTile];
+  __shared__ double mean[kTile];
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  // The column means of the block's features: kSlices row slices, summed in order.
+  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
+  double sum = 0.0;
+  if (col0 + c < D)
+    for (int64_t i = r; i < N; i += kSlices) sum += widen(x[i * D + col0 + c]);
+  part[r][c] = sum;
+  __syncthreads();
+  if (t < kTile) {
+    double total = 0.0;
+    for (int l = 0; l < kSlices; ++l) total += part[l][t];
+    mean[t] = total / static_cast<double>(N);
+  }
+  __syncthreads();
+  auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
   double acc[kMicro][kMicro] = {};
-  gemm_f64<false>(W, N, n, xc, D, D, N, row0, col0, acc);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.z) * split.per_split;
+  const int64_t j1 = j0 + split.per_split < N ? j0 + split.per_split : N;
+  auto xc_from = [&](int64_t j, int64_t k) { return xc(j0 + j, k); };
+  if (j1 > j0) gemm_f64<false>(W + j0, N, n, xc_from, D, j1 - j0, row0, col0, acc);
+  if (split.splits > 1) {
+    double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
+    for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
+      if (l < n && k < D) part_z[l * D + k] = wx;
+    });
+    if (blockIdx.z == 0 && blockIdx.y == 0 && t < kTile && col0 + t < D) split.mean[col0 + t] = mean[t];
+    return;
+  }
   for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
-    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc[(rows.begin + l) * D + k], wx));
+    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), wx));
   });
 }
 
-// xc (N x D) and, when norms is not null, the squared norms of its rows.
+// dx from the split products: each element sums its partials in split order.
+template <typename T>
+__global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __restrict__ w, const T* __restrict__ x,
+                                                             int64_t D, Rows rows, GradSplit split,
+                                                             T* __restrict__ dx) {
+  const int64_t n = rows.end - rows.begin, e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (e >= n * D) return;
+  const int64_t l = e / D, k = e % D;
+  double wx = 0.0;
+  for (int64_t z = 0; z < split.splits; ++z) wx += split.partial[z * n * D + e];
+  const double xc = widen(x[(rows.begin + l) * D + k]) - split.mean[k];
+  dx[e] = narrow<T>(grad_epilogue(w[l], xc, wx));
+}
+
+// A gemm_f64 over `tiles` kTile x kTile output tiles and K steps (padding
+// included: the threads compute it), plus `epilogue` float64 operations, and
+// the distinct bytes the launch moves.
+inline Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
+  Cost c;
+  c.bytes = bytes;
+  c.flops64 = 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(K) + epilogue;
+  c.blocks = static_cast<double>(tiles);
+  return c;
+}
+
+// The bytes of a pair-matrix product: xc and its norms read, `out` float64
+// pair values written. The recomputed close pairs depend on the data and are
+// not counted.
+inline double pair_bytes(int64_t N, int64_t D, int64_t out) {
+  return 8.0 * (static_cast<double>(N) * static_cast<double>(D) + static_cast<double>(N) + static_cast<double>(out));
+}
+
+// ---- the pair matrices of one or two inputs ----------------------------------------------
+
+// The inputs of one launch: count (1 or 2) inputs of N rows; an input's
+// blocks follow the previous input's.
+template <typename S>
+struct Sides {
+  S side[2];
+  int count;
+  int64_t N;
+  // The input of flat block b, the first input having `first` blocks; b
+  // made relative to it.
+  RKD_DEV const S& of(int64_t& b, int64_t first) const {
+    if (count == 1 || b < first) return side[0];
+    b -= first;
+    return side[1];
+  }
+};
+
+template <typename T>
+struct CentreSide {
+  const T* x;
+  int64_t D;
+  double* xc;
+};
+
+// centre_columns_kernel's block: kCentreCols columns by kCentreRows row slices.
+constexpr int kCentreCols = 8, kCentreRows = 32;
+
+// xc = x - mean for kCentreCols columns of one input: the block computes
+// their means (the row slices summed in a fixed order), then writes them.
+template <typename T>
+__global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_columns_kernel(Sides<CentreSide<T>> in) {
+  __shared__ double part[kCentreRows][kCentreCols + 1];
+  __shared__ double mean[kCentreCols];
+  int64_t b = blockIdx.x;
+  const CentreSide<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
+  double acc = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(c.x[i * D + k]);
+  part[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0) {
+    double total = 0.0;
+    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
+    mean[tx] = total / static_cast<double>(N);
+  }
+  __syncthreads();
+  if (k < D)
+    for (int64_t i = ty; i < N; i += kCentreRows) c.xc[i * D + k] = widen(c.x[i * D + k]) - mean[tx];
+}
+
+template <typename T, typename Check>
+void centre_columns(const Sides<CentreSide<T>>& cs, cudaStream_t stream, const Check& check) {
+  Cost cost;
+  int64_t blocks = 0;
+  for (int c = 0; c < cs.count; ++c) {
+    const double nd = static_cast<double>(cs.N) * static_cast<double>(cs.side[c].D);
+    cost.bytes += nd * (2.0 * sizeof(T) + 8.0);  // x read twice, xc written
+    cost.flops64 += 2.0 * nd;
+    blocks += ceil_div(cs.side[c].D, kCentreCols);
+  }
+  launch(check, cost, centre_columns_kernel<T>, dim3(grid_dim(blocks)), dim3(kCentreCols, kCentreRows), stream, cs);
+}
+
+// One input of the Gram product: xc (N, D), its K split into `splits`
+// ranges of per_split (a multiple of kTk), G's slices (splits, N, N), the
+// pair values (N, N), and where not null the angle ops' u = inv_edge(value)
+// (1 unnormalised) in float64 or float32, (N, N).
+struct GramSide {
+  const double* xc;
+  int64_t D, splits, per_split;
+  double* slices;
+  double* out;
+  void* u;
+  bool u_f64, normalize;
+  double u_eps;
+};
+
+// Where pair_matrices also writes u (the angle ops' edges): the inputs' u
+// one after the other, N x N each, in float64 (f64) or float32.
+struct EdgeOut {
+  void* u;
+  bool f64;
+  double eps;
+  bool normalize;
+};
+
+// Tiles on or above the diagonal of an N x N matrix of kTile x kTile tiles.
+RKD_HD int64_t upper_tile_count(int64_t N) {
+  const int64_t nt = (N + kTile - 1) / kTile;
+  return nt * (nt + 1) / 2;
+}
+
+// Splits of the Gram product's K so that the upper tiles times the splits
+// give about kSplitBlocks blocks, each over at least kMinSplit features: a
+// function of the sizes alone, so results do not depend on the device.
+constexpr int64_t kMinSplit = 128;
+
+inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
+  const int64_t tiles = upper_tile_count(N), chunks = ceil_div(D, kMinSplit);
+  const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles);
+  const int64_t splits = chunks < 1 ? 1 : (want < chunks ? want : chunks);
+  const int64_t per_split = chunks < 1 ? kMinSplit : ceil_div(chunks, splits) * kMinSplit;
+  return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out, nullptr, false, false, 0.0};
+}
+
+// Split z of one upper tile: G's slice z over the tile, stored at (i, j)
+// and (j, i), so each slice is exactly symmetric. (A template, S = GramSide,
+// so that every translation unit may define it, like every kernel here.)
+template <typename S>
+__global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in) {
+  const int64_t N = in.N, tiles = upper_tile_count(N);
+  int64_t b = blockIdx.x;
+  const S& g = in.of(b, tiles * in.side[0].splits);
+  const int64_t z = b / tiles;
+  int64_t t = b % tiles, ta = 0;
+  for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;  // upper tile t's tile row
+  const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
+  const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
+  double acc[kMicro][kMicro] = {};
+  const double* xk = g.xc + k0;
+  auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
+  if (k1 > k0) gemm_f64<true>(xk, g.D, N, xk_t, N, k1 - k0, row0, col0, acc);
+  double* slice = g.slices + z * N * N;
+  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double v) {
+    if (i >= N || j >= N || j < i) return;
+    slice[i * N + j] = v;
+    slice[j * N + i] = v;
+  });
+}
+
+// Row i of one input's pair matrix from G's slices: a block per row,
+// kBlock columns at a time; the close pairs of each kBlock columns are
+// recomputed one after another by the whole block.
+template <PairKind kWhat>
+__global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<GramSide> in, double eps) {
+  __shared__ double red[kBlock];
+  __shared__ double near_v[kBlock];
+  __shared__ int near[kBlock];
+  int64_t i = blockIdx.x;
+  const GramSide& g = in.of(i, in.N);
+  const int64_t N = in.N, NN = N * N, t = threadIdx.x;
+  auto G = [&](int64_t a, int64_t c) {
+    double v = 0.0;
+    for (int64_t z = 0; z < g.splits; ++z) v += g.slices[z * NN + a * N + c];
+    return v;
+  };
+  const double n_i = G(i, i);
+  for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
+    const int64_t j = j0 + t;
+    double v = 0.0, n_j = 0.0;
+    near[t] = 0;
+    if (j < N && j != i) {
+      n_j = G(j, j);
+      v = gram_sq(n_i, n_j, G(i, j));
+      near[t] = gram_near(v, n_i, n_j);
+    }
+    __syncthreads();
+    for (int l = 0; l < kBlock; ++l) {
+      if (!near[l]) continue;  // uniform over the block: every thread reads the same flag
+      const double* a = g.xc + i * g.D;
+      const double* c = g.xc + (j0 + l) * g.D;
+      double acc = 0.0;
+      for (int64_t k = t; k < g.D; k += kBlock) {
+        const double d = a[k] - c[k];
+        acc += d * d;
+      }
+      const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
+      if (t == l) near_v[l] = total;
+    }
+    __syncthreads();
+    if (j < N) {
+      const double value = j == i ? 0.0 : value_of_kind<kWhat>(near[t] ? near_v[t] : v, eps);
+      g.out[i * N + j] = value;
+      if (g.u != nullptr) {  // as a map of angle_kernel.cuh's InvEdge over out would
+        const double u = g.normalize ? inv_edge(value, g.u_eps) : 1.0;
+        if (g.u_f64)
+          static_cast<double*>(g.u)[i * N + j] = u;
+        else
+          static_cast<float*>(g.u)[i * N + j] = static_cast<float>(u);
+      }
+    }
+    __syncthreads();  // near and near_v are rewritten for the next columns
+  }
+}
+
+// The pair matrices of the `count` inputs x[c] (N, D[c]) into out[c], and
+// their u where edges.u is not null: three launches for all of them.
+template <typename T, typename Alloc, typename Check>
+void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
+                   double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check,
+                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}) {
+  Sides<CentreSide<T>> cs{};
+  Sides<GramSide> gs{};
+  cs.count = gs.count = count;
+  cs.N = gs.N = N;
+  int64_t partial_grid = 0;
+  Cost pc, fc;
+  const double n2 = static_cast<double>(N) * static_cast<double>(N);
+  for (int c = 0; c < count; ++c) {
+    double* xc = take<double>(alloc, N * D[c]);
+    cs.side[c] = {x[c], D[c], xc};
+    gs.side[c] = gram_side(xc, N, D[c], out[c]);
+    gs.side[c].slices = take<double>(alloc, gs.side[c].splits * N * N);
+    const double u_size = edges.f64 ? 8.0 : 4.0;
+    if (edges.u != nullptr) {
+      gs.side[c].u = static_cast<char*>(edges.u) + static_cast<int64_t>(u_size) * c * N * N;
+      gs.side[c].u_f64 = edges.f64;
+      gs.side[c].normalize = edges.normalize;
+      gs.side[c].u_eps = edges.eps;
+      fc.bytes += u_size * N * N;
+    }
+    const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
+    const int64_t upper = upper_tile_count(N), splits = gs.side[c].splits;
+    partial_grid += upper * splits;
+    pc.bytes += 8.0 * (nd + static_cast<double>(splits) * n2);
+    pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
+    // The recomputed close pairs depend on the data and are not counted.
+    fc.bytes += 8.0 * (static_cast<double>(splits) * n2 + n2);
+    fc.flops64 += n2 * (2.0 * static_cast<double>(splits) + 6.0);
+  }
+  centre_columns(cs, stream, check);
+  launch(check, pc, gram_partial_kernel<GramSide>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
+  auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist>
+                : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped>
+                                              : gram_finish_kernel<PairKind::Sq>;
+  launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
+}
+
+// xc (N x D) and the squared norms of its rows (the row blocks of pair_rows).
 template <typename T, typename Alloc, typename Check>
 void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& alloc, cudaStream_t stream,
             const Check& check) {
   double* mean = take<double>(alloc, D);
-  launch(check, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
-  launch(check, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean), D,
-         xc, norms);
+  const double nd = static_cast<double>(N) * static_cast<double>(D);
+  Cost mc;
+  mc.bytes = nd * sizeof(T) + 8.0 * static_cast<double>(D);
+  mc.flops64 = nd;
+  launch(check, mc, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
+  Cost cc;
+  cc.bytes = nd * (sizeof(T) + 8.0) + 8.0 * static_cast<double>(D + N);
+  cc.flops64 = 3.0 * nd;
+  launch(check, cc, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean),
+         D, xc, norms);
 }
 
 // x: contiguous (N, D) on the device. out: (N, N) float64.
 template <typename T, typename Alloc, typename Check>
 void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, double* out, Alloc& alloc,
                  cudaStream_t stream, const Check& check) {
-  double* xc = take<double>(alloc, N * D);
-  double* norms = take<double>(alloc, N);
-  centre(x, N, D, xc, norms, alloc, stream, check);
-  const unsigned nt = grid_dim(ceil_div(N, kTile));
-  auto kernel = what == PairKind::Dist        ? gram_pairs_kernel<PairKind::Dist>
-                : what == PairKind::SqClamped ? gram_pairs_kernel<PairKind::SqClamped>
-                                              : gram_pairs_kernel<PairKind::Sq>;
-  launch(check, kernel, dim3(nt, nt), dim3(16, 16), stream, static_cast<const double*>(xc),
-         static_cast<const double*>(norms), N, D, eps, out);
+  pair_matrices(&x, &D, 1, N, what, eps, &out, alloc, stream, check);
 }
 
 // Rows [rows.begin, rows.end) of the pair matrix: out (rows.size(), N) float64.
@@ -235,8 +559,10 @@ void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, doubl
   auto kernel = what == PairKind::Dist        ? gram_rows_kernel<PairKind::Dist>
                 : what == PairKind::SqClamped ? gram_rows_kernel<PairKind::SqClamped>
                                               : gram_rows_kernel<PairKind::Sq>;
-  launch(check, kernel, dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16),
-         stream, static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
+  const int64_t tiles = ceil_div(N, kTile) * ceil_div(rows.size(), kTile);
+  launch(check, gemm_cost(tiles, D, 6.0 * rows.size() * N, pair_bytes(N, D, rows.size() * N)), kernel,
+         dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16), stream,
+         static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
 }
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
@@ -244,10 +570,26 @@ void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, doubl
 template <typename T, typename Alloc, typename Check>
 void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
                        Alloc& alloc, cudaStream_t stream, const Check& check) {
-  double* xc = take<double>(alloc, N * D);
-  centre(x, N, D, xc, static_cast<double*>(nullptr), alloc, stream, check);
-  launch(check, grad_gemm_kernel<T>, dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(rows.size(), kTile))),
-         dim3(16, 16), stream, W, w, static_cast<const double*>(xc), N, D, rows, dx);
+  const int64_t n = rows.size(), tiles = ceil_div(D, kTile) * ceil_div(n, kTile);
+  const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
+  GradSplit split = grad_split(tiles, N);
+  if (split.splits > 1) {
+    split.partial = take<double>(alloc, split.splits * n * D);
+    split.mean = take<double>(alloc, D);
+  }
+  // W, w and x read, dx written (or the partials and the means); the means and the centring on the fly.
+  const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
+  Cost cost = gemm_cost(tiles * split.splits, ceil_div(N, split.splits), 3.0 * nd + 2.0 * xd,
+                        8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out);
+  launch(check, cost, grad_gemm_kernel<T>,
+         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
+         stream, W, w, x, N, D, rows, split, dx);
+  if (split.splits == 1) return;
+  Cost fin;
+  fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
+  fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
+  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
+         rows, split, dx);
 }
 
 }  // namespace gpu

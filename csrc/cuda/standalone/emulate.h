@@ -199,12 +199,16 @@ inline void __syncthreads() {
   emu::switch_to(f.ctx, b.scheduler);
 }
 
+#ifndef RKD_GPU_RECORD
 namespace rkd {
 namespace gpu {
 
-// The emulator's counterpart of common.cuh's launch().
+struct Cost;
+
+// The emulator's counterpart of common.cuh's launch() (plan.cpp, which
+// defines RKD_GPU_RECORD, records launches instead of running them).
 template <typename Check, typename... P, typename... A>
-void launch(const Check& check, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t, A... args) {
+void launch(const Check& check, const Cost&, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t, A... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   struct Call {
     void (*kernel)(P...);
@@ -220,3 +224,4 @@ void launch(const Check& check, void (*kernel)(P...), dim3 grid, dim3 block, cud
 
 }  // namespace gpu
 }  // namespace rkd
+#endif

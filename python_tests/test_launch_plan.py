@@ -1,0 +1,152 @@
+"""scripts/launch_plan.py: its launch records against facts known without it.
+
+The plan dry-runs the GPU backend's op sequences (no GPU needed, only g++ and
+the CUDA headers). The facts: the op layer's sequences, which launches they
+are made of and how composed ops add up; each kernel's grid from the sizes;
+the flops of a product from its shape; the time model from its formula.
+"""
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None or
+    not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")),
+    reason="needs g++ and the CUDA headers")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("launch_plan", os.path.join(ROOT, "scripts", "launch_plan.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def lp():
+    return _load()
+
+
+@pytest.fixture(scope="module")
+def rec(lp):
+    return lp.Recorder(lp.build())
+
+
+def kernels(launches):
+    return [l.kernel.split("<")[0] for l in launches]
+
+
+def test_pairwise_distance_sequence(rec):
+    # Forward: centring, the Gram product's K slices, their finish into
+    # distances, the float32 copy of the float64 distances. Backward: the
+    # upstream gradient to float64, the weights, the W x X product (which
+    # centres its own features).
+    assert kernels(rec.run("pairwise_distance", 40, 100)) == [
+        "centre_columns", "gram_partial", "gram_finish", "convert",
+        "convert", "weights", "grad_gemm"]
+
+
+def test_loss_sequences(rec):
+    # Both sides in each launch of the pair matrices; at N <= 64 the
+    # reductions of a sequence (two inverse means and the loss; in the
+    # backward two inverse means and the student's mean term) in one launch.
+    assert kernels(rec.run("rkd_distance_loss", 32, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "reduce_seq",
+        "reduce_seq", "weights", "grad_gemm"]
+    # Beyond, a launch per reduction and a finish, the two inverse means (they
+    # read only the pair matrices) sharing theirs: 3 forward, 3 backward.
+    big = kernels(rec.run("rkd_distance_loss", 65, 512))
+    assert big[3:6] == big[6:9] == ["row_sums_pair", "chained_pair", "finish"]
+    # normalized_distance's backward: its inverse mean and mean term (both read
+    # only matrices) summed in one launch, their fins in one block.
+    assert kernels(rec.run("normalized_distance", 65, 512)).count("row_sums_pair") == 1
+    # The angle loss: u of both sides with s in the forward, in one map in the
+    # backward; the backward's vertex and opposite passes in one launch.
+    assert kernels(rec.run("rkd_angle_loss", 32, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "angle_loss_sum", "finish",
+        "map", "angle_passes", "weights", "grad_gemm"]
+
+
+def test_rkd_loss_is_both_terms(rec):
+    # RKDLoss calls the two losses one after the other: its plan is theirs, concatenated.
+    for n, d in ((16, 512), (130, 70)):
+        both = rec.run("rkd_distance_loss", n, d) + rec.run("rkd_angle_loss", n, d)
+        assert rec.run("RKDLoss", n, d) == both
+
+
+def test_gram_split_k(rec):
+    # N = 130: 3 x 3 tiles of 64, of which the 6 on or above the diagonal work.
+    # D = 300 in 128-feature splits: 3 of them (the most D allows, as 6 tiles
+    # are far from a few hundred blocks).
+    n, d = 130, 300
+    gram = [l for l in rec.run("pairwise_distance", n, d) if l.kernel.startswith("gram_partial")]
+    assert len(gram) == 1
+    g = gram[0]
+    assert g.grid == (6 * 3, 1, 1) and g.block == (16, 16, 1)
+    assert g.flops64 == 6 * 64 * 64 * 2 * d
+    assert g.flops32 == 0
+    # xc read, 3 slices of the N x N Gram matrix written.
+    assert g.bytes == 8 * (n * d + 3 * n * n)
+    # N = 32, D = 25088: one tile, split until the grid has a few hundred blocks.
+    g = [l for l in rec.run("pairwise_distance", 32, 25088) if l.kernel.startswith("gram_partial")][0]
+    assert 132 <= g.blocks <= 25088 / 128
+
+
+def test_grad_gemm_covers_the_gradient(rec):
+    n, d = 70, 200
+    gemm = [l for l in rec.run("normalized_distance", n, d) if l.kernel.startswith("grad_gemm")]
+    assert len(gemm) == 1
+    gx, gy, _ = gemm[0].grid
+    assert gx * 64 >= d > (gx - 1) * 64 and gy * 64 >= n > (gy - 1) * 64
+
+
+def test_angle_loss_float32_triplets(rec):
+    # A float32 loss runs its triplet arithmetic in float32; the numerators
+    # of the cosines stay float64.
+    launches = rec.run("rkd_angle_loss", 64, 32)
+    tri = [l for l in launches if l.kernel.startswith(("angle_loss_sum", "angle_passes"))]
+    assert kernels(tri) == ["angle_loss_sum", "angle_passes"]
+    assert all(l.flops32 > 0 and l.flops64 > 0 for l in tri)
+
+
+def test_time_model(lp):
+    p = lp.PROFILES["h200"]
+    # 1 GB over the whole machine: bandwidth-bound.
+    l = lp.Launch("k", (1000, 1, 1), (256, 1, 1), 1e9, 0.0, 1e6, 1000)
+    assert l.time(p) == pytest.approx(p.launch + 1e9 / p.bandwidth)
+    # One block: 1/132 of the machine's arithmetic.
+    l = lp.Launch("k", (1, 1, 1), (256, 1, 1), 0.0, 67e6, 34e6, 1)
+    assert l.work(p) == pytest.approx((67e6 / p.fp32 + 34e6 / p.fp64) * p.sms)
+    assert l.flagged(p)  # about 264 us of work on one block
+    assert not lp.Launch("k", (132, 1, 1), (256, 1, 1), 0.0, 0.0, 34e6 * 132, 132).flagged(p)
+
+
+def test_check_targets(lp):
+    one = lp.Launch("k", (1, 1, 1), (256, 1, 1), 0.0, 0.0, 0.0, 1)
+    ok = [("rkd_distance_loss", 32, 512, [one] * lp.TARGETS["rkd_distance_loss"])]
+    assert lp.violations(ok) == []
+    over = [("rkd_distance_loss", 32, 512, [one] * (lp.TARGETS["rkd_distance_loss"] + 1))]
+    assert len(lp.violations(over)) == 1
+    # Above N = 256 the count targets do not apply.
+    assert lp.violations([("rkd_distance_loss", 1024, 512, [one] * 100)]) == []
+
+
+def test_report_says_estimate(lp, capsys):
+    assert lp.main(["--ops", "pairwise_distance", "--sizes", "typical"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATES FROM A MODEL" in out and "| pairwise_distance | 32 | 25088 |" in out
+
+
+def test_grad_split(rec):
+    # N = 512, D = 512: 8 x 8 output tiles of the W x X product, at most half
+    # an H200, so its 512 samples are split in two (at least 256 each) and a
+    # finish launch sums the halves; at N = 1024 its 128 tiles go unsplit.
+    grad = [l for l in rec.run("pairwise_distance", 512, 512) if l.kernel.startswith("grad_")]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 8, 2)), ("grad_finish", (1024, 1, 1))]
+    grad = [l for l in rec.run("pairwise_distance", 1024, 512) if l.kernel.startswith("grad_")]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 16, 1))]

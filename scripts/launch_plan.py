@@ -1,0 +1,335 @@
+"""The CUDA launch plan of every op, with estimated times from a stated model.
+
+Dry-runs the op sequences of the GPU backend (csrc/core on
+csrc/cuda/gpu_backend.cuh, through csrc/cuda/standalone/entry_points.h) with a
+launch that records each kernel, its grid and block and the cost written
+beside the launch (common.cuh's Cost: distinct bytes moved, float32 and
+float64 flops, working blocks) and executes nothing (csrc/cuda/standalone/
+plan.cpp). Each op runs forward and then backward as autograd calls it with
+the teacher detached: only the student's gradient is asked for. Inputs are
+float32, student and teacher (N, D); losses use reduction 'mean'.
+
+THE TIMES ARE ESTIMATES FROM A MODEL, NOT MEASUREMENTS. Per launch:
+    time = launch + max(bytes / bandwidth, flops32 / fp32 + flops64 / fp64) / share
+    share = min(1, working blocks / SMs)   (a kernel with few blocks gets that part of the machine)
+with the profile's rates below. Kernels of torch itself (the weights'
+products and sums in RKDLoss) are not counted; nor are the close pairs a
+pair matrix recomputes (they depend on the data).
+
+A launch is flagged when its estimated work (the time less the launch
+overhead) exceeds 10 us while its grid has fewer working blocks than the
+GPU has SMs.
+
+Usage:
+  python scripts/launch_plan.py [--profile NAME] [--detail | --compact] [--ops A,B] [--sizes typical|large|all]
+                                [--check]
+--compact: one row per op and N, one column per D (what the README shows).
+--check: exit 1 when, at N <= 256, a launch count exceeds its target (TARGETS) or a flagged launch appears at the
+typical sizes. Needs g++ and the CUDA headers (CUDA_HOME, default /usr/local/cuda); no GPU, no torch.
+"""
+import argparse
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F32, F64 = 0, 1                      # rkd::Dtype
+MEAN = 1                             # rkd::Reduction
+FLAG_WORK_US = 10.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    sms: int
+    fp32: float        # FLOP/s, plain (non-tensor) arithmetic: our kernels use no tensor cores
+    fp64: float
+    bandwidth: float   # bytes/s
+    launch: float      # s per launch
+
+
+PROFILES = {
+    # Hopper SXM datasheet rates: fp32 67 TFLOP/s; fp64 34 TFLOP/s on the CUDA cores (the 67 TFLOP/s fp64
+    # figure is the tensor cores', which our float64 FMAs do not use); H200: HBM3e 4.8 TB/s.
+    "h200": Profile("H200 (132 SMs, fp32 67 TFLOP/s, fp64 34 TFLOP/s, 4.8 TB/s, 3 us/launch)",
+                    132, 67e12, 34e12, 4.8e12, 3e-6),
+    # An RTX 4090-class GPU: fp32 83 TFLOP/s, fp64 at 1/64 of it, about 1 TB/s.
+    "slow-fp64": Profile("slow fp64 (128 SMs, fp32 83 TFLOP/s, fp64 1.3 TFLOP/s, 1.0 TB/s, 3 us/launch)",
+                         128, 83e12, 83e12 / 64, 1.0e12, 3e-6),
+}
+
+TYPICAL = [(n, d) for n in (16, 32, 64, 128, 256) for d in (512, 2048, 25088)]
+LARGE = [(n, d) for n in (1024, 4096) for d in (512, 2048)]
+# Launch-count targets for forward + backward, teacher detached, at N <= 256.
+TARGETS = {"rkd_distance_loss": 8, "rkd_angle_loss": 12, "RKDLoss": 16}
+
+
+# ---- the recording library --------------------------------------------------------------
+
+def _sources():
+    for top, _, files in os.walk(os.path.join(ROOT, "csrc")):
+        for f in sorted(files):
+            if f.endswith((".h", ".cuh", ".cpp")):
+                yield os.path.join(top, f)
+
+
+def build():
+    """plan.cpp compiled once per state of csrc (cached under build/launch_plan)."""
+    h = hashlib.sha256()
+    for path in sorted(_sources()):
+        with open(path, "rb") as f:
+            h.update(path.encode() + f.read())
+    out_dir = os.path.join(ROOT, "build", "launch_plan")
+    lib = os.path.join(out_dir, f"plan_{h.hexdigest()[:16]}.so")
+    if not os.path.exists(lib):
+        os.makedirs(out_dir, exist_ok=True)
+        cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+        tmp = lib + f".{os.getpid()}.tmp"
+        subprocess.run([os.environ.get("CXX", "g++"), "-std=c++17", "-O0", "-fPIC", "-shared", "-Wall", "-Wextra",
+                        "-Werror", "-Wno-unknown-pragmas", "-Wno-clobbered", f"-I{cuda_home}/include",
+                        os.path.join(ROOT, "csrc", "cuda", "standalone", "plan.cpp"), "-o", tmp, "-ldl"],
+                       check=True)
+        os.replace(tmp, lib)
+    return ctypes.CDLL(lib)
+
+
+@dataclass
+class Launch:
+    kernel: str
+    grid: tuple
+    block: tuple
+    bytes: float
+    flops32: float
+    flops64: float
+    blocks: float      # working blocks
+
+    def work(self, p):
+        """Estimated seconds of work, launch overhead excluded."""
+        share = min(1.0, self.blocks / p.sms)
+        return max(self.bytes / p.bandwidth, self.flops32 / p.fp32 + self.flops64 / p.fp64) / share
+
+    def time(self, p):
+        return p.launch + self.work(p)
+
+    def flagged(self, p):
+        return self.work(p) > FLAG_WORK_US * 1e-6 and self.blocks < p.sms
+
+
+def short_name(name):
+    """gram_pairs_kernel<Dist> from the demangled symbol."""
+    name = re.sub(r"^void ", "", name)
+    depth, cut = 0, len(name)
+    for i in range(len(name) - 1, -1, -1):  # drop the parameter list
+        if name[i] == ")":
+            depth += 1
+        elif name[i] == "(":
+            depth -= 1
+            if depth == 0:
+                cut = i
+                break
+    name = name[:cut]
+    name = re.sub(r"\(rkd::PairKind\)0", "Sq", name)
+    name = re.sub(r"\(rkd::PairKind\)1", "SqClamped", name)
+    name = re.sub(r"\(rkd::PairKind\)2", "Dist", name)
+    name = re.sub(r"rkd::(gpu::)?", "", name)
+    return name.replace("_kernel", "")
+
+
+class Recorder:
+    def __init__(self, lib):
+        self.lib = lib
+        lib.rkd_plan_size.restype = ctypes.c_int64
+        self._next = 0x1000
+
+    def ptr(self):
+        """A distinct non-null address (never dereferenced)."""
+        self._next += 0x1000
+        return ctypes.c_void_p(self._next)
+
+    def run(self, op, n, d):
+        """The launches of op at (n, d), forward then backward."""
+        self.lib.rkd_plan_clear()
+        OPS[op](self, n, d)
+        name = ctypes.create_string_buffer(4096)
+        dims = (ctypes.c_uint * 6)()
+        cost = (ctypes.c_double * 4)()
+        out = []
+        for i in range(self.lib.rkd_plan_size()):
+            self.lib.rkd_plan_get(ctypes.c_int64(i), name, ctypes.c_int64(len(name)), dims, cost)
+            grid, block = tuple(dims[:3]), tuple(dims[3:])
+            blocks = cost[3] or grid[0] * grid[1] * grid[2]
+            out.append(Launch(short_name(name.value.decode()), grid, block, cost[0], cost[1], cost[2], blocks))
+        return out
+
+
+# ---- the ops, as autograd calls them ------------------------------------------------------
+#
+# Each function runs an op's forward and its backward on the recording
+# library, float32 inputs, the upstream gradient float32 (the loss dtype), the
+# student's gradient alone. A new op (a fused rkd_loss) is one more function
+# in OPS.
+
+I, D_ = ctypes.c_int64, ctypes.c_double
+EPS = D_(1e-12)
+
+
+def _matrix(normalized):
+    def run(r, n, d):
+        x, d64 = r.ptr(), r.ptr()
+        r.lib.rkd_distance_matrix(normalized, F32, x, I(n), I(d), EPS, d64, r.ptr())
+        r.lib.rkd_distance_matrix_backward(normalized, F32, r.ptr(), F32, x, I(n), I(d), d64, EPS, r.ptr())
+    return run
+
+
+def _distance_loss(r, n, d):
+    s, t, ds, dt = r.ptr(), r.ptr(), r.ptr(), r.ptr()
+    common = (F32, s, F32, t, I(n), I(d), I(d))
+    args = (D_(1.0), EPS, MEAN, 0, D_(0.0))
+    r.lib.rkd_distance_loss_c(*common, *args, ds, dt, F32, r.ptr())
+    r.lib.rkd_distance_loss_backward_c(F32, r.ptr(), *common, ds, dt, *args, r.ptr(), None)
+
+
+def _angle_tensor(r, n, d):
+    x, sq = r.ptr(), r.ptr()
+    r.lib.rkd_angle_tensor_c(F32, x, I(n), I(d), EPS, 1, sq, r.ptr())
+    r.lib.rkd_angle_tensor_backward_c(F32, r.ptr(), F32, x, I(n), I(d), sq, EPS, 1, r.ptr())
+
+
+def _angle_loss(r, n, d):
+    s, t, ss, st = r.ptr(), r.ptr(), r.ptr(), r.ptr()
+    common = (F32, s, F32, t, I(n), I(d), I(d))
+    args = (D_(1.0), EPS, MEAN, 1)
+    r.lib.rkd_angle_loss_c(*common, *args, ss, st, F32, r.ptr())
+    r.lib.rkd_angle_loss_backward_c(F32, r.ptr(), *common, ss, st, *args, F32, r.ptr(), None)
+
+
+def _rkd_loss(r, n, d):
+    """RKDLoss (rkd_ext/losses.py): the two losses called one after the other."""
+    _distance_loss(r, n, d)
+    _angle_loss(r, n, d)
+
+
+OPS = {
+    "pairwise_distance": _matrix(0),
+    "normalized_distance": _matrix(1),
+    "rkd_distance_loss": _distance_loss,
+    "angle_tensor": _angle_tensor,
+    "rkd_angle_loss": _angle_loss,
+    "RKDLoss": _rkd_loss,
+}
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def fmt_us(seconds):
+    us = seconds * 1e6
+    return f"{us:.0f}" if us >= 100 else f"{us:.1f}"
+
+
+def table(rows, profiles):
+    p0 = profiles[0]
+    head = ["op", "N", "D", "launches"] + [f"est. {p} (us)" for p in profiles] + \
+           [f"fp64 share, {p}" for p in profiles[1:]] + [f"flagged ({p0})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for op, n, d, launches in rows:
+        ps = [PROFILES[p] for p in profiles]
+        total = [sum(l.time(p) for l in launches) for p in ps]
+        share = []
+        for p in ps[1:]:
+            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in launches)
+            share.append(f"{100 * f64 / sum(l.time(p) for l in launches):.0f}%")
+        flagged = [f"{l.kernel} {l.grid}: {fmt_us(l.work(ps[0]))} us" for l in launches if l.flagged(ps[0])]
+        lines.append("| " + " | ".join([op, str(n), str(d), str(len(launches))] + [fmt_us(t) for t in total] +
+                                        share + ["; ".join(flagged) or "-"]) + " |")
+    return "\n".join(lines)
+
+
+def compact(rows, profiles):
+    """Rows (op, N), columns D: launches, the estimates, the slow profile's fp64 share, flagged launches."""
+    ps = [PROFILES[p] for p in profiles]
+    ds = sorted({d for _, _, d, _ in rows})
+    cells, order = {}, []
+    for op, n, d, launches in rows:
+        if (op, n) not in cells:
+            cells[(op, n)] = {}
+            order.append((op, n))
+        times = [sum(l.time(p) for l in launches) for p in ps]
+        text = f"{len(launches)} · " + " · ".join(f"{fmt_us(t)} µs" for t in times)
+        if len(ps) > 1:
+            p = ps[-1]
+            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in launches)
+            text += f" ({100 * f64 / times[-1]:.0f}% fp64)"
+        flagged = sum(l.flagged(ps[0]) for l in launches)
+        cells[(op, n)][d] = text + (f" · {flagged} flagged" if flagged else "")
+    head = ["op", "N"] + [f"D = {d}" for d in ds]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * len(ds)]
+    for op, n in order:
+        lines.append(f"| {op} | {n} | " + " | ".join(cells[(op, n)].get(d, "") for d in ds) + " |")
+    cell = "launches · " + " · ".join(f"est. {p}" for p in profiles) + \
+        (f" (share of the {profiles[-1]} estimate in float64 arithmetic)" if len(ps) > 1 else "")
+    return f"Each cell: {cell}; flagged launches ({profiles[0]}), if any.\n\n" + "\n".join(lines)
+
+
+def detail(op, n, d, launches, profiles):
+    ps = [PROFILES[p] for p in profiles]
+    lines = [f"### {op}, N = {n}, D = {d}", "",
+             "| # | kernel | grid | block | MB | fp32 MFLOP | fp64 MFLOP | blocks | " +
+             " | ".join(f"est. {p} (us)" for p in profiles) + " | flag |",
+             "|" + "---|" * (9 + len(profiles))]
+    for i, l in enumerate(launches, 1):
+        lines.append(f"| {i} | {l.kernel} | {l.grid} | {l.block} | {l.bytes / 1e6:.3f} | {l.flops32 / 1e6:.2f} | "
+                     f"{l.flops64 / 1e6:.2f} | {l.blocks:.0f} | " + " | ".join(fmt_us(l.time(p)) for p in ps) +
+                     f" | {'FLAG' if l.flagged(ps[0]) else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def violations(rows):
+    """What --check fails on: launch counts over target at N <= 256, flagged launches at the typical sizes."""
+    out = []
+    for op, n, d, launches in rows:
+        if op in TARGETS and n <= 256 and len(launches) > TARGETS[op]:
+            out.append(f"{op} N={n} D={d}: {len(launches)} launches, target {TARGETS[op]}")
+        if (n, d) in TYPICAL:
+            out += [f"{op} N={n} D={d}: flagged {l.kernel} {l.grid}" for l in launches if l.flagged(PROFILES["h200"])]
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", action="append", choices=sorted(PROFILES),
+                    help="profiles to estimate with, the first one flags (default: h200 and slow-fp64)")
+    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
+    ap.add_argument("--sizes", choices=("typical", "large", "all"), default="all")
+    ap.add_argument("--detail", action="store_true", help="also list every launch")
+    ap.add_argument("--compact", action="store_true", help="one row per op and N, one column per D")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed (see TARGETS)")
+    args = ap.parse_args(argv)
+    profiles = args.profile or ["h200", "slow-fp64"]
+    sizes = {"typical": TYPICAL, "large": LARGE, "all": TYPICAL + LARGE}[args.sizes]
+    rec = Recorder(build())
+    rows = [(op, n, d, rec.run(op, n, d)) for op in args.ops.split(",") for n, d in sizes]
+    print("Launch plan of the CUDA ops: forward + backward, float32, teacher detached, reduction 'mean'.")
+    print("ESTIMATES FROM A MODEL (scripts/launch_plan.py's docstring), not measurements:")
+    for p in profiles:
+        print(f"  {p}: {PROFILES[p].name}")
+    print(f"Flagged: estimated work over {FLAG_WORK_US:.0f} us with fewer working blocks than SMs "
+          f"({profiles[0]}).\n")
+    print(compact(rows, profiles) if args.compact else table(rows, profiles))
+    if args.detail:
+        print()
+        for row in rows:
+            print(detail(*row, profiles))
+    bad = violations(rows)
+    if args.check:
+        for v in bad:
+            print("CHECK FAILED:", v)
+        return 1 if bad else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
