@@ -170,8 +170,7 @@ class Recorder:
 #
 # Each function runs an op's forward and its backward on the recording
 # library, float32 inputs, the upstream gradient float32 (the loss dtype), the
-# student's gradient alone. A new op (a fused rkd_loss) is one more function
-# in OPS.
+# student's gradient alone. A new op is one more function in OPS.
 
 I, D_ = ctypes.c_int64, ctypes.c_double
 EPS = D_(1e-12)
@@ -208,7 +207,16 @@ def _angle_loss(r, n, d):
 
 
 def _rkd_loss(r, n, d):
-    """RKDLoss (rkd_ext/losses.py): the two losses called one after the other."""
+    """RKDLoss(25, 50) (rkd_ext/losses.py): the fused rkd_loss op."""
+    s, t, ss, st = r.ptr(), r.ptr(), r.ptr(), r.ptr()
+    common = (F32, s, F32, t, I(n), I(d), I(d))
+    args = (D_(25.0), D_(50.0), D_(1.0), EPS, EPS, MEAN, 0, D_(0.0), 1)
+    r.lib.rkd_loss_c(*common, *args, ss, st, F32, r.ptr())
+    r.lib.rkd_loss_backward_c(F32, r.ptr(), *common, ss, st, *args, F32, r.ptr(), None)
+
+
+def _separate_losses(r, n, d):
+    """The two losses called one after the other (what RKDLoss fuses)."""
     _distance_loss(r, n, d)
     _angle_loss(r, n, d)
 
@@ -220,6 +228,7 @@ OPS = {
     "angle_tensor": _angle_tensor,
     "rkd_angle_loss": _angle_loss,
     "RKDLoss": _rkd_loss,
+    "separate_losses": _separate_losses,
 }
 
 
