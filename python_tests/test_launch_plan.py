@@ -72,11 +72,19 @@ def test_loss_sequences(rec):
         "map", "angle_passes", "weights", "grad_gemm"]
 
 
-def test_rkd_loss_is_both_terms(rec):
-    # RKDLoss calls the two losses one after the other: its plan is theirs, concatenated.
+def test_rkd_loss_fuses_both_terms(rec):
+    # The two losses called one after the other: their plans concatenated. RKDLoss, the fused op:
+    # one pair-matrix sequence for both inputs, the distance term's reductions in one sequence, and one
+    # gradient product for the student, so fewer launches than the two losses.
     for n, d in ((16, 512), (130, 70)):
         both = rec.run("rkd_distance_loss", n, d) + rec.run("rkd_angle_loss", n, d)
-        assert rec.run("RKDLoss", n, d) == both
+        assert rec.run("separate_losses", n, d) == both
+        fused = kernels(rec.run("RKDLoss", n, d))
+        assert fused.count("gram_partial") == 1 and fused.count("grad_gemm") == 1
+        assert len(fused) < len(both)
+    assert kernels(rec.run("RKDLoss", 32, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "reduce_seq", "angle_loss_sum", "finish",
+        "reduce_seq", "map", "angle_passes", "weights", "grad_gemm"]
 
 
 def test_gram_split_k(rec):

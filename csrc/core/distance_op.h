@@ -156,9 +156,24 @@ struct NormalizedGrad {
   }
 };
 
-// The loss between sides a and b (their stored pair values: distances, or
-// clamped squares with `squared`); *inv_a, *inv_b: 1 / (mean + offset) of a
-// and of b.
+// How a loss reads its pair values from the matrices it holds: the values
+// themselves, or (from_sq) the pair values of unclamped squared distances s,
+// computed as they are read: sqrt(max(s, eps)), or max(s, eps) with
+// `squared`, 0 on the diagonal.
+struct PairValue {
+  bool from_sq = false;
+  double eps = 0.0;
+  bool squared = false;
+  RKD_HD double operator()(const double* m, int64_t N, int64_t i, int64_t j) const {
+    const double v = m[i * N + j];
+    if (!from_sq) return v;
+    return i == j ? 0.0 : squared ? clamp_sq(v, eps) : dist_from_sq(v, eps);
+  }
+};
+
+// The loss between sides a and b (their pair matrices, read through pv:
+// distances, or clamped squares with `squared`); *inv_a, *inv_b: 1 / (mean +
+// offset) of a and of b.
 struct LossTerm {
   const double* a;
   const double* b;
@@ -166,9 +181,18 @@ struct LossTerm {
   const double* inv_a;
   const double* inv_b;
   Huber<double> huber;
-  RKD_HD double r(int64_t i, int64_t j) const { return residual(a[i * N + j], *inv_a, b[i * N + j], *inv_b); }
+  PairValue pv{};
+  RKD_HD double va(int64_t i, int64_t j) const { return pv(a, N, i, j); }
+  RKD_HD double vb(int64_t i, int64_t j) const { return pv(b, N, i, j); }
+  RKD_HD double r(int64_t i, int64_t j) const { return residual(va(i, j), *inv_a, vb(i, j), *inv_b); }
   RKD_HD double operator()(int64_t i, int64_t j) const { return smooth_l1(r(i, j), huber); }
-  LossTerm swapped() const { return {b, a, N, inv_b, inv_a, huber}; }
+  LossTerm swapped() const { return {b, a, N, inv_b, inv_a, huber, pv}; }
+};
+
+// Side a's pair values of a loss term (what its inverse mean sums).
+struct SideValues {
+  LossTerm t;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return t.va(i, j); }
 };
 
 // dL/dpsi_a = upstream * scale * l'(psi_a - psi_b); up holds N x N values for
@@ -188,7 +212,7 @@ struct LossGrad {
 // The mean term's summand g_ij a_ij.
 struct LossGradTimesValue {
   LossGrad g;
-  RKD_HD double operator()(int64_t i, int64_t j) const { return g(i, j) * g.t.a[i * g.t.N + j]; }
+  RKD_HD double operator()(int64_t i, int64_t j) const { return g(i, j) * g.t.va(i, j); }
 };
 
 // dL/ds_ij of side a: mean_grad(g, *c, 1 / mu_a, dv/ds).
@@ -198,7 +222,7 @@ struct LossWeight {
   double eps, sqrt_eps;
   bool squared;
   RKD_HD double gs(int64_t i, int64_t j) const {
-    const double dv = dvalue_dsq(g.t.a[i * g.t.N + j], squared, eps, sqrt_eps);
+    const double dv = dvalue_dsq(g.t.va(i, j), squared, eps, sqrt_eps);
     return mean_grad(g(i, j), *c, *g.t.inv_a, dv);
   }
   // a and b are symmetric, and so is gs when the upstream gradient is a
@@ -274,27 +298,6 @@ void with_loss_out(const Buffer& loss, const F& f) {
     f(static_cast<double*>(loss.data));
   else
     f(static_cast<float*>(loss.data));
-}
-
-// The loss term between the pair values ds and dt (each side's distances, or
-// clamped squares with `squared`), with their inverse means (computed here,
-// in backend memory).
-template <typename B>
-LossTerm loss_term(B& be, const double* ds, const double* dt, int64_t N, const DistanceArgs& a) {
-  double* inv = be.template scratch<double>(2);
-  be.reduce_seq(N, inverse_mean(ds, N, a.mean_offset, inv), inverse_mean(dt, N, a.mean_offset, inv + 1));
-  return {ds, dt, N, inv, inv + 1, Huber<double>(a.beta)};
-}
-
-// The weight functor of side a of the term t (the other side's is that of
-// t.swapped()), for the upstream gradient up times scale; its mean term c is
-// computed here.
-template <typename B>
-LossWeight loss_weight(B& be, const LossTerm& t, const LossUpstream& up, double scale, const DistanceArgs& a) {
-  double* c = be.template scratch<double>(1);
-  const LossGrad g{t, up, scale, a.reduction == Reduction::None};
-  be.reduce_seq(t.N, step(LossGradTimesValue{g}, StoreMeanTerm{c, t.inv_a, pair_count(t.N)}));
-  return {g, c, a.eps, std::sqrt(a.eps), a.squared};
 }
 
 // ds, dt: the (N, N) float64 pair values of each side (kept for the

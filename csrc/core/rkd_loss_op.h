@@ -19,7 +19,9 @@
 // different shapes ((N, N) and (N, N, N)), so 'none' has no sum.
 #pragma once
 
+#include <cmath>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 
 #include "angle_op.h"
@@ -43,19 +45,6 @@ inline Terms terms_of(const RkdLossArgs& a, int64_t N) {
   return {a.distance_weight != 0.0 && N >= 2, a.angle_weight != 0.0 && N >= 3};
 }
 
-// The distance term's pair value from s (rkd_distance_loss's pair matrices):
-// the clamped distance, or with `squared` the clamped square; 0 on the diagonal.
-struct PairValueFromSq {
-  const double* sq;
-  int64_t N;
-  double eps;
-  bool squared;
-  RKD_HD double operator()(int64_t i, int64_t j) const {
-    const double s = sq[i * N + j];
-    return i == j ? 0.0 : squared ? clamp_sq(s, eps) : dist_from_sq(s, eps);
-  }
-};
-
 // A term's reduced loss, weighted, added to the term stored before it (base,
 // in backend memory; null for none): *out = *base + weight * total / div.
 template <typename Out>
@@ -77,24 +66,19 @@ struct SummedWeights {
   RKD_HD bool rowwise() const { return d.rowwise() && a.rowwise(); }
 };
 
-// The distance term between the squared distances sq_s and sq_t: their pair
-// values (in backend memory) and the steps that store their inverse means at
-// inv[0], inv[1].
-template <typename B>
-LossTerm distance_values(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a,
-                         double* inv) {
-  double* v = be.template scratch<double>(2 * N * N);
-  be.map(PairValueFromSq{sq_s, N, a.eps, a.squared}, N, Buffer{v, Dtype::Float64});
-  be.map(PairValueFromSq{sq_t, N, a.eps, a.squared}, N, Buffer{v + N * N, Dtype::Float64});
-  return {v, v + N * N, N, inv, inv + 1, Huber<double>(a.beta)};
+// The distance term between the squared distances sq_s and sq_t, its pair
+// values read off them (no matrices of its own), its inverse means at inv[0]
+// and inv[1]; the steps that store those.
+inline LossTerm distance_term(const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a,
+                              double* inv) {
+  return {sq_s, sq_t, N, inv, inv + 1, Huber<double>(a.beta), PairValue{true, a.eps, a.squared}};
 }
 
-template <typename B>
-LossTerm distance_term(B& be, const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a) {
-  double* inv = be.template scratch<double>(2);
-  const LossTerm t = distance_values(be, sq_s, sq_t, N, a, inv);
-  be.reduce_seq(N, inverse_mean(t.a, N, a.mean_offset, inv), inverse_mean(t.b, N, a.mean_offset, inv + 1));
-  return t;
+inline auto inverse_means(const LossTerm& t, double offset) {
+  double* inv_a = const_cast<double*>(t.inv_a);  // the term reads them; these steps write them
+  double* inv_b = const_cast<double*>(t.inv_b);
+  return std::make_pair(step(SideValues{t}, StoreInvMean{inv_a, pair_count(t.N), offset}),
+                        step(SideValues{t.swapped()}, StoreInvMean{inv_b, pair_count(t.N), offset}));
 }
 
 inline double pairs_divisor(const RkdLossArgs& a, int64_t N) {
@@ -124,10 +108,9 @@ void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a,
     using Out = std::remove_pointer_t<decltype(out)>;
     // The weighted distance term: its inverse means and its sum in one sequence of reductions.
     auto distance = [&](auto store) {
-      double* inv = be.template scratch<double>(2);
-      const LossTerm term = distance_values(be, sq_s, sq_t, N, a.distance, inv);
-      be.reduce_seq(N, inverse_mean(term.a, N, a.distance.mean_offset, inv),
-                    inverse_mean(term.b, N, a.distance.mean_offset, inv + 1), step(term, store));
+      const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, be.template scratch<double>(2));
+      const auto inv = inverse_means(term, a.distance.mean_offset);
+      be.reduce_seq(N, inv.first, inv.second, step(term, store));
     };
     if (!on.angle) {
       be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::Fast, sq_s, sq_t);
@@ -161,10 +144,24 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
   // Each term's weight scales its upstream gradient: the distance term's
   // through LossGrad's scale, the angle term's folded into its divisor.
   const double scale = a.distance_weight / pairs_divisor(a, N);
-  // The distance term's pair values and inverse means, once for both sides
-  // (a term over no pair values when it does not run).
-  const LossTerm term = on.distance ? distance_term(be, sq_s, sq_t, N, a.distance)
-                                    : LossTerm{nullptr, nullptr, N, nullptr, nullptr, Huber<double>(a.distance.beta)};
+  // The distance term, its pair values read off s: both sides' inverse
+  // means and the mean terms c of the sides wanted in one sequence of
+  // reductions (stats: inv_s, inv_t, c_s, c_t).
+  double* stats = be.template scratch<double>(4);
+  const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, stats);
+  const LossGrad g_s{term, up, scale, false}, g_t{term.swapped(), up, scale, false};
+  if (on.distance) {
+    const auto inv = inverse_means(term, a.distance.mean_offset);
+    const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{stats + 2, stats, pair_count(N)});
+    const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{stats + 3, stats + 1, pair_count(N)});
+    if (gs.data && gt.data)
+      be.reduce_seq(N, inv.first, inv.second, c_s, c_t);
+    else if (gs.data)
+      be.reduce_seq(N, inv.first, inv.second, c_s);
+    else
+      be.reduce_seq(N, inv.first, inv.second, c_t);
+  }
+  const double sqrt_eps = std::sqrt(a.distance.eps);
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
     Edges<Acc> es{sq_s, nullptr}, et{sq_t, nullptr};
@@ -172,17 +169,16 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
     const ScalarUpstream<Acc> up_a{up, triplets_divisor(a, N) / a.angle_weight};
     // One side's gradient (the teacher's is the student's with the roles
     // swapped): one weight matrix, one product.
-    auto side = [&](const Features& x, const LossTerm& dist, const Edges<Acc>& mine, const Edges<Acc>& other,
+    auto side = [&](const Features& x, const LossWeight& dist, const Edges<Acc>& mine, const Edges<Acc>& other,
                     const Buffer& dx) {
       if (!dx.data) return;
-      if (!on.angle) return grad_through(be, x, loss_weight(be, dist, up, scale, a.distance), Precision::Fast, dx);
+      if (!on.angle) return grad_through(be, x, dist, Precision::Fast, dx);
       const AngleWeight angle{be.angle_passes(mine, other, up_a, N, all_rows(N), a.angle), N};
       if (!on.distance) return grad_through(be, x, angle, Precision::F64, dx);
-      const SummedWeights<LossWeight, AngleWeight> both{loss_weight(be, dist, up, scale, a.distance), angle};
-      grad_through(be, x, both, Precision::F64, dx);
+      grad_through(be, x, SummedWeights<LossWeight, AngleWeight>{dist, angle}, Precision::F64, dx);
     };
-    side(s, term, es, et, gs);
-    side(t, term.swapped(), et, es, gt);
+    side(s, LossWeight{g_s, stats + 2, a.distance.eps, sqrt_eps, a.distance.squared}, es, et, gs);
+    side(t, LossWeight{g_t, stats + 3, a.distance.eps, sqrt_eps, a.distance.squared}, et, es, gt);
   });
 }
 

@@ -389,7 +389,9 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
     return g;
   };
   // Items chunk-major: a task sweeps the block pairs of one chunk while it is in cache.
-  const int64_t grain = std::max<int64_t>(1, 65536 / (kDot * kDot * std::min(D, kChunk) + 1));
+  // Tasks of at least ~512K multiply-adds (tens of microseconds): waking a
+  // thread for less costs more than it saves.
+  const int64_t grain = std::max<int64_t>(1, 524288 / (kDot * kDot * std::min(D, kChunk) + 1));
   at::parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t ch = t / nblk, k0 = ch * kChunk, len = std::max<int64_t>(0, std::min(kChunk, D - k0));
@@ -412,7 +414,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
     }
     norms = own.data();
   }
-  at::parallel_for(0, pairs, 16, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, pairs, 256, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const auto [bi, bj] = blocks[t];
       for (int64_t r = 0; r < kDot; ++r)
