@@ -1,6 +1,7 @@
 """Turn a pytest-benchmark JSON of the suites into a markdown report and a log-log plot.
 
     python -m benchmarks.report RESULTS.json [--out DIR] [--mode M] [--dtype T] [--d D]
+    python -m benchmarks.report RESULTS.json --speedups     (the speed-up table only, printed)
 
 Writes RESULTS.md beside the JSON (or in --out): for each device, op, dtype and
 mode, a table of median times with the speed-up over the reference, and a table
@@ -268,6 +269,39 @@ def plot(rows, device, mode, dtype, d, path):
     plt.close(fig)
 
 
+def speedups(rows, skipped, impl="ours"):
+    """Markdown: for each device, dtype and mode, impl's speed-up over the reference (reference median /
+    impl median) at every (N, D), one column per op; the lowest of each table last."""
+    out = []
+    med = {(r["device"], r["op"], r["dtype"], r["mode"], r["n"], r["d"], r["impl"]): r["median_s"] for r in rows}
+    skip_of = {(s["device"], s["op"], s["dtype"], s["mode"], s["n"], s["d"], s["impl"]): s["why"] for s in skipped}
+    everything = list(rows) + list(skipped)
+    for device in _ordered((r["device"] for r in everything), ["cpu", "cuda"]):
+        on = [r for r in everything if r["device"] == device]
+        ops = _ordered((r["op"] for r in on), OPS)
+        for dtype in _ordered((r["dtype"] for r in on), ["float32", "bfloat16"]):
+            for mode in _ordered((r["mode"] for r in on), list(MODE_NAMES)):
+                sel = [r for r in on if r["dtype"] == dtype and r["mode"] == mode]
+                sizes = sorted({(r["n"], r["d"]) for r in sel})
+                out += [f"{device}, {dtype}, {MODE_NAMES[mode]}: speed-up of {impl} over the reference", "",
+                        "| N | D | " + " | ".join(ops) + " |", "|---:|---:|" + "---:|" * len(ops)]
+                low = {}
+                for n, d in sizes:
+                    cells = []
+                    for op in ops:
+                        key = (device, op, dtype, mode, n, d)
+                        r = _ratio(med.get(key + (BASE,)), med.get(key + (impl,)))
+                        if r is None:
+                            why = skip_of.get(key + (impl,)) or skip_of.get(key + (BASE,))
+                            cells.append(SKIP_CELL.get(why, "") if why else "")
+                        else:
+                            low[op] = min(low.get(op, r), r)
+                            cells.append(fmt_ratio(r))
+                    out.append(f"| {n} | {d} | " + " | ".join(cells) + " |")
+                out += ["| lowest | | " + " | ".join(fmt_ratio(low[op]) if op in low else "" for op in ops) + " |", ""]
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="JSON written by pytest --benchmark-json")
@@ -275,11 +309,15 @@ def main(argv=None):
     p.add_argument("--mode", choices=tuple(MODE_NAMES), help="mode plotted (default forward_backward)")
     p.add_argument("--dtype", help="dtype plotted (default float32)")
     p.add_argument("--d", type=int, help="feature size plotted (default 512 when present)")
+    p.add_argument("--speedups", action="store_true",
+                   help="print only the speed-up of ours over the reference, one column per op (no files)")
     args = p.parse_args(argv)
 
     raw, rows, skipped = load(args.results)
     if not rows:
         raise SystemExit(f"report: no benchmark cases of these suites in {args.results}")
+    if args.speedups:
+        return print(speedups(rows, skipped))
     stem = os.path.splitext(os.path.basename(args.results))[0]
     out_dir = args.out or os.path.dirname(os.path.abspath(args.results))
     os.makedirs(out_dir, exist_ok=True)
