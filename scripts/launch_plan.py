@@ -12,9 +12,9 @@ float32, student and teacher (N, D); losses use reduction 'mean'.
 THE TIMES ARE ESTIMATES FROM A MODEL, NOT MEASUREMENTS. Per launch:
     time = launch + max(bytes / bandwidth, flops32 / fp32 + flops64 / fp64) / share
     share = min(1, working blocks / SMs)   (a kernel with few blocks gets that part of the machine)
-with the profile's rates below. Kernels of torch itself (the weights'
-products and sums in RKDLoss) are not counted; nor are the close pairs a
-pair matrix recomputes (they depend on the data).
+with the profile's rates below. Kernels torch itself launches around the
+ops (autograd's gradient accumulation, say) are not counted; nor are the
+close pairs a pair matrix recomputes (they depend on the data).
 
 A launch is flagged when its estimated work (the time less the launch
 overhead) exceeds 10 us while its grid has fewer working blocks than the
