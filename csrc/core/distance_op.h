@@ -189,8 +189,10 @@ struct LossTerm {
   LossTerm swapped() const { return {b, a, N, inv_b, inv_a, huber, pv}; }
 };
 
-// Side a's pair values of a loss term (what its inverse mean sums).
+// Side a's pair values of a loss term (what its inverse mean sums): it reads
+// the pair matrices only.
 struct SideValues {
+  static constexpr bool kStandalone = true;
   LossTerm t;
   RKD_HD double operator()(int64_t i, int64_t j) const { return t.va(i, j); }
 };
