@@ -247,9 +247,9 @@ def test_kernel_opcheck(name):
     torch.library.opcheck(op, _opcheck_cases()[name])
 
 
-# The small-batch product in one feature chunk and in several, and the panel GEMM past N = 256; float32
-# (the fast product for distances, float64 for squared distances).
-@pytest.mark.parametrize("n, d", [(70, 19), (30, 5000), (300, 40)])
+# The small-batch product in one feature chunk and in several, and the panel GEMM (N > 64 with short
+# features, N > 256); float32 (the fast product for distances, float64 for squared distances).
+@pytest.mark.parametrize("n, d", [(40, 19), (30, 5000), (70, 19), (300, 40)])
 def test_kernel_rows_equal_the_full_matrix_bitwise(n, d):
     op = _kernel_or_skip("pair_matrix_rows", "cpu")
     x = make_features(n, d, seed=16, dtype=torch.float32)

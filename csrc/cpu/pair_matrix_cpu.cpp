@@ -602,7 +602,8 @@ void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double e
                            double* out) {
   if (rows.size() == 0) return;
   const bool f32 = fast(x, precision), upper = rows.size() == x.N;
-  if (x.N <= kDotMaxN && f32) {
+  const bool dot = small_batch(x.N, x.D);
+  if (dot && f32) {
     // The float32 rows themselves, centred as the kernel reads them.
     Centred& c = const_cast<Centred&>(centred(x, Keep::None));
     if (c.meanf.empty()) c.meanf.assign(c.mean.begin(), c.mean.end());
@@ -617,7 +618,7 @@ void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double e
     return dot_pairs<float>(x, xr, c.meanf.data(), nullptr, rows, upper, kind, eps, out);
   }
   const Centred& c = centred(x, f32 ? Keep::F32 : Keep::F64);
-  if (x.N <= kDotMaxN) return dot_pairs<double>(x, c.xd.get(), nullptr, c.n.data(), rows, upper, kind, eps, out);
+  if (dot) return dot_pairs<double>(x, c.xd.get(), nullptr, c.n.data(), rows, upper, kind, eps, out);
   if (f32)
     gram_pairs<float>(x, c, c.xf.get(), rows, upper, kind, eps, out);
   else
