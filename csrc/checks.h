@@ -71,6 +71,16 @@ inline void check_saved(const char* op, const char* arg, const at::Tensor& sq, i
                     ") float64 matrix saved by the forward op, got ", sq.scalar_type(), " of shape ", sq.sizes());
 }
 
+// The loss statistics a distance-term forward saved (rkd::kLossStats float64 values).
+inline void check_saved_stats(const char* op, const at::Tensor& stats, const at::Tensor& x, int64_t n) {
+  TORCH_CHECK_VALUE(stats.dim() == 1 && stats.size(0) == n && stats.scalar_type() == at::kDouble &&
+                        stats.is_contiguous(),
+                    op, ": stats must be the contiguous (", n, ",) float64 tensor saved by the forward op, got ",
+                    stats.scalar_type(), " of shape ", stats.sizes());
+  TORCH_CHECK_VALUE(stats.device() == x.device(), op, ": stats must be on the features' device ", x.device(),
+                    ", got ", stats.device());
+}
+
 // A tensor handed to a backward op must live where the features do: the
 // kernels dereference its pointer on that device.
 inline void check_same_device(const char* op, const char* arg, const at::Tensor& t, const at::Tensor& x) {

@@ -5,8 +5,11 @@
 //
 // Forward ops that have a backward also return the float64 clamped distance
 // matrices they computed ("dist64": sqrt(max(s, eps)), zero diagonal), so the
-// backward op never recomputes the O(N^2 D) part; the Python wrappers keep
-// them for autograd and do not expose them.
+// backward op never recomputes the O(N^2 D) part, and the losses with a
+// distance term their "stats" (the inverse means and the mean terms per unit
+// upstream gradient, csrc/core/distance_op.h's kLossStats), so it runs no
+// reduction for a scalar loss; the Python wrappers keep them for autograd and
+// do not expose them.
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -21,10 +24,10 @@ TORCH_LIBRARY(rkd_ext, m) {
   m.def(
       "rkd_distance_loss(Tensor student, Tensor teacher, float beta, float eps, str reduction, bool squared,"
       " float mean_offset)"
-      " -> (Tensor loss, Tensor dist64_student, Tensor dist64_teacher)");
+      " -> (Tensor loss, Tensor dist64_student, Tensor dist64_teacher, Tensor stats)");
   m.def(
       "rkd_distance_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor dist64_student,"
-      " Tensor dist64_teacher, float beta, float eps, str reduction, bool squared, float mean_offset,"
+      " Tensor dist64_teacher, Tensor stats, float beta, float eps, str reduction, bool squared, float mean_offset,"
       " bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
   // Angle ops return the float64 squared-distance matrices ("sq") instead:
@@ -43,10 +46,10 @@ TORCH_LIBRARY(rkd_ext, m) {
   m.def(
       "rkd_loss(Tensor student, Tensor teacher, float distance_weight, float angle_weight, float beta, float eps,"
       " float angle_eps, str reduction, bool squared, float mean_offset, bool normalize)"
-      " -> (Tensor loss, Tensor sq_student, Tensor sq_teacher)");
+      " -> (Tensor loss, Tensor sq_student, Tensor sq_teacher, Tensor stats)");
   m.def(
       "rkd_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor sq_student, Tensor sq_teacher,"
-      " float distance_weight, float angle_weight, float beta, float eps, float angle_eps, str reduction,"
+      " Tensor stats, float distance_weight, float angle_weight, float beta, float eps, float angle_eps, str reduction,"
       " bool squared, float mean_offset, bool normalize, bool student_grad, bool teacher_grad)"
       " -> (Tensor grad_student, Tensor grad_teacher)");
   // Rows [begin, end) of the global batch, for relations sharded by anchor

@@ -216,6 +216,11 @@ def test_ops_check_their_arguments_directly():
         ops.pairwise_distance_backward(torch.ones(4, 4), x, d64.float(), 1e-12)
     with pytest.raises(ValueError, match="grad must have shape"):
         ops.pairwise_distance_backward(torch.ones(3, 4), x, d64, 1e-12)
+    _, a, b, stats = ops.rkd_distance_loss(x, x, 1.0, 1e-12, "mean", False, 0.0)
+    for bad in (stats.float(), stats[:3], stats.reshape(2, 2)):
+        with pytest.raises(ValueError, match="stats must be the contiguous"):
+            ops.rkd_distance_loss_backward(torch.tensor(1.0), x, x, a, b, bad, 1.0, 1e-12, "mean", False, 0.0,
+                                           True, True)
 
 
 def test_nan_and_inf_propagate():
@@ -258,9 +263,12 @@ def _op_samples():
     yield ops.pairwise_distance_backward.default, (torch.randn(9, 9, dtype=torch.float64), xd, d64, 1e-12)
     yield ops.normalized_distance_backward.default, (torch.randn(9, 9, dtype=torch.float64), xd, d64, 1e-12)
     td = t.detach()
-    _, a, b = ops.rkd_distance_loss(xd, td, 1.0, 1e-12, "sum", False, 0.0)
-    yield ops.rkd_distance_loss_backward.default, (torch.tensor(1.0, dtype=torch.float64), xd, td, a, b, 1.0,
-                                                   1e-12, "sum", False, 0.0, True, True)
+    _, a, b, stats = ops.rkd_distance_loss(xd, td, 1.0, 1e-12, "sum", False, 0.0)
+    yield ops.rkd_distance_loss_backward.default, (torch.tensor(1.0, dtype=torch.float64), xd, td, a, b, stats,
+                                                   1.0, 1e-12, "sum", False, 0.0, True, True)
+    _, a, b, stats = ops.rkd_distance_loss(xd, td, 1.0, 1e-12, "none", False, 0.0)
+    yield ops.rkd_distance_loss_backward.default, (torch.randn(9, 9, dtype=torch.float64), xd, td, a, b, stats,
+                                                   1.0, 1e-12, "none", False, 0.0, True, False)
 
 
 @pytest.mark.parametrize("op,args", list(_op_samples()), ids=lambda v: getattr(v, "__name__", ""))
@@ -287,8 +295,9 @@ def test_fake_kernels_give_shapes_under_fake_mode():
     with FakeTensorMode():
         s = torch.empty(11, 7)
         t = torch.empty(11, 3, dtype=torch.float16)
-        loss, a, b = torch.ops.rkd_ext.rkd_distance_loss(s, t, 1.0, 1e-12, "none", False, 0.0)
+        loss, a, b, stats = torch.ops.rkd_ext.rkd_distance_loss(s, t, 1.0, 1e-12, "none", False, 0.0)
         assert loss.shape == (11, 11) and loss.dtype == torch.float32 and a.dtype == torch.float64
+        assert stats.shape == (4,) and stats.dtype == torch.float64
 
 
 def test_no_warning_on_ordinary_batches():

@@ -52,24 +52,32 @@ def test_pairwise_distance_sequence(rec):
 
 
 def test_loss_sequences(rec):
-    # Both sides in each launch of the pair matrices; at N <= 64 the
-    # reductions of a sequence (two inverse means and the loss; in the
-    # backward two inverse means and the student's mean term) in one launch.
+    # Both sides in each launch of the pair matrices; at N <= 64 the forward's
+    # reductions (two inverse means, then the loss and both sides' mean terms)
+    # in one launch. The backward runs none: it reads the forward's stats.
     assert kernels(rec.run("rkd_distance_loss", 32, 512)) == [
-        "centre_columns", "gram_partial", "gram_finish", "reduce_seq",
-        "reduce_seq", "weights", "grad_gemm"]
-    # Beyond, a launch per reduction and a finish, the two inverse means (they
-    # read only the pair matrices) sharing theirs: 3 forward, 3 backward.
-    big = kernels(rec.run("rkd_distance_loss", 65, 512))
-    assert big[3:6] == big[6:9] == ["row_sums_pair", "chained_pair", "finish"]
-    # normalized_distance's backward: its inverse mean and mean term (both read
-    # only matrices) summed in one launch, their fins in one block.
-    assert kernels(rec.run("normalized_distance", 65, 512)).count("row_sums_pair") == 1
+        "centre_columns", "gram_partial", "gram_finish", "reduce_seq", "weights", "grad_gemm"]
+    # Beyond, a launch per group of reductions that read nothing of each
+    # other (the two inverse means; the loss and the mean terms) and a finish.
+    assert kernels(rec.run("rkd_distance_loss", 65, 512)) == [
+        "centre_columns", "gram_partial", "gram_finish", "group_row_sums", "group_row_sums", "finish_group",
+        "weights", "grad_gemm"]
+    # normalized_distance's backward: its inverse mean and mean term in one
+    # group, their fins in one block.
+    assert kernels(rec.run("normalized_distance", 65, 512))[-5:] == [
+        "convert", "group_row_sums", "finish_group", "weights", "grad_gemm"]
     # The angle loss: u of both sides with s in the forward, in one map in the
     # backward; the backward's vertex and opposite passes in one launch.
     assert kernels(rec.run("rkd_angle_loss", 32, 512)) == [
         "centre_columns", "gram_partial", "gram_finish", "angle_loss_sum", "finish",
         "map", "angle_passes", "weights", "grad_gemm"]
+
+
+def test_group_launches(rec):
+    # A group of k reductions: k blocks per row in one launch.
+    launches = rec.run("rkd_distance_loss", 100, 30)
+    groups = [l for l in launches if l.kernel.startswith("group_row_sums")]
+    assert [l.grid for l in groups] == [(200, 1, 1), (300, 1, 1)]
 
 
 def test_rkd_loss_fuses_both_terms(rec):
@@ -84,7 +92,7 @@ def test_rkd_loss_fuses_both_terms(rec):
         assert len(fused) < len(both)
     assert kernels(rec.run("RKDLoss", 32, 512)) == [
         "centre_columns", "gram_partial", "gram_finish", "reduce_seq", "angle_loss_sum", "finish",
-        "reduce_seq", "map", "angle_passes", "weights", "grad_gemm"]
+        "map", "angle_passes", "weights", "grad_gemm"]
 
 
 def test_gram_split_k(rec):

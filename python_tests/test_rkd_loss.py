@@ -237,11 +237,17 @@ def test_exact_duplicates_give_finite_gradients():
     (lambda s, t: OPS.rkd_loss(s, t, 1.0, 1.0, 1.0, 1e-12, -1.0, "mean", False, 0.0, True),
      "rkd_loss: angle_eps must be a positive finite number", ValueError),
     (lambda s, t: OPS.rkd_loss_backward(torch.ones(2), s, t, torch.zeros(5, 5, dtype=torch.float64),
-                                        torch.zeros(5, 5, dtype=torch.float64), 1.0, 1.0, 1.0, 1e-12, 1e-12, "mean",
-                                        False, 0.0, True, True, True), "grad must be a scalar", ValueError),
+                                        torch.zeros(5, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                                        1.0, 1.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True, True, True),
+     "grad must be a scalar", ValueError),
     (lambda s, t: OPS.rkd_loss_backward(torch.ones(()), s, t, torch.zeros(4, 4, dtype=torch.float64),
-                                        torch.zeros(5, 5, dtype=torch.float64), 1.0, 1.0, 1.0, 1e-12, 1e-12, "mean",
-                                        False, 0.0, True, True, True), "sq_student must be the contiguous", ValueError),
+                                        torch.zeros(5, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                                        1.0, 1.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True, True, True),
+     "sq_student must be the contiguous", ValueError),
+    (lambda s, t: OPS.rkd_loss_backward(torch.ones(()), s, t, torch.zeros(5, 5, dtype=torch.float64),
+                                        torch.zeros(5, 5, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                                        1.0, 1.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True, True, True),
+     r"stats must be the contiguous \(4,\) float64 tensor", ValueError),
 ])
 def test_bad_input_is_a_clear_error(bad, match, exc):
     s, t = make_features(5, 3, seed=29), make_features(5, 4, seed=30)
@@ -272,9 +278,11 @@ def _op_samples():
     yield OPS.rkd_loss.default, (x, t, 2.0, 0.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True)
     xd, td = x.detach(), t.detach()
     args = (25.0, 50.0, 1.0, 1e-12, 1e-12, "sum", False, 0.0, True)
-    _, a, b = OPS.rkd_loss(xd, td, *args)
-    yield OPS.rkd_loss_backward.default, (torch.tensor(2.0, dtype=torch.float64), xd, td, a, b, *args, True, True)
-    yield OPS.rkd_loss_backward.default, (torch.tensor(0.5, dtype=torch.float64), xd, td, a, b, *args, False, True)
+    _, a, b, stats = OPS.rkd_loss(xd, td, *args)
+    yield OPS.rkd_loss_backward.default, (torch.tensor(2.0, dtype=torch.float64), xd, td, a, b, stats, *args, True,
+                                          True)
+    yield OPS.rkd_loss_backward.default, (torch.tensor(0.5, dtype=torch.float64), xd, td, a, b, stats, *args, False,
+                                          True)
 
 
 @pytest.mark.parametrize("op,args", list(_op_samples()), ids=lambda v: getattr(v, "__name__", ""))
@@ -306,6 +314,7 @@ def test_fake_kernel_gives_shapes_under_fake_mode():
 
     with FakeTensorMode():
         s, t = torch.empty(9, 5), torch.empty(9, 3, dtype=torch.float64)
-        loss, a, b = OPS.rkd_loss(s, t, 25.0, 50.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True)
+        loss, a, b, stats = OPS.rkd_loss(s, t, 25.0, 50.0, 1.0, 1e-12, 1e-12, "mean", False, 0.0, True)
+        assert stats.shape == (4,) and stats.dtype == torch.float64
         assert loss.shape == () and loss.dtype == torch.float64
         assert a.shape == b.shape == (9, 9) and a.dtype == torch.float64

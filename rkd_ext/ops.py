@@ -22,7 +22,11 @@ distances ``dist64`` (:math:`\sqrt{\max(s, \epsilon)}`, zero diagonal), the angl
 ops the squared distances ``sq`` (the law of cosines needs :math:`s` itself).
 The autograd context keeps them for the backward operator. ``rkd_loss``, both
 terms at once, returns the squared distances ``sq`` of each input: the one
-matrix per input that both of its terms are computed from.
+matrix per input that both of its terms are computed from. The losses with a
+distance term (``rkd_distance_loss``, ``rkd_loss``) also return ``stats``, four
+float64 values: the inverse means of both sides and, for a scalar loss, each
+side's gradient term through the mean per unit upstream gradient, so that
+their backward runs no reduction.
 """
 import torch
 from torch._functorch.utils import enable_single_level_autograd_function
@@ -63,6 +67,14 @@ def _loss_backward_fake(grad, student, teacher, *args):
     return out(student, args[-2]), out(teacher, args[-1])
 
 
+# The statistics a loss with a distance term keeps for its backward (csrc/core/distance_op.h's kLossStats).
+LOSS_STATS = 4
+
+
+def _loss_stats(x):
+    return x.new_empty((LOSS_STATS,), dtype=torch.float64)
+
+
 def _register_fakes():
     lib = "rkd_ext::"
 
@@ -89,7 +101,7 @@ def _register_fakes():
         _check_pair_fake(student, teacher)
         dtype = loss_dtype(student, teacher)
         loss = _square(student, dtype) if reduction == "none" else student.new_empty((), dtype=dtype)
-        return loss, _square(student, torch.float64), _square(teacher, torch.float64)
+        return loss, _square(student, torch.float64), _square(teacher, torch.float64), _loss_stats(student)
 
     torch.library.register_fake(lib + "rkd_distance_loss_backward")(_loss_backward_fake)
 
@@ -127,7 +139,7 @@ def _register_rkd_loss_fakes():
         _check_pair_fake(student, teacher)
         torch._check(reduction != "none", lambda: "rkd_loss: reduction must be 'mean' or 'sum', got 'none'")
         loss = student.new_empty((), dtype=loss_dtype(student, teacher))
-        return loss, _square(student, torch.float64), _square(teacher, torch.float64)
+        return loss, _square(student, torch.float64), _square(teacher, torch.float64), _loss_stats(student)
 
     torch.library.register_fake(lib + "rkd_loss_backward")(_loss_backward_fake)
 
@@ -291,17 +303,17 @@ def _register_autograd():
     def loss_setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
         student, teacher, *args = inputs
-        ctx.save_for_backward(student, teacher, output[1], output[2])
+        ctx.save_for_backward(student, teacher, *output[1:])
         ctx.args = tuple(args)
 
-    # A loss op's backward: its saved matrices (the two last outputs) get no gradient.
+    # A loss op's backward: what its forward saved (every output after the loss) gets no gradient.
     def loss_backward_of(backward_op, n_inputs):
         def backward(ctx, grad, *_grads_of_saved):
             if grad is None:
                 return (None,) * n_inputs
-            student, teacher, saved_s, saved_t = ctx.saved_tensors
+            student, teacher, *saved = ctx.saved_tensors
             want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            gs, gt = _call_backward(backward_op, grad, student, teacher, saved_s, saved_t, *ctx.args, want_s, want_t)
+            gs, gt = _call_backward(backward_op, grad, student, teacher, *saved, *ctx.args, want_s, want_t)
             return ((gs if want_s else None), (gt if want_t else None)) + (None,) * (n_inputs - 2)
 
         return backward

@@ -36,6 +36,7 @@ DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat
 RED_CODE = {"none": 0, "mean": 1, "sum": 2}
 KIND_CODE = {"sq": 0, "sq_clamped": 1, "dist": 2}
 CPU = torch.ops.rkd_ext
+LOSS_STATS = 4  # csrc/core/distance_op.h's kLossStats
 
 
 def build(out_dir):
@@ -121,16 +122,18 @@ class Emulated:
         dtype = _loss_dtype(s, t)
         loss = torch.empty((n, n) if reduction == "none" else (), dtype=dtype)
         ds, dt = torch.empty(n, n, dtype=torch.float64), torch.empty(n, n, dtype=torch.float64)
+        stats = torch.empty(LOSS_STATS, dtype=torch.float64)
         self.lib.rkd_distance_loss_c(*pair, _f(beta), _f(eps), RED_CODE[reduction], int(squared), _f(mean_offset),
-                                     _p(ds), _p(dt), DTYPE_CODE[dtype], _p(loss))
-        return loss, ds, dt
+                                     _p(ds), _p(dt), _p(stats), DTYPE_CODE[dtype], _p(loss))
+        return loss, ds, dt, stats
 
-    def rkd_distance_loss_backward(self, grad, s, t, ds, dt, beta, eps, reduction, squared, mean_offset,
+    def rkd_distance_loss_backward(self, grad, s, t, ds, dt, stats, beta, eps, reduction, squared, mean_offset,
                                    student_grad, teacher_grad):
         (s, t), pair = self._pair_args(s, t)
         grad = grad.contiguous()
         gs, gt = self._grads(s, t, student_grad, teacher_grad)
-        self.lib.rkd_distance_loss_backward_c(DTYPE_CODE[grad.dtype], _p(grad), *pair, _p(ds), _p(dt), _f(beta),
+        self.lib.rkd_distance_loss_backward_c(DTYPE_CODE[grad.dtype], _p(grad), *pair, _p(ds), _p(dt), _p(stats),
+                                              _f(beta),
                                               _f(eps), RED_CODE[reduction], int(squared), _f(mean_offset), _p(gs),
                                               _p(gt))
         return gs, gt
@@ -177,17 +180,18 @@ class Emulated:
         dtype = _loss_dtype(s, t)
         loss = torch.empty((), dtype=dtype)
         sq_s, sq_t = torch.empty(n, n, dtype=torch.float64), torch.empty(n, n, dtype=torch.float64)
+        stats = torch.empty(LOSS_STATS, dtype=torch.float64)
         self.lib.rkd_loss_c(*pair, _f(distance_weight), _f(angle_weight), _f(beta), _f(eps), _f(angle_eps),
                             RED_CODE[reduction], int(squared), _f(mean_offset), int(normalize), _p(sq_s), _p(sq_t),
-                            DTYPE_CODE[dtype], _p(loss))
-        return loss, sq_s, sq_t
+                            _p(stats), DTYPE_CODE[dtype], _p(loss))
+        return loss, sq_s, sq_t, stats
 
-    def rkd_loss_backward(self, grad, s, t, sq_s, sq_t, distance_weight, angle_weight, beta, eps, angle_eps,
+    def rkd_loss_backward(self, grad, s, t, sq_s, sq_t, stats, distance_weight, angle_weight, beta, eps, angle_eps,
                           reduction, squared, mean_offset, normalize, student_grad, teacher_grad):
         (s, t), pair = self._pair_args(s, t)
         grad = grad.contiguous()
         gs, gt = self._grads(s, t, student_grad, teacher_grad)
-        self.lib.rkd_loss_backward_c(DTYPE_CODE[grad.dtype], _p(grad), *pair, _p(sq_s), _p(sq_t),
+        self.lib.rkd_loss_backward_c(DTYPE_CODE[grad.dtype], _p(grad), *pair, _p(sq_s), _p(sq_t), _p(stats),
                                      _f(distance_weight), _f(angle_weight), _f(beta), _f(eps), _f(angle_eps),
                                      RED_CODE[reduction], int(squared), _f(mean_offset), int(normalize),
                                      DTYPE_CODE[_loss_dtype(s, t)], _p(gs), _p(gt))
@@ -316,12 +320,12 @@ def run_distance(emu, rep, n, ds, dt, dtype, kind, quick):
             vt = f"distance_loss {red} {v} {tag}"
             rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
             g = upstream(ref[0].shape, loss_dtype(dtype), 4)
-            gr = CPU.rkd_distance_loss_backward(g.double(), s64, t64, ref[1], ref[2], *args, True, True)
+            gr = CPU.rkd_distance_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
             # With N = 2 both normalised distances are 1 (a mean offset aside):
             # the exact gradient is 0, and each backend's is its rounding noise.
             atol = NOISE[dtype] if n == 2 else FLOOR[dtype]
             for wanted in ((True, True), (False, True)) if red == "mean" else ((True, True),):
-                gm = emu.rkd_distance_loss_backward(g, s, t, mine[1], mine[2], *args, *wanted)
+                gm = emu.rkd_distance_loss_backward(g, s, t, mine[1], mine[2], mine[3], *args, *wanted)
                 check_grads(rep, vt, wanted, gm, gr, tol, atol, atol)
 
 
@@ -384,9 +388,9 @@ def run_rkd_loss(emu, rep, n, ds, dt, dtype, kind, quick):
         rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
         rep.check(vt + " sq", mine[1], ref[1], 1e-12)
         g = upstream((), loss_dtype(dtype), 17)
-        gr = CPU.rkd_loss_backward(g.double(), s64, t64, ref[1], ref[2], *args, True, True)
+        gr = CPU.rkd_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
         for wanted in ((True, True), (True, False), (False, True)):
-            gm = emu.rkd_loss_backward(g, s, t, mine[1], mine[2], *args, *wanted)
+            gm = emu.rkd_loss_backward(g, s, t, mine[1], mine[2], mine[3], *args, *wanted)
             check_grads(rep, vt, wanted, gm, gr, tol, atol_s, atol_t)
 
 

@@ -185,11 +185,11 @@ def _matrix(normalized):
 
 
 def _distance_loss(r, n, d):
-    s, t, ds, dt = r.ptr(), r.ptr(), r.ptr(), r.ptr()
+    s, t, ds, dt, stats = r.ptr(), r.ptr(), r.ptr(), r.ptr(), r.ptr()
     common = (F32, s, F32, t, I(n), I(d), I(d))
     args = (D_(1.0), EPS, MEAN, 0, D_(0.0))
-    r.lib.rkd_distance_loss_c(*common, *args, ds, dt, F32, r.ptr())
-    r.lib.rkd_distance_loss_backward_c(F32, r.ptr(), *common, ds, dt, *args, r.ptr(), None)
+    r.lib.rkd_distance_loss_c(*common, *args, ds, dt, stats, F32, r.ptr())
+    r.lib.rkd_distance_loss_backward_c(F32, r.ptr(), *common, ds, dt, stats, *args, r.ptr(), None)
 
 
 def _angle_tensor(r, n, d):
@@ -208,11 +208,11 @@ def _angle_loss(r, n, d):
 
 def _rkd_loss(r, n, d):
     """RKDLoss(25, 50) (rkd_ext/losses.py): the fused rkd_loss op."""
-    s, t, ss, st = r.ptr(), r.ptr(), r.ptr(), r.ptr()
+    s, t, ss, st, stats = r.ptr(), r.ptr(), r.ptr(), r.ptr(), r.ptr()
     common = (F32, s, F32, t, I(n), I(d), I(d))
     args = (D_(25.0), D_(50.0), D_(1.0), EPS, EPS, MEAN, 0, D_(0.0), 1)
-    r.lib.rkd_loss_c(*common, *args, ss, st, F32, r.ptr())
-    r.lib.rkd_loss_backward_c(F32, r.ptr(), *common, ss, st, *args, F32, r.ptr(), None)
+    r.lib.rkd_loss_c(*common, *args, ss, st, stats, F32, r.ptr())
+    r.lib.rkd_loss_backward_c(F32, r.ptr(), *common, ss, st, stats, *args, F32, r.ptr(), None)
 
 
 def _separate_losses(r, n, d):

@@ -131,35 +131,42 @@ at::Tensor distance_matrix_backward(const at::Tensor& grad, const at::Tensor& x_
   return dx;
 }
 
+// The loss statistics a distance-term forward keeps for its backward.
+inline at::Tensor loss_stats(const at::Tensor& s) { return at::empty({kLossStats}, s.options().dtype(at::kDouble)); }
+
 template <typename Ctx>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss(const at::Tensor& student, const at::Tensor& teacher,
-                                                                 double beta, double eps, c10::string_view reduction,
-                                                                 bool squared, double mean_offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rkd_distance_loss(const at::Tensor& student,
+                                                                             const at::Tensor& teacher, double beta,
+                                                                             double eps, c10::string_view reduction,
+                                                                             bool squared, double mean_offset) {
   constexpr const char* op = "rkd_distance_loss";
   LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
   check_mean_offset(op, mean_offset);
   const DistanceArgs args{beta, eps, parse_reduction(op, std::string(reduction)), squared, mean_offset};
-  at::Tensor loss = loss_output(in.s, in.t, args.reduction, 2);
+  at::Tensor loss = loss_output(in.s, in.t, args.reduction, 2), stats = loss_stats(in.s);
   Ctx::run(in.s.device(), [&](auto& be) {
-    rkd::rkd_distance_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
+    rkd::rkd_distance_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), f64(stats), buffer(loss));
   });
-  return {loss, in.ps, in.pt};
+  return {loss, in.ps, in.pt, stats};
 }
 
 template <typename Ctx>
 std::tuple<at::Tensor, at::Tensor> rkd_distance_loss_backward(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& ds,
-    const at::Tensor& dt, double beta, double eps, c10::string_view reduction, bool squared, double mean_offset,
-    bool student_grad, bool teacher_grad) {
-  const Reduction red = check_loss_backward("rkd_distance_loss_backward", grad, student, teacher, "dist64_student", ds,
-                                            "dist64_teacher", dt, std::string(reduction), 2);
+    const at::Tensor& dt, const at::Tensor& stats, double beta, double eps, c10::string_view reduction, bool squared,
+    double mean_offset, bool student_grad, bool teacher_grad) {
+  constexpr const char* op = "rkd_distance_loss_backward";
+  const Reduction red = check_loss_backward(op, grad, student, teacher, "dist64_student", ds, "dist64_teacher", dt,
+                                            std::string(reduction), 2);
+  check_saved_stats(op, stats, student, kLossStats);
   const DistanceArgs args{beta, eps, red, squared, mean_offset};
   const LossOperands in{student.contiguous(), teacher.contiguous(), ds, dt};
   const at::Tensor g = grad.contiguous();
   const LossGrads out(in, student_grad, teacher_grad);
   Ctx::run(in.s.device(), [&](auto& be) {
     rkd::rkd_distance_loss_backward(be, operand(g), in.fs(), in.ft(), ds.const_data_ptr<double>(),
-                                    dt.const_data_ptr<double>(), args, out.bs, out.bt);
+                                    dt.const_data_ptr<double>(), stats.const_data_ptr<double>(), args, out.bs,
+                                    out.bt);
   });
   return {out.gs, out.gt};
 }
@@ -245,25 +252,27 @@ inline RkdLossArgs rkd_loss_args(const char* op, double distance_weight, double 
 }
 
 template <typename Ctx>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rkd_loss(const at::Tensor& student, const at::Tensor& teacher,
-                                                        double distance_weight, double angle_weight, double beta,
-                                                        double eps, double angle_eps, c10::string_view reduction,
-                                                        bool squared, double mean_offset, bool normalize) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rkd_loss(const at::Tensor& student,
+                                                                    const at::Tensor& teacher, double distance_weight,
+                                                                    double angle_weight, double beta, double eps,
+                                                                    double angle_eps, c10::string_view reduction,
+                                                                    bool squared, double mean_offset, bool normalize) {
   constexpr const char* op = "rkd_loss";
   const RkdLossArgs args = rkd_loss_args(op, distance_weight, angle_weight, beta, eps, angle_eps,
                                          std::string(reduction), squared, mean_offset, normalize);
   LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
-  at::Tensor loss = loss_output(in.s, in.t, args.distance.reduction, 2);
+  at::Tensor loss = loss_output(in.s, in.t, args.distance.reduction, 2), stats = loss_stats(in.s);
   Ctx::run(in.s.device(), [&](auto& be) {
-    rkd::rkd_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
+    rkd::rkd_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), f64(stats), buffer(loss));
   });
-  return {loss, in.ps, in.pt};
+  return {loss, in.ps, in.pt, stats};
 }
 
 template <typename Ctx>
 std::tuple<at::Tensor, at::Tensor> rkd_loss_backward(const at::Tensor& grad, const at::Tensor& student,
                                                      const at::Tensor& teacher, const at::Tensor& sq_s,
-                                                     const at::Tensor& sq_t, double distance_weight,
+                                                     const at::Tensor& sq_t, const at::Tensor& stats,
+                                                     double distance_weight,
                                                      double angle_weight, double beta, double eps, double angle_eps,
                                                      c10::string_view reduction, bool squared, double mean_offset,
                                                      bool normalize, bool student_grad, bool teacher_grad) {
@@ -272,13 +281,15 @@ std::tuple<at::Tensor, at::Tensor> rkd_loss_backward(const at::Tensor& grad, con
   const RkdLossArgs args =
       rkd_loss_args(op, distance_weight, angle_weight, beta, eps, angle_eps, red, squared, mean_offset, normalize);
   check_loss_backward(op, grad, student, teacher, "sq_student", sq_s, "sq_teacher", sq_t, red, 0);
+  check_saved_stats(op, stats, student, kLossStats);
   const LossOperands in{student.contiguous(), teacher.contiguous(), sq_s, sq_t};
   const at::Tensor g = grad.contiguous();
   const LossGrads out(in, student_grad, teacher_grad);
   const Dtype loss = loss_dtype(student, teacher) == at::kDouble ? Dtype::Float64 : Dtype::Float32;
   Ctx::run(in.s.device(), [&](auto& be) {
     rkd::rkd_loss_backward(be, operand(g), in.fs(), in.ft(), sq_s.const_data_ptr<double>(),
-                           sq_t.const_data_ptr<double>(), args, loss, out.bs, out.bt);
+                           sq_t.const_data_ptr<double>(), stats.const_data_ptr<double>(), args, loss, out.bs,
+                           out.bt);
   });
   return {out.gs, out.gt};
 }

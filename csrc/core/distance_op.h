@@ -9,9 +9,9 @@
 //   pair_matrix(Features, PairKind, eps, Precision, double* out)
 //   pair_matrices(Features s, Features t, PairKind, eps, Precision, double* out_s, double* out_t)
 //                                       both sides' pair matrices (a backend may run them together)
-//   reduce_seq(N, ReduceStep...)        fin(sum over i, j of f(i, j)), each sum in a fixed order,
-//                                       for each step in order; a step's f may read what an
-//                                       earlier step's fin stored, unless it is standalone (below)
+//   reduce_seq(N, ReduceStep or Group...)   fin(sum over i, j of f(i, j)), each sum in a fixed
+//                                       order, for each step in order; a step's f may read what
+//                                       the steps before its group stored (Group, below)
 //   map(F, N, Buffer)                   out_ij = F(i, j)
 //   pair_rows(Features, Rows, PairKind, eps, Precision, double* out)   rows of the pair matrix
 //   weights(Features, Rows, Precision) -> W   rows of the weight matrix of the gradient product
@@ -77,13 +77,61 @@ ReduceStep<F, Fin> step(const F& f, const Fin& fin) {
   return {f, fin};
 }
 
-// A functor that reads matrices only, never what a step's fin stored, says
-// so with `static constexpr bool kStandalone = true`: a backend may then sum
-// it together with the step before it.
-template <typename F, typename = void>
-struct Standalone : std::false_type {};
-template <typename F>
-struct Standalone<F, std::void_t<decltype(F::kStandalone)>> : std::bool_constant<F::kStandalone> {};
+// Steps of reduce_seq that a backend may sum together (in the same
+// launches): no member's f reads what another member stores, though each may
+// read what the steps before the group stored, and a member's fin may read
+// what the members before it stored (the fins run in order). group(a, b, ...) makes one; a step
+// alone is a group of one (as_group). Member k's summand is f(k, i, j) and
+// its fin fin(k, total); for_each visits the members in order on the host.
+template <typename... S>
+struct Group;
+
+template <>
+struct Group<> {
+  static constexpr int kSize = 0;
+  RKD_HD double f(int, int64_t, int64_t) const { return 0.0; }
+  RKD_HD void fin(int, double) const {}
+};
+
+template <typename S, typename... Rest>
+struct Group<S, Rest...> {
+  static constexpr int kSize = 1 + static_cast<int>(sizeof...(Rest));
+  S first;
+  Group<Rest...> rest;
+  RKD_HD double f(int k, int64_t i, int64_t j) const { return k == 0 ? first.f(i, j) : rest.f(k - 1, i, j); }
+  RKD_HD void fin(int k, double total) const {
+    if (k == 0)
+      first.fin(total);
+    else
+      rest.fin(k - 1, total);
+  }
+};
+
+inline Group<> group() { return {}; }
+
+template <typename S, typename... Rest>
+Group<S, Rest...> group(const S& s, const Rest&... rest) {
+  return {s, group(rest...)};
+}
+
+template <typename F, typename Fin>
+Group<ReduceStep<F, Fin>> as_group(const ReduceStep<F, Fin>& s) {
+  return group(s);
+}
+
+template <typename... S>
+const Group<S...>& as_group(const Group<S...>& g) {
+  return g;
+}
+
+template <typename Fn>
+void for_each(const Group<>&, const Fn&) {}
+
+template <typename S, typename... Rest, typename Fn>
+void for_each(const Group<S, Rest...>& g, const Fn& fn) {
+  fn(g.first);
+  for_each(g.rest, fn);
+}
 
 // The upstream gradient of a loss, read in place when it is float32 or
 // float64 (autograd hands a loss's backward the loss's dtype, one of the
@@ -106,7 +154,6 @@ LossUpstream loss_upstream(B& be, const Operand& grad, int64_t n) {
 // ---- N x N terms ---------------------------------------------------------------------
 
 struct MatrixAt {
-  static constexpr bool kStandalone = true;
   const double* m;
   int64_t N;
   RKD_HD double operator()(int64_t i, int64_t j) const { return m[i * N + j]; }
@@ -120,7 +167,6 @@ struct ScaledBy {
 };
 
 struct ProductAt {
-  static constexpr bool kStandalone = true;
   const double* a;
   const double* b;
   int64_t N;
@@ -189,10 +235,8 @@ struct LossTerm {
   LossTerm swapped() const { return {b, a, N, inv_b, inv_a, huber, pv}; }
 };
 
-// Side a's pair values of a loss term (what its inverse mean sums): it reads
-// the pair matrices only.
+// Side a's pair values of a loss term (what its inverse mean sums).
 struct SideValues {
-  static constexpr bool kStandalone = true;
   LossTerm t;
   RKD_HD double operator()(int64_t i, int64_t j) const { return t.va(i, j); }
 };
@@ -217,21 +261,51 @@ struct LossGradTimesValue {
   RKD_HD double operator()(int64_t i, int64_t j) const { return g(i, j) * g.t.va(i, j); }
 };
 
-// dL/ds_ij of side a: mean_grad(g, *c, 1 / mu_a, dv/ds).
+// The same per unit upstream gradient and scale, l'(r_ij) a_ij: what the
+// forward sums for a scalar upstream gradient, which scales it later.
+struct UnitGradTimesValue {
+  LossTerm t;
+  RKD_HD double operator()(int64_t i, int64_t j) const { return smooth_l1_grad(t.r(i, j), t.huber) * t.va(i, j); }
+};
+
+// dL/ds_ij of side a: mean_grad(g, c, 1 / mu_a, dv/ds), with c = *c, or with
+// `unit`, c = upstream * scale * *c (*c from UnitGradTimesValue).
 struct LossWeight {
   LossGrad g;
   const double* c;
+  bool unit;
   double eps, sqrt_eps;
   bool squared;
+  RKD_HD double mean_term() const { return unit ? g.up_at(0, 0) * g.scale * *c : *c; }
   RKD_HD double gs(int64_t i, int64_t j) const {
     const double dv = dvalue_dsq(g.t.va(i, j), squared, eps, sqrt_eps);
-    return mean_grad(g(i, j), *c, *g.t.inv_a, dv);
+    return mean_grad(g(i, j), mean_term(), *g.t.inv_a, dv);
   }
   // a and b are symmetric, and so is gs when the upstream gradient is a
   // scalar: then gs(j, i) == gs(i, j) bit for bit, and doubling is exact.
   RKD_HD double operator()(int64_t i, int64_t j) const { return g.none ? gs(i, j) + gs(j, i) : 2.0 * gs(i, j); }
   RKD_HD bool rowwise() const { return !g.none; }
 };
+
+// What a loss's forward keeps for its backward beside the pair matrices
+// (4 float64): the inverse means of both sides, then each side's mean term
+// per unit upstream gradient and scale (reductions 'mean' and 'sum'; zeros
+// for 'none', whose upstream gradient is a matrix).
+constexpr int64_t kLossStats = 4;
+
+// The steps of a distance term's forward with the stats above: both inverse
+// means in one group, then the loss (fin `store`) and both unit mean terms in
+// another (with_mean_terms), or the inverse means alone.
+inline auto inverse_means(const LossTerm& t, double offset, double* stats) {
+  return group(step(SideValues{t}, StoreInvMean{stats, pair_count(t.N), offset}),
+               step(SideValues{t.swapped()}, StoreInvMean{stats + 1, pair_count(t.N), offset}));
+}
+
+template <typename Store>
+auto loss_and_mean_terms(const LossTerm& t, const Store& store, double* stats) {
+  return group(step(t, store), step(UnitGradTimesValue{t}, StoreMeanTerm{stats + 2, stats, pair_count(t.N)}),
+               step(UnitGradTimesValue{t.swapped()}, StoreMeanTerm{stats + 3, stats + 1, pair_count(t.N)}));
+}
 
 // ---- the ops ---------------------------------------------------------------------------
 
@@ -286,8 +360,8 @@ void normalized_distance_backward(B& be, const Operand& grad, const Features& x,
   if (N < 2) return be.fill_zero(dx, N * x.D);
   const double* g = be.to_f64(grad, N * N);
   double* stats = be.template scratch<double>(2);
-  be.reduce_seq(N, inverse_mean(d64, N, 0.0, stats),
-                step(ProductAt{g, d64, N}, StoreMeanTerm{stats + 1, stats, pair_count(N)}));
+  be.reduce_seq(N, group(inverse_mean(d64, N, 0.0, stats),
+                         step(ProductAt{g, d64, N}, StoreMeanTerm{stats + 1, stats, pair_count(N)})));
   grad_through(be, x, Symmetrised<NormalizedGrad>{{g, d64, N, stats, std::sqrt(eps)}}, Precision::Fast, dx);
 }
 
@@ -302,29 +376,33 @@ void with_loss_out(const Buffer& loss, const F& f) {
     f(static_cast<float*>(loss.data));
 }
 
-// ds, dt: the (N, N) float64 pair values of each side (kept for the
-// backward); loss: (N, N) for reduction 'none', else one element.
+// ds, dt: the (N, N) float64 pair values of each side and stats the
+// kLossStats values above (all kept for the backward); loss: (N, N) for
+// reduction 'none', else one element.
 template <typename B>
 void rkd_distance_loss(B& be, const Features& s, const Features& t, const DistanceArgs& a, double* ds, double* dt,
-                       const Buffer& loss) {
+                       double* stats, const Buffer& loss) {
   const int64_t N = s.N;
   const PairKind kind = a.squared ? PairKind::SqClamped : PairKind::Dist;
   be.pair_matrices(s, t, kind, a.eps, Precision::Fast, ds, dt);  // as distance_pairs, both sides
   const bool none = a.reduction == Reduction::None;
-  if (N < 2) return be.fill_zero(loss, none ? N * N : 1);
-  double* stats = be.template scratch<double>(2);
-  const auto inv_s = inverse_mean(ds, N, a.mean_offset, stats), inv_t = inverse_mean(dt, N, a.mean_offset, stats + 1);
+  if (N < 2) {
+    be.fill_zero(Buffer{stats, Dtype::Float64}, kLossStats);
+    return be.fill_zero(loss, none ? N * N : 1);
+  }
   // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
   const LossTerm term{ds, dt, N, stats, stats + 1, Huber<double>(a.beta)};
+  const auto inv = inverse_means(term, a.mean_offset, stats);
   if (none) {
-    be.reduce_seq(N, inv_s, inv_t);
+    be.fill_zero(Buffer{stats + 2, Dtype::Float64}, kLossStats - 2);
+    be.reduce_seq(N, inv);
     return be.map(term, N, loss);
   }
   const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  if (loss.dtype == Dtype::Float64)
-    be.reduce_seq(N, inv_s, inv_t, step(term, StoreLoss<double>{static_cast<double*>(loss.data), div}));
-  else
-    be.reduce_seq(N, inv_s, inv_t, step(term, StoreLoss<float>{static_cast<float*>(loss.data), div}));
+  with_loss_out(loss, [&](auto* out) {
+    using Out = std::remove_pointer_t<decltype(out)>;
+    be.reduce_seq(N, inv, loss_and_mean_terms(term, StoreLoss<Out>{out, div}, stats));
+  });
 }
 
 // The gradients of a loss without relations: zeros where wanted.
@@ -334,35 +412,40 @@ void zero_grads(B& be, const Features& s, const Features& t, const Buffer& gs, c
   if (gt.data) be.fill_zero(gt, t.N * t.D);
 }
 
-// gs, gt: the gradients wanted (a null Buffer for one that is not).
+// gs, gt: the gradients wanted (a null Buffer for one that is not); ds, dt,
+// stats: what the forward kept.
 template <typename B>
 void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, const Features& t, const double* ds,
-                                const double* dt, const DistanceArgs& a, const Buffer& gs, const Buffer& gt) {
+                                const double* dt, const double* stats, const DistanceArgs& a, const Buffer& gs,
+                                const Buffer& gt) {
   const int64_t N = s.N;
   if (!gs.data && !gt.data) return;
   if (N < 2) return zero_grads(be, s, t, gs, gt);
   const bool none = a.reduction == Reduction::None;
   const LossUpstream up = loss_upstream(be, grad, none ? N * N : 1);
   const double scale = 1.0 / mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
-  // stats: the inverse means of both sides, then the mean term c of each
-  // side wanted, in one sequence of reductions.
-  double* stats = be.template scratch<double>(4);
   const Huber<double> huber(a.beta);
   // The teacher's gradient is the student's with the roles swapped.
   const LossGrad g_s{LossTerm{ds, dt, N, stats, stats + 1, huber}, up, scale, none};
   const LossGrad g_t{LossTerm{dt, ds, N, stats + 1, stats, huber}, up, scale, none};
-  const auto inv_s = inverse_mean(ds, N, a.mean_offset, stats), inv_t = inverse_mean(dt, N, a.mean_offset, stats + 1);
-  const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{stats + 2, stats, pair_count(N)});
-  const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{stats + 3, stats + 1, pair_count(N)});
-  if (gs.data && gt.data)
-    be.reduce_seq(N, inv_s, inv_t, c_s, c_t);
-  else if (gs.data)
-    be.reduce_seq(N, inv_s, inv_t, c_s);
-  else
-    be.reduce_seq(N, inv_s, inv_t, c_t);
+  // The mean terms: the forward's per unit upstream gradient, or for 'none'
+  // summed here, those of the sides wanted in one group.
+  const double* c = stats + 2;
+  if (none) {
+    double* cn = be.template scratch<double>(2);
+    const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{cn, stats, pair_count(N)});
+    const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{cn + 1, stats + 1, pair_count(N)});
+    if (gs.data && gt.data)
+      be.reduce_seq(N, group(c_s, c_t));
+    else if (gs.data)
+      be.reduce_seq(N, c_s);
+    else
+      be.reduce_seq(N, c_t);
+    c = cn;
+  }
   const double sqrt_eps = std::sqrt(a.eps);
-  if (gs.data) grad_through(be, s, LossWeight{g_s, stats + 2, a.eps, sqrt_eps, a.squared}, Precision::Fast, gs);
-  if (gt.data) grad_through(be, t, LossWeight{g_t, stats + 3, a.eps, sqrt_eps, a.squared}, Precision::Fast, gt);
+  if (gs.data) grad_through(be, s, LossWeight{g_s, c, !none, a.eps, sqrt_eps, a.squared}, Precision::Fast, gs);
+  if (gt.data) grad_through(be, t, LossWeight{g_t, c + 1, !none, a.eps, sqrt_eps, a.squared}, Precision::Fast, gt);
 }
 
 }  // namespace rkd

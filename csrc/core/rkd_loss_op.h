@@ -21,7 +21,6 @@
 
 #include <cmath>
 #include <tuple>
-#include <utility>
 #include <type_traits>
 
 #include "angle_op.h"
@@ -67,18 +66,11 @@ struct SummedWeights {
 };
 
 // The distance term between the squared distances sq_s and sq_t, its pair
-// values read off them (no matrices of its own), its inverse means at inv[0]
-// and inv[1]; the steps that store those.
+// values read off them (no matrices of its own), its inverse means at
+// stats[0] and stats[1] (distance_op.h's kLossStats).
 inline LossTerm distance_term(const double* sq_s, const double* sq_t, int64_t N, const DistanceArgs& a,
-                              double* inv) {
-  return {sq_s, sq_t, N, inv, inv + 1, Huber<double>(a.beta), PairValue{true, a.eps, a.squared}};
-}
-
-inline auto inverse_means(const LossTerm& t, double offset) {
-  double* inv_a = const_cast<double*>(t.inv_a);  // the term reads them; these steps write them
-  double* inv_b = const_cast<double*>(t.inv_b);
-  return std::make_pair(step(SideValues{t}, StoreInvMean{inv_a, pair_count(t.N), offset}),
-                        step(SideValues{t.swapped()}, StoreInvMean{inv_b, pair_count(t.N), offset}));
+                              const double* stats) {
+  return {sq_s, sq_t, N, stats, stats + 1, Huber<double>(a.beta), PairValue{true, a.eps, a.squared}};
 }
 
 inline double pairs_divisor(const RkdLossArgs& a, int64_t N) {
@@ -90,14 +82,16 @@ inline double triplets_divisor(const RkdLossArgs& a, int64_t N) {
   return mean_divisor(a.distance.reduction, n * n * n);
 }
 
-// sq_s, sq_t: the (N, N) float64 squared distances of each side (kept for the
-// backward; zeros when no term runs); loss: one element, in float64 if
+// sq_s, sq_t: the (N, N) float64 squared distances of each side (zeros when
+// no term runs) and stats the distance term's kLossStats values (zeros when
+// it does not run), kept for the backward; loss: one element, in float64 if
 // either input is float64, float32 otherwise.
 template <typename B>
 void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a, double* sq_s, double* sq_t,
-              const Buffer& loss) {
+              double* stats, const Buffer& loss) {
   const int64_t N = s.N;
   const Terms on = terms_of(a, N);
+  if (!on.distance) be.fill_zero(Buffer{stats, Dtype::Float64}, kLossStats);
   if (!on.any()) {
     be.fill_zero(Buffer{sq_s, Dtype::Float64}, N * N);
     be.fill_zero(Buffer{sq_t, Dtype::Float64}, N * N);
@@ -106,11 +100,11 @@ void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a,
   const bool wide = loss.dtype == Dtype::Float64;
   with_loss_out(loss, [&](auto* out) {
     using Out = std::remove_pointer_t<decltype(out)>;
-    // The weighted distance term: its inverse means and its sum in one sequence of reductions.
+    // The weighted distance term: its inverse means, then its sum and its
+    // mean terms, in one sequence of reductions.
     auto distance = [&](auto store) {
-      const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, be.template scratch<double>(2));
-      const auto inv = inverse_means(term, a.distance.mean_offset);
-      be.reduce_seq(N, inv.first, inv.second, step(term, store));
+      const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, stats);
+      be.reduce_seq(N, inverse_means(term, a.distance.mean_offset, stats), loss_and_mean_terms(term, store, stats));
     };
     if (!on.angle) {
       be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::Fast, sq_s, sq_t);
@@ -131,11 +125,12 @@ void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a,
   });
 }
 
-// gs, gt: the gradients wanted (a null Buffer for one that is not).
+// gs, gt: the gradients wanted (a null Buffer for one that is not); sq_s,
+// sq_t, stats: what the forward kept.
 template <typename B>
 void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Features& t, const double* sq_s,
-                       const double* sq_t, const RkdLossArgs& a, Dtype loss_dtype, const Buffer& gs,
-                       const Buffer& gt) {
+                       const double* sq_t, const double* stats, const RkdLossArgs& a, Dtype loss_dtype,
+                       const Buffer& gs, const Buffer& gt) {
   const int64_t N = s.N;
   if (!gs.data && !gt.data) return;
   const Terms on = terms_of(a, N);
@@ -144,23 +139,10 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
   // Each term's weight scales its upstream gradient: the distance term's
   // through LossGrad's scale, the angle term's folded into its divisor.
   const double scale = a.distance_weight / pairs_divisor(a, N);
-  // The distance term, its pair values read off s: both sides' inverse
-  // means and the mean terms c of the sides wanted in one sequence of
-  // reductions (stats: inv_s, inv_t, c_s, c_t).
-  double* stats = be.template scratch<double>(4);
+  // The distance term, its pair values read off s, its inverse means and
+  // mean terms the forward's.
   const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, stats);
   const LossGrad g_s{term, up, scale, false}, g_t{term.swapped(), up, scale, false};
-  if (on.distance) {
-    const auto inv = inverse_means(term, a.distance.mean_offset);
-    const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{stats + 2, stats, pair_count(N)});
-    const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{stats + 3, stats + 1, pair_count(N)});
-    if (gs.data && gt.data)
-      be.reduce_seq(N, inv.first, inv.second, c_s, c_t);
-    else if (gs.data)
-      be.reduce_seq(N, inv.first, inv.second, c_s);
-    else
-      be.reduce_seq(N, inv.first, inv.second, c_t);
-  }
   const double sqrt_eps = std::sqrt(a.distance.eps);
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
@@ -177,8 +159,8 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
       if (!on.distance) return grad_through(be, x, angle, Precision::F64, dx);
       grad_through(be, x, SummedWeights<LossWeight, AngleWeight>{dist, angle}, Precision::F64, dx);
     };
-    side(s, LossWeight{g_s, stats + 2, a.distance.eps, sqrt_eps, a.distance.squared}, es, et, gs);
-    side(t, LossWeight{g_t, stats + 3, a.distance.eps, sqrt_eps, a.distance.squared}, et, es, gt);
+    side(s, LossWeight{g_s, stats + 2, true, a.distance.eps, sqrt_eps, a.distance.squared}, es, et, gs);
+    side(t, LossWeight{g_t, stats + 3, true, a.distance.eps, sqrt_eps, a.distance.squared}, et, es, gt);
   });
 }
 

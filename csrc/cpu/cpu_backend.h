@@ -127,9 +127,10 @@ class CpuBackend {
     fin(total);
   }
 
-  template <typename... Steps>
-  void reduce_seq(int64_t N, const Steps&... steps) {
-    (reduce(steps.f, N, steps.fin), ...);
+  // The steps one after another, a group's in member order.
+  template <typename... Items>
+  void reduce_seq(int64_t N, const Items&... items) {
+    (for_each(as_group(items), [&](const auto& st) { reduce(st.f, N, st.fin); }), ...);
   }
 
   template <typename F>

@@ -147,17 +147,6 @@ RKD_DEV double block_sum(double v, double* smem, int t) {
 // F is a device functor double(int64_t i, int64_t j); one block per row i,
 // launched with kBlock threads.
 
-// rows[i] = sum_j f(i, j), each row in a fixed order.
-template <typename F>
-__global__ void __launch_bounds__(kBlock) row_sums_kernel(F f, int64_t N, double* rows) {
-  __shared__ double red[kBlock];
-  const int64_t i = blockIdx.x;
-  double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += f(i, j);
-  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) rows[i] = total;
-}
-
 // fin(sum of v[0..n)): one block; fin runs on one thread and stores what it
 // derives from the total (a mean, a loss) to device memory.
 template <typename Fin>
@@ -193,12 +182,6 @@ __global__ void __launch_bounds__(kBlock) map_kernel(F f, int64_t N, Out* out) {
   for (int64_t j = threadIdx.x; j < N; j += kBlock) out[i * N + j] = narrow<Out>(f(i, j));
 }
 
-template <typename F, typename Check>
-void row_sums(F f, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
-  launch(check, elementwise_cost(N * N, 0.0), row_sums_kernel<F>, dim3(grid_dim(N)), dim3(kBlock), stream, f, N,
-         rows);
-}
-
 template <typename Fin, typename Check>
 void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Check& check) {
   Cost cost;
@@ -226,23 +209,25 @@ void map(F f, int64_t N, Out* out, cudaStream_t stream, const Check& check) {
 }
 
 // The steps of the op layer's reduce_seq in one block, for small N: each
-// step's sum over the N x N elements (thread t takes the elements t,
-// t + kBlock, ... in row-major order, then block_sum: a fixed order), its fin
-// on thread 0, then a barrier, which makes what fin stored visible to the
-// functors of the steps after it.
-template <typename Step>
-RKD_DEV void run_step(const Step& st, int64_t N, double* red) {
-  double acc = 0.0;
-  for (int64_t l = threadIdx.x; l < N * N; l += kBlock) acc += st.f(l / N, l % N);
-  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) st.fin(total);
-  __syncthreads();
+// group's members in order, each member's sum over the N x N elements
+// (thread t takes the elements t, t + kBlock, ... in row-major order, then
+// block_sum: a fixed order), its fin on thread 0, then a barrier, which makes
+// what fin stored visible to the functors of the steps after it.
+template <typename G>
+RKD_DEV void run_group(const G& g, int64_t N, double* red) {
+  for (int k = 0; k < G::kSize; ++k) {
+    double acc = 0.0;
+    for (int64_t l = threadIdx.x; l < N * N; l += kBlock) acc += g.f(k, l / N, l % N);
+    const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+    if (threadIdx.x == 0) g.fin(k, total);
+    __syncthreads();
+  }
 }
 
-template <typename... Steps>
-__global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Steps... steps) {
+template <typename... Groups>
+__global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Groups... groups) {
   __shared__ double red[kBlock];
-  (run_step(steps, N, red), ...);
+  (run_group(groups, N, red), ...);
 }
 
 // N up to which reduce_seq runs in one block (N^2 / kBlock = 16 elements
@@ -250,103 +235,66 @@ __global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Steps... 
 // longer than the launches it saves (the launch plan flags it at N = 128).
 constexpr int64_t kSeqMaxN = 64;
 
-// Beyond kSeqMaxN, step k's row sums (a block per row, as row_sums_kernel)
-// in the launch that finishes step k - 1 from its row sums: every block sums
-// them in finish_kernel's order, so all get the same bits, and runs prev.fin
-// (each block storing the same value) before evaluating f, which may read it.
-template <typename Prev, typename Step>
-__global__ void __launch_bounds__(kBlock) chained_row_sums_kernel(Prev prev, const double* prev_rows, Step st,
-                                                                  int64_t N, double* rows) {
-  __shared__ double red[kBlock];
-  double acc = 0.0;
-  for (int64_t l = threadIdx.x; l < N; l += kBlock) acc += prev_rows[l];
-  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) prev.fin(total);
-  __syncthreads();
-  const int64_t i = blockIdx.x;
-  acc = 0.0;
-  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
-  const double row = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) rows[i] = row;
-}
-
-// The row sums of two steps, the second standalone (the op layer's
-// Standalone): blocks [0, N) the first's, [N, 2 N) the second's.
-template <typename F1, typename F2>
-__global__ void __launch_bounds__(kBlock) row_sums_pair_kernel(F1 f1, F2 f2, int64_t N, double* rows1,
-                                                               double* rows2) {
-  __shared__ double red[kBlock];
-  const bool second = blockIdx.x >= N;
-  const int64_t i = second ? blockIdx.x - N : blockIdx.x;
-  double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += second ? f2(i, j) : f1(i, j);
-  const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) (second ? rows2 : rows1)[i] = total;
-}
-
-// fin of each of the two steps from their row sums, in finish_kernel's
-// order; then, if st is not null, its row sums (as chained_row_sums_kernel).
-// One block per row of st, or one block.
-template <typename P1, typename P2, typename Step>
-__global__ void __launch_bounds__(kBlock) chained_pair_kernel(P1 p1, const double* rows1, P2 p2,
-                                                              const double* rows2, Step st, bool with_step, int64_t N,
-                                                              double* rows) {
-  __shared__ double red[kBlock];
-  double a1 = 0.0, a2 = 0.0;
-  for (int64_t l = threadIdx.x; l < N; l += kBlock) {
-    a1 += rows1[l];
-    a2 += rows2[l];
-  }
-  const double t1 = block_sum<kBlock>(a1, red, threadIdx.x);
-  const double t2 = block_sum<kBlock>(a2, red, threadIdx.x);
-  if (threadIdx.x == 0) {
-    p1.fin(t1);
-    p2.fin(t2);
+// Beyond kSeqMaxN, a launch per group: block b sums row b % N of member
+// b / N into rows[b] (each row in a fixed order), after finishing the group
+// before from its row sums (prev, prev_rows; none for the first group):
+// every block sums those in finish_group_kernel's order, so all get the same
+// bits, and runs prev's fins (each block storing the same values) before
+// evaluating its own member, which may read them.
+template <typename G>
+RKD_DEV void finish_members(const G& g, const double* rows, int64_t N, double* red) {
+  for (int k = 0; k < G::kSize; ++k) {
+    double acc = 0.0;
+    for (int64_t l = threadIdx.x; l < N; l += kBlock) acc += rows[k * N + l];
+    const double total = block_sum<kBlock>(acc, red, threadIdx.x);
+    if (threadIdx.x == 0) g.fin(k, total);
   }
   __syncthreads();
-  if (!with_step) return;
-  const int64_t i = blockIdx.x;
+}
+
+template <typename Prev, typename G>
+__global__ void __launch_bounds__(kBlock) group_row_sums_kernel(Prev prev, const double* prev_rows, G g, int64_t N,
+                                                                double* rows) {
+  __shared__ double red[kBlock];
+  if (Prev::kSize > 0) finish_members(prev, prev_rows, N, red);
+  const int k = static_cast<int>(blockIdx.x / N);
+  const int64_t i = blockIdx.x % N;
   double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += st.f(i, j);
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += g.f(k, i, j);
   const double row = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) rows[i] = row;
+  if (threadIdx.x == 0) rows[blockIdx.x] = row;
 }
 
-template <typename F1, typename F2, typename Check>
-void row_sums_pair(const F1& f1, const F2& f2, int64_t N, double* rows1, double* rows2, cudaStream_t stream,
-                   const Check& check) {
-  launch(check, elementwise_cost(2 * N * N, 0.0), row_sums_pair_kernel<F1, F2>, dim3(grid_dim(2 * N)), dim3(kBlock),
-         stream, f1, f2, N, rows1, rows2);
+// The last group's fins from its row sums: one block.
+template <typename G>
+__global__ void __launch_bounds__(kBlock) finish_group_kernel(G g, const double* rows, int64_t N) {
+  __shared__ double red[kBlock];
+  finish_members(g, rows, N, red);
 }
 
-// with_step false: the two fins alone, in one block (st unused).
-template <typename P1, typename P2, typename Step, typename Check>
-void chained_pair(const P1& p1, const double* rows1, const P2& p2, const double* rows2, const Step& st,
-                  bool with_step, int64_t N, double* rows, cudaStream_t stream, const Check& check) {
+template <typename Prev, typename G, typename Check>
+void group_row_sums(const Prev& prev, const double* prev_rows, const G& g, int64_t N, double* rows,
+                    cudaStream_t stream, const Check& check) {
+  Cost cost = elementwise_cost(N * N * G::kSize, 0.0);
+  // every block reads the previous group's row sums
+  cost.bytes += 8.0 * static_cast<double>(Prev::kSize) * static_cast<double>(N) * static_cast<double>(N * G::kSize);
+  launch(check, cost, group_row_sums_kernel<Prev, G>, dim3(grid_dim(N * G::kSize)), dim3(kBlock), stream, prev,
+         prev_rows, g, N, rows);
+}
+
+template <typename G, typename Check>
+void finish_group(const G& g, const double* rows, int64_t N, cudaStream_t stream, const Check& check) {
   Cost cost;
-  cost.bytes = 16.0 * static_cast<double>(N);
-  if (with_step) {
-    cost = elementwise_cost(N * N, 0.0);
-    cost.bytes += 16.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads both row sums
-  }
-  launch(check, cost, chained_pair_kernel<P1, P2, Step>, dim3(with_step ? grid_dim(N) : 1u), dim3(kBlock), stream,
-         p1, rows1, p2, rows2, st, with_step, N, rows);
+  cost.bytes = 8.0 * static_cast<double>(N * G::kSize);
+  cost.flops64 = static_cast<double>(N * G::kSize);
+  launch(check, cost, finish_group_kernel<G>, dim3(1), dim3(kBlock), stream, g, rows, N);
 }
 
-template <typename Prev, typename Step, typename Check>
-void chained_row_sums(const Prev& prev, const double* prev_rows, const Step& st, int64_t N, double* rows,
-                      cudaStream_t stream, const Check& check) {
-  Cost cost = elementwise_cost(N * N, 0.0);
-  cost.bytes += 8.0 * static_cast<double>(N) * static_cast<double>(N);  // every block reads the previous row sums
-  launch(check, cost, chained_row_sums_kernel<Prev, Step>, dim3(grid_dim(N)), dim3(kBlock), stream, prev, prev_rows,
-         st, N, rows);
-}
-
-template <typename Check, typename... Steps>
-void reduce_seq_one_block(int64_t N, cudaStream_t stream, const Check& check, const Steps&... steps) {
-  Cost cost = elementwise_cost(N * N * static_cast<int64_t>(sizeof...(Steps)), 0.0);
+template <typename Check, typename... Groups>
+void reduce_seq_one_block(int64_t N, cudaStream_t stream, const Check& check, const Groups&... groups) {
+  Cost cost = elementwise_cost(N * N * (0 + ... + Groups::kSize), 0.0);
   cost.blocks = 1;
-  launch(check, cost, reduce_seq_kernel<Steps...>, dim3(1), dim3(kBlock), stream, N, steps...);
+  launch(check, cost, reduce_seq_kernel<Groups...>, dim3(1), dim3(kBlock), stream, N, groups...);
 }
 
 // out[l] = in[l] converted, for n elements.

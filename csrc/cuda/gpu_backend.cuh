@@ -102,24 +102,12 @@ class GpuBackend {
     });
   }
 
-  // One launch up to kSeqMaxN; beyond, a launch per step (its row sums, after
-  // finishing the step before) and a finish: bitwise what a row-sum launch
-  // and a finish launch per step give.
-  // A standalone second step (distance_op.h's Standalone) shares the first's
-  // launches.
-  template <typename First, typename... Rest>
-  void reduce_seq(int64_t N, const First& first, const Rest&... rest) {
-    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, first, rest...);
-    double* rows = scratch<double>(N);
-    if constexpr (sizeof...(Rest) > 0) {
-      if constexpr (Standalone<decltype(first_of(rest...).f)>::value) {
-        double* rows2 = scratch<double>(N);
-        gpu::row_sums_pair(first.f, first_of(rest...).f, N, rows, rows2, stream_, check_);
-        return chain_pair(N, first, static_cast<const double*>(rows), static_cast<const double*>(rows2), rest...);
-      }
-    }
-    gpu::row_sums(first.f, N, rows, stream_, check_);
-    chain(N, first, static_cast<const double*>(rows), rest...);
+  // One launch up to kSeqMaxN; beyond, a launch per group (its row sums,
+  // after finishing the group before) and a finish: the same bits.
+  template <typename... Items>
+  void reduce_seq(int64_t N, const Items&... items) {
+    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, as_group(items)...);
+    chain(N, group(), static_cast<const double*>(nullptr), as_group(items)...);
   }
 
   template <typename F>
@@ -255,40 +243,17 @@ class GpuBackend {
   }
 
  private:
-  template <typename S, typename... Rest>
-  static const S& first_of(const S& s, const Rest&...) {
-    return s;
-  }
-
-  // The first two steps summed (rows1, rows2), then the rest.
-  template <typename P1, typename P2, typename... Rest>
-  void chain_pair(int64_t N, const P1& p1, const double* rows1, const double* rows2, const P2& p2,
-                  const Rest&... rest) {
-    if constexpr (sizeof...(Rest) == 0) {
-      gpu::chained_pair(p1, rows1, p2, rows2, p2, false, N, static_cast<double*>(nullptr), stream_, check_);
-    } else {
-      const auto& next = first_of(rest...);
-      double* next_rows = scratch<double>(N);
-      gpu::chained_pair(p1, rows1, p2, rows2, next, true, N, next_rows, stream_, check_);
-      chain_rest(N, static_cast<const double*>(next_rows), rest...);
-    }
-  }
-
-  template <typename Next, typename... Rest>
-  void chain_rest(int64_t N, const double* rows, const Next& next, const Rest&... rest) {
-    chain(N, next, rows, rest...);
-  }
-
+  // The groups of reduce_seq after prev (its row sums at prev_rows).
   template <typename Prev>
-  void chain(int64_t N, const Prev& prev, const double* rows) {
-    gpu::finish(rows, N, prev.fin, stream_, check_);
+  void chain(int64_t N, const Prev& prev, const double* prev_rows) {
+    gpu::finish_group(prev, prev_rows, N, stream_, check_);
   }
 
-  template <typename Prev, typename Next, typename... Rest>
-  void chain(int64_t N, const Prev& prev, const double* rows, const Next& next, const Rest&... rest) {
-    double* next_rows = scratch<double>(N);
-    gpu::chained_row_sums(prev, rows, next, N, next_rows, stream_, check_);
-    chain(N, next, static_cast<const double*>(next_rows), rest...);
+  template <typename Prev, typename G, typename... Rest>
+  void chain(int64_t N, const Prev& prev, const double* prev_rows, const G& g, const Rest&... rest) {
+    double* rows = scratch<double>(N * G::kSize);
+    gpu::group_row_sums(prev, prev_rows, g, N, rows, stream_, check_);
+    chain(N, g, static_cast<const double*>(rows), rest...);
   }
 
   template <typename F>

@@ -88,24 +88,24 @@ void rkd_distance_matrix_backward(int normalized, int grad_dtype, const void* gr
 
 void rkd_distance_loss_c(int ds_, const void* s, int dt_, const void* t, int64_t N, int64_t Ds, int64_t Dt, double beta,
                          double eps, int reduction, int squared, double mean_offset, double* dist_s, double* dist_t,
-                         int loss_dtype, void* loss) {
+                         double* stats, int loss_dtype, void* loss) {
   using namespace rkd::entry;
   const rkd::DistanceArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), squared != 0, mean_offset};
   with_backend([&](auto& be) {
-    rkd::rkd_distance_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, dist_s, dist_t,
+    rkd::rkd_distance_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, dist_s, dist_t, stats,
                            buffer(loss, loss_dtype));
   });
 }
 
 void rkd_distance_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* s, int dt_, const void* t,
                                   int64_t N, int64_t Ds, int64_t Dt, const double* dist_s, const double* dist_t,
-                                  double beta, double eps, int reduction, int squared, double mean_offset, void* gs,
+                                  const double* stats, double beta, double eps, int reduction, int squared, double mean_offset, void* gs,
                                   void* gt) {
   using namespace rkd::entry;
   const rkd::DistanceArgs args{beta, eps, static_cast<rkd::Reduction>(reduction), squared != 0, mean_offset};
   with_backend([&](auto& be) {
     rkd::rkd_distance_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt),
-                                    dist_s, dist_t, args, buffer(gs, ds_), buffer(gt, dt_));
+                                    dist_s, dist_t, stats, args, buffer(gs, ds_), buffer(gt, dt_));
   });
 }
 
@@ -152,18 +152,20 @@ void rkd_angle_loss_backward_c(int grad_dtype, const void* grad, int ds_, const 
 
 void rkd_loss_c(int ds_, const void* s, int dt_, const void* t, int64_t N, int64_t Ds, int64_t Dt,
                 double distance_weight, double angle_weight, double beta, double eps, double angle_eps, int reduction,
-                int squared, double mean_offset, int normalize, double* sq_s, double* sq_t, int loss_dtype,
-                void* loss) {
+                int squared, double mean_offset, int normalize, double* sq_s, double* sq_t, double* stats,
+                int loss_dtype, void* loss) {
   using namespace rkd::entry;
   const rkd::RkdLossArgs args = rkd_loss_args(distance_weight, angle_weight, beta, eps, angle_eps, reduction, squared,
                                               mean_offset, normalize);
   with_backend([&](auto& be) {
-    rkd::rkd_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, sq_s, sq_t, buffer(loss, loss_dtype));
+    rkd::rkd_loss(be, features(s, ds_, N, Ds), features(t, dt_, N, Dt), args, sq_s, sq_t, stats,
+                  buffer(loss, loss_dtype));
   });
 }
 
 void rkd_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* s, int dt_, const void* t, int64_t N,
-                         int64_t Ds, int64_t Dt, const double* sq_s, const double* sq_t, double distance_weight,
+                         int64_t Ds, int64_t Dt, const double* sq_s, const double* sq_t, const double* stats,
+                         double distance_weight,
                          double angle_weight, double beta, double eps, double angle_eps, int reduction, int squared,
                          double mean_offset, int normalize, int loss_dtype, void* gs, void* gt) {
   using namespace rkd::entry;
@@ -171,7 +173,7 @@ void rkd_loss_backward_c(int grad_dtype, const void* grad, int ds_, const void* 
                                               mean_offset, normalize);
   with_backend([&](auto& be) {
     rkd::rkd_loss_backward(be, operand(grad, grad_dtype), features(s, ds_, N, Ds), features(t, dt_, N, Dt), sq_s,
-                           sq_t, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_), buffer(gt, dt_));
+                           sq_t, stats, args, static_cast<rkd::Dtype>(loss_dtype), buffer(gs, ds_), buffer(gt, dt_));
   });
 }
 
