@@ -114,23 +114,31 @@ class CpuBackend {
   // Rows [rows.begin, rows.end) of the pair matrix: rows.size() x N.
   void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision precision, double* out);
 
-  // fin(sum over i, j of f(i, j)): rows in parallel, each in a fixed lane
-  // order, row sums added in row order.
-  template <typename F, typename Fin>
-  void reduce(const F& f, int64_t N, const Fin& fin) {
-    std::vector<double> rows(static_cast<size_t>(N));
-    at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) rows[i] = reduce_row(f, i, N);
-    });
-    double total = 0.0;
-    for (double v : rows) total += v;
-    fin(total);
-  }
-
-  // The steps one after another, a group's in member order.
+  // Each group in one parallel pass: rows in parallel, each member's row
+  // sum in a fixed lane order; then each member's row sums added in row
+  // order and its fin, in member order. The same bits as a pass per step.
   template <typename... Items>
   void reduce_seq(int64_t N, const Items&... items) {
-    (for_each(as_group(items), [&](const auto& st) { reduce(st.f, N, st.fin); }), ...);
+    (reduce_group(as_group(items), N), ...);
+  }
+
+  template <typename G>
+  void reduce_group(const G& g, int64_t N) {
+    constexpr int k = G::kSize;
+    std::vector<double> rows(static_cast<size_t>(k * N));
+    at::parallel_for(0, N, grain_for(k * N), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        int m = 0;
+        for_each(g, [&](const auto& st) { rows[m++ * N + i] = reduce_row(st.f, i, N); });
+      }
+    });
+    int m = 0;
+    for_each(g, [&](const auto& st) {
+      double total = 0.0;
+      for (int64_t i = 0; i < N; ++i) total += rows[m * N + i];
+      st.fin(total);
+      ++m;
+    });
   }
 
   template <typename F>
