@@ -15,6 +15,7 @@
 #include <torch/version.h>
 
 #include "build_config.h"
+#include "core/product_precision.h"
 
 TORCH_LIBRARY(rkd_ext, m) {
   m.def("pairwise_distance(Tensor x, float eps) -> (Tensor dist, Tensor dist64)");
@@ -98,4 +99,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rkd_ext compiled kernels; the operators live under torch.ops.rkd_ext";
   m.def("build_info", &build_info, "How this extension was built (a dict).");
+  // The process-wide product precision as rkd::ProductPrecision's code (rkd_ext/precision.py).
+  m.def("_set_product_precision", [](int mode) { rkd::set_product_precision(static_cast<rkd::ProductPrecision>(mode)); });
+  m.def("_product_precision", [] { return static_cast<int>(rkd::product_precision()); });
 }

@@ -58,5 +58,6 @@ def build_info():
         running_torch=torch.__version__,
         running_cuda=torch.version.cuda,
         matches_running_torch=available,
+        product_precision=("auto", "float64", "float32")[C._product_precision()] if available else None,
     )
     return info

@@ -11,10 +11,17 @@ gradients with torch.ops.rkd_ext on the CPU, for every dtype, on odd sizes and
 degenerate data. It needs g++, the CUDA headers and an installed rkd_ext; no
 GPU.
 
+The float32 products (rkd_ext.set_product_precision("float32"); on a GPU
+also "auto" where float64 is slow) are checked too: with the mode forced
+through rkd_set_product_precision, the distance family on random, offset,
+near and dup batches against the CPU ops in float64, within
+PRODUCT32_RTOL; the angle family bitwise unchanged.
+
 Usage: python scripts/emulate_cuda.py [--quick]   (exit status 1 on a mismatch)
 """
 import argparse
 import ctypes
+import math
 import os
 import subprocess
 import sys
@@ -35,8 +42,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 RED_CODE = {"none": 0, "mean": 1, "sum": 2}
 KIND_CODE = {"sq": 0, "sq_clamped": 1, "dist": 2}
+# rkd::ProductPrecision (csrc/core/product_precision.h).
+PRODUCT_CODE = {"auto": 0, "float64": 1, "float32": 2}
 CPU = torch.ops.rkd_ext
 LOSS_STATS = 4  # csrc/core/distance_op.h's kLossStats
+# The distance family with float32 products, relative to the largest element
+# of the float64 result: a Gram entry kept from float32 products is within
+# ~1e-6 (n_i + n_j) of exact at these sizes (float32 centred operands,
+# partial sums of 128 products), and pairs kept by gram_near are at least
+# 1e-2 (n_i + n_j), so a kept s is within ~1e-4 of itself relative; the
+# gradient's float32 W x X is within ~1e-6 of its largest term. Measured
+# over the full case list: the float64 pair matrices within 1.5e-7 of the
+# float64 products' (relative to their largest element).
+PRODUCT32_RTOL = 3e-5
+# Gradients on near batches: a pair 1e-3 apart (relative to the spread) has
+# a weight W_ij ~ 1 / d_ij, 1e3 times the others', and its terms
+# W_ij xc_i - W_ij xc_j cancel to 1e-3 of themselves, so the float32
+# product's rounding of each grows 1e3-fold relative to the result (the
+# CPU's float32 product, and the reference's, have the same cancellation).
+# Measured worst: about 1e-4.
+PRODUCT32_NEAR_GRAD_RTOL = 1e-3
 
 
 def build(out_dir):
@@ -75,8 +100,12 @@ class Emulated:
                    "rkd_angle_loss_c", "rkd_angle_loss_backward_c", "rkd_loss_c", "rkd_loss_backward_c",
                    "rkd_pair_matrix_rows_c",
                    "rkd_pair_matrix_rows_backward_c", "rkd_grad_rows_c", "rkd_angle_loss_rows_c",
-                   "rkd_angle_grad_rows_c"):
+                   "rkd_angle_grad_rows_c", "rkd_set_product_precision"):
             getattr(lib, fn).restype = None
+
+    def set_product_precision(self, mode, fp64_ratio=2):
+        """The product precision of the op calls that follow, on an emulated GPU with this float64 ratio."""
+        self.lib.rkd_set_product_precision(PRODUCT_CODE[mode], fp64_ratio)
 
     def _matrix(self, normalized, x, eps):
         x = x.contiguous()
@@ -439,6 +468,99 @@ def determinism(emu, rep):
         print("FAIL determinism: repeated calls differ")
 
 
+def run_products32(emu, rep, n, ds, dt, dtype, kind):
+    """The distance family with float32 products against the CPU ops in float64; exact zeros and symmetry."""
+    s = features(n, ds, dtype, 21, kind)
+    t = features(n, dt, dtype, 22, kind)
+    s64, t64 = s.double(), t.double()
+    tag = f"float32 products n={n} ds={ds} dt={dt} {str(dtype)[6:]} {kind}"
+    eps = 1e-12
+    tol = max(PRODUCT32_RTOL, TOL[dtype])
+    gtol = max(PRODUCT32_NEAR_GRAD_RTOL, tol) if kind == "near" else tol
+    emu.set_product_precision("float32")
+    try:
+        for op in ("pairwise_distance", "normalized_distance"):
+            mine = getattr(emu, op)(s, eps)
+            ref = getattr(CPU, op)(s64, eps)
+            rep.check(f"{op} {tag}", mine[0], ref[0], tol, FLOOR[dtype])
+            d = mine[1]
+            rep.check(f"{op} dist64 {tag}", d, ref[1], PRODUCT32_RTOL)
+            rep.count += 1
+            same = (s.unsqueeze(0) == s.unsqueeze(1)).all(-1) & ~torch.eye(n, dtype=torch.bool)
+            if not (torch.equal(d, d.t()) and bool((d[same] == math.sqrt(eps)).all()) and bool((d.diagonal() == 0).all())):
+                rep.failures += 1
+                print(f"FAIL {op} {tag}: not exactly symmetric, or duplicates not at sqrt(eps), or diagonal not 0")
+            g = upstream((n, n), dtype, 23)
+            rep.check(f"{op}_backward {tag}", getattr(emu, op + "_backward")(g, s, d, eps),
+                      getattr(CPU, op + "_backward")(g.double(), s64, ref[1], eps), gtol, FLOOR[dtype])
+        for squared in (False, True):
+            args = (1.0, eps, "mean", squared, 0.0)
+            mine = emu.rkd_distance_loss(s, t, *args)
+            ref = CPU.rkd_distance_loss(s64, t64, *args)
+            vt = f"distance_loss squared={squared} {tag}"
+            rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
+            g = upstream((), loss_dtype(dtype), 24)
+            gr = CPU.rkd_distance_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
+            gm = emu.rkd_distance_loss_backward(g, s, t, mine[1], mine[2], mine[3], *args, True, True)
+            check_grads(rep, vt, (True, True), gm, gr, gtol, FLOOR[dtype], FLOOR[dtype])
+        # rkd_loss without its angle term takes the float32 products; with it, float64 (bitwise as in
+        # float64 mode: the float32 triplet arithmetic is judged by the cases above).
+        for args in ((25.0, 0.0, 1.0, eps, eps, "mean", False, 0.0, True), RKD_LOSS_VARIANTS[0]):
+            vt = f"rkd_loss {args[:2]} {tag}"
+            mine = emu.rkd_loss(s, t, *args)
+            g = upstream((), loss_dtype(dtype), 25)
+            gm = emu.rkd_loss_backward(g, s, t, mine[1], mine[2], mine[3], *args, True, True)
+            if args[1] == 0.0:
+                ref = CPU.rkd_loss(s64, t64, *args)
+                rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
+                gr = CPU.rkd_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
+                check_grads(rep, vt, (True, True), gm, gr, gtol, FLOOR[dtype], FLOOR[dtype])
+            elif n >= 3:  # below, rkd_loss has no angle term
+                emu.set_product_precision("float64")
+                base = emu.rkd_loss(s, t, *args)
+                gb = emu.rkd_loss_backward(g, s, t, base[1], base[2], base[3], *args, True, True)
+                emu.set_product_precision("float32")
+                rep.count += 1
+                if not (torch.equal(mine[0], base[0]) and torch.equal(gm[0], gb[0]) and torch.equal(gm[1], gb[1])):
+                    rep.failures += 1
+                    print(f"FAIL {vt}: the angle term's float64 products changed with the mode")
+        # Bitwise reproducible.
+        a = emu.rkd_distance_loss(s, t, 1.0, eps, "mean", False, 0.0)
+        b = emu.rkd_distance_loss(s, t, 1.0, eps, "mean", False, 0.0)
+        one = torch.ones((), dtype=loss_dtype(dtype))
+        ga = emu.rkd_distance_loss_backward(one, s, t, a[1], a[2], a[3], 1.0, eps, "mean", False, 0.0, True, True)
+        gb = emu.rkd_distance_loss_backward(one, s, t, b[1], b[2], b[3], 1.0, eps, "mean", False, 0.0, True, True)
+        rep.count += 1
+        if not (torch.equal(a[1], b[1]) and torch.equal(ga[0], gb[0])):
+            rep.failures += 1
+            print(f"FAIL determinism {tag}: repeated calls differ")
+    finally:
+        emu.set_product_precision("auto")
+
+
+def product_modes(emu, rep):
+    """"auto" follows the emulated GPU's float64 ratio; float64 features never take float32 products."""
+    s, t = features(40, 300, torch.float32, 31), features(40, 70, torch.float32, 32)
+    args = (1.0, 1e-12, "mean", False, 0.0)
+    results = {}
+    for mode, ratio in (("float64", 2), ("auto", 2), ("float32", 2), ("auto", 64), ("auto", 8), ("auto", 4)):
+        emu.set_product_precision(mode, ratio)
+        results[(mode, ratio)] = emu.rkd_distance_loss(s, t, *args)[1]
+    emu.set_product_precision("float32")
+    f64_in = emu.rkd_distance_loss(s.double(), t.double(), *args)[1]
+    emu.set_product_precision("float64")
+    f64_ref = emu.rkd_distance_loss(s.double(), t.double(), *args)[1]
+    emu.set_product_precision("auto")
+    eq = torch.equal
+    expect = [eq(results[("auto", 2)], results[("float64", 2)]), eq(results[("auto", 4)], results[("float64", 2)]),
+              eq(results[("auto", 64)], results[("float32", 2)]), eq(results[("auto", 8)], results[("float32", 2)]),
+              not eq(results[("float32", 2)], results[("float64", 2)]), eq(f64_in, f64_ref)]
+    rep.count += 1
+    if not all(expect):
+        rep.failures += 1
+        print(f"FAIL product modes: {expect}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and variants")
@@ -482,6 +604,17 @@ def main():
         if not args.quick:
             run_rows(emu, rep, 130, 3, torch.float64, [(1, 129), (64, 130)])
         determinism(emu, rep)
+        # Float32 products: below, at and past a 64 x 64 tile, K split into slices (D > 128), odd sizes.
+        p32_cases = [(3, 5, 2), (31, 40, 33), (70, 300, 129)] if args.quick else \
+            [(2, 1, 3), (3, 5, 2), (31, 40, 33), (70, 300, 129), (130, 17, 260)]
+        for n, ds, dt in p32_cases:
+            for kind in ("random", "offset", "near", "dup"):
+                run_products32(emu, rep, n, ds, dt, torch.float32, kind)
+        for dtype in (torch.float16, torch.bfloat16):
+            run_products32(emu, rep, 31, 40, 33, dtype, "random")
+        if not args.quick:  # past N = 512 the W x X product splits its reduction over the samples
+            run_products32(emu, rep, 520, 3, 2, torch.float32, "offset")
+        product_modes(emu, rep)
     print(f"emulated CUDA ops vs CPU ops: {rep.count - rep.failures}/{rep.count} checks passed "
           f"(build {built - start:.0f} s, checks {time.time() - built:.0f} s)")
     return 1 if rep.failures else 0

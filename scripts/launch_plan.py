@@ -5,7 +5,10 @@ csrc/cuda/gpu_backend.cuh, through csrc/cuda/standalone/entry_points.h) with a
 launch that records each kernel, its grid and block and the cost written
 beside the launch (common.cuh's Cost: distinct bytes moved, float32 and
 float64 flops, working blocks) and executes nothing (csrc/cuda/standalone/
-plan.cpp). Each op runs forward and then backward as autograd calls it with
+plan.cpp). The product precision (rkd_ext.set_product_precision) is "auto"
+unless --products says otherwise: each profile's plan is made with that
+profile's float32 : float64 ratio, as a GPU with those rates would choose
+(float32 products for the distance family where the ratio is at least 8). Each op runs forward and then backward as autograd calls it with
 the teacher detached: only the student's gradient is asked for. Inputs are
 float32, student and teacher (N, D); losses use reduction 'mean'.
 
@@ -22,7 +25,7 @@ GPU has SMs.
 
 Usage:
   python scripts/launch_plan.py [--profile NAME] [--detail | --compact] [--ops A,B] [--sizes typical|large|all]
-                                [--check]
+                                [--products auto|float64|float32] [--check]
 --compact: one row per op and N, one column per D (what the README shows).
 --check: exit 1 when, at N <= 256, a launch count exceeds its target (TARGETS) or a flagged launch appears at the
 typical sizes. Needs g++ and the CUDA headers (CUDA_HOME, default /usr/local/cuda); no GPU, no torch.
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32, F64 = 0, 1                      # rkd::Dtype
 MEAN = 1                             # rkd::Reduction
+PRODUCTS = {"auto": 0, "float64": 1, "float32": 2}  # rkd::ProductPrecision
 FLAG_WORK_US = 10.0
 
 
@@ -50,6 +54,11 @@ class Profile:
     fp64: float
     bandwidth: float   # bytes/s
     launch: float      # s per launch
+
+    @property
+    def fp64_ratio(self):
+        """cudaDevAttrSingleToDoublePrecisionPerfRatio of such a GPU."""
+        return round(self.fp32 / self.fp64)
 
 
 PROFILES = {
@@ -150,8 +159,10 @@ class Recorder:
         self._next += 0x1000
         return ctypes.c_void_p(self._next)
 
-    def run(self, op, n, d):
-        """The launches of op at (n, d), forward then backward."""
+    def run(self, op, n, d, products="auto", fp64_ratio=2):
+        """The launches of op at (n, d), forward then backward, with this product precision on a GPU of this
+        float32 : float64 ratio (the default: an H200's)."""
+        self.lib.rkd_set_product_precision(PRODUCTS[products], fp64_ratio)
         self.lib.rkd_plan_clear()
         OPS[op](self, n, d)
         name = ctypes.create_string_buffer(4096)
@@ -240,21 +251,28 @@ def fmt_us(seconds):
 
 
 def table(rows, profiles):
+    """rows: (op, N, D, {profile: launches}), each profile's plan made with its own float64 ratio."""
     p0 = profiles[0]
     head = ["op", "N", "D", "launches"] + [f"est. {p} (us)" for p in profiles] + \
            [f"fp64 share, {p}" for p in profiles[1:]] + [f"flagged ({p0})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for op, n, d, launches in rows:
+    for op, n, d, plans in rows:
         ps = [PROFILES[p] for p in profiles]
-        total = [sum(l.time(p) for l in launches) for p in ps]
+        total = [sum(l.time(PROFILES[p]) for l in plans[p]) for p in profiles]
         share = []
-        for p in ps[1:]:
-            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in launches)
-            share.append(f"{100 * f64 / sum(l.time(p) for l in launches):.0f}%")
-        flagged = [f"{l.kernel} {l.grid}: {fmt_us(l.work(ps[0]))} us" for l in launches if l.flagged(ps[0])]
-        lines.append("| " + " | ".join([op, str(n), str(d), str(len(launches))] + [fmt_us(t) for t in total] +
-                                        share + ["; ".join(flagged) or "-"]) + " |")
+        for p in profiles[1:]:
+            f64 = sum(l.flops64 / PROFILES[p].fp64 / min(1.0, l.blocks / PROFILES[p].sms) for l in plans[p])
+            share.append(f"{100 * f64 / sum(l.time(PROFILES[p]) for l in plans[p]):.0f}%")
+        flagged = [f"{l.kernel} {l.grid}: {fmt_us(l.work(ps[0]))} us" for l in plans[p0] if l.flagged(ps[0])]
+        lines.append("| " + " | ".join([op, str(n), str(d), _counts(plans, profiles)] +
+                                        [fmt_us(t) for t in total] + share + ["; ".join(flagged) or "-"]) + " |")
     return "\n".join(lines)
+
+
+def _counts(plans, profiles):
+    """The launch count, or each profile's where they differ."""
+    counts = [len(plans[p]) for p in profiles]
+    return str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
 
 
 def compact(rows, profiles):
@@ -262,17 +280,17 @@ def compact(rows, profiles):
     ps = [PROFILES[p] for p in profiles]
     ds = sorted({d for _, _, d, _ in rows})
     cells, order = {}, []
-    for op, n, d, launches in rows:
+    for op, n, d, plans in rows:
         if (op, n) not in cells:
             cells[(op, n)] = {}
             order.append((op, n))
-        times = [sum(l.time(p) for l in launches) for p in ps]
-        text = f"{len(launches)} · " + " · ".join(f"{fmt_us(t)} µs" for t in times)
+        times = [sum(l.time(PROFILES[p]) for l in plans[p]) for p in profiles]
+        text = f"{_counts(plans, profiles)} · " + " · ".join(f"{fmt_us(t)} µs" for t in times)
         if len(ps) > 1:
             p = ps[-1]
-            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in launches)
+            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in plans[profiles[-1]])
             text += f" ({100 * f64 / times[-1]:.0f}% fp64)"
-        flagged = sum(l.flagged(ps[0]) for l in launches)
+        flagged = sum(l.flagged(ps[0]) for l in plans[profiles[0]])
         cells[(op, n)][d] = text + (f" · {flagged} flagged" if flagged else "")
     head = ["op", "N"] + [f"D = {d}" for d in ds]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * len(ds)]
@@ -283,17 +301,20 @@ def compact(rows, profiles):
     return f"Each cell: {cell}; flagged launches ({profiles[0]}), if any.\n\n" + "\n".join(lines)
 
 
-def detail(op, n, d, launches, profiles):
-    ps = [PROFILES[p] for p in profiles]
-    lines = [f"### {op}, N = {n}, D = {d}", "",
-             "| # | kernel | grid | block | MB | fp32 MFLOP | fp64 MFLOP | blocks | " +
-             " | ".join(f"est. {p} (us)" for p in profiles) + " | flag |",
-             "|" + "---|" * (9 + len(profiles))]
-    for i, l in enumerate(launches, 1):
-        lines.append(f"| {i} | {l.kernel} | {l.grid} | {l.block} | {l.bytes / 1e6:.3f} | {l.flops32 / 1e6:.2f} | "
-                     f"{l.flops64 / 1e6:.2f} | {l.blocks:.0f} | " + " | ".join(fmt_us(l.time(p)) for p in ps) +
-                     f" | {'FLAG' if l.flagged(ps[0]) else ''} |")
-    return "\n".join(lines) + "\n"
+def detail(op, n, d, plans, profiles):
+    """Every launch of each profile's plan, estimated with that profile."""
+    out = []
+    for name in profiles:
+        p = PROFILES[name]
+        lines = [f"### {op}, N = {n}, D = {d}, {name}", "",
+                 "| # | kernel | grid | block | MB | fp32 MFLOP | fp64 MFLOP | blocks | est. (us) | flag |",
+                 "|" + "---|" * 10]
+        for i, l in enumerate(plans[name], 1):
+            lines.append(f"| {i} | {l.kernel} | {l.grid} | {l.block} | {l.bytes / 1e6:.3f} | {l.flops32 / 1e6:.2f} | "
+                         f"{l.flops64 / 1e6:.2f} | {l.blocks:.0f} | {fmt_us(l.time(p))} | "
+                         f"{'FLAG' if l.flagged(p) else ''} |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def violations(rows):
@@ -315,13 +336,19 @@ def main(argv=None):
     ap.add_argument("--sizes", choices=("typical", "large", "all"), default="all")
     ap.add_argument("--detail", action="store_true", help="also list every launch")
     ap.add_argument("--compact", action="store_true", help="one row per op and N, one column per D")
+    ap.add_argument("--products", choices=sorted(PRODUCTS), default="auto",
+                    help="the product precision (rkd_ext.set_product_precision) the plans are made with")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed (see TARGETS)")
     args = ap.parse_args(argv)
     profiles = args.profile or ["h200", "slow-fp64"]
     sizes = {"typical": TYPICAL, "large": LARGE, "all": TYPICAL + LARGE}[args.sizes]
     rec = Recorder(build())
-    rows = [(op, n, d, rec.run(op, n, d)) for op in args.ops.split(",") for n, d in sizes]
+    planned = sorted(set(profiles) | {"h200"})  # --check judges the h200 plan
+    rows = [(op, n, d, {p: rec.run(op, n, d, args.products, PROFILES[p].fp64_ratio) for p in planned})
+            for op in args.ops.split(",") for n, d in sizes]
     print("Launch plan of the CUDA ops: forward + backward, float32, teacher detached, reduction 'mean'.")
+    print(f"Product precision {args.products!r}, each profile's plan made with its float32 : float64 ratio "
+          f"({', '.join(f'{p} {PROFILES[p].fp64_ratio}' for p in profiles)}).")
     print("ESTIMATES FROM A MODEL (scripts/launch_plan.py's docstring), not measurements:")
     for p in profiles:
         print(f"  {p}: {PROFILES[p].name}")
@@ -332,7 +359,10 @@ def main(argv=None):
         print()
         for row in rows:
             print(detail(*row, profiles))
-    bad = violations(rows)
+    bad = violations([(op, n, d, plans["h200"]) for op, n, d, plans in rows])
+    for p in planned:  # the launch counts of every plan
+        bad += [f"{v} ({p} plan)" for v in violations([(op, n, d, plans[p]) for op, n, d, plans in rows])
+                if "target" in v and v not in bad]
     if args.check:
         for v in bad:
             print("CHECK FAILED:", v)

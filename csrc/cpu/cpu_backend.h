@@ -14,7 +14,9 @@
 // row blocks, otherwise a panel GEMM. With Precision::Fast, non-float64 features
 // whose centred values lie within [kFastMin, kFastMax] use float32 products
 // with float64 accumulation every few hundred terms; float64 otherwise
-// (float32 products would overflow or underflow outside that range).
+// (float32 products would overflow or underflow outside that range), and
+// always when the process-wide product precision is Float64
+// (csrc/core/product_precision.h; read when the backend is made).
 //
 // Every output element is computed by one thread in a fixed order, whatever
 // the thread count: results are bitwise reproducible.
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "../core/angle_op.h"
+#include "../core/product_precision.h"
 #include "cpu_util.h"
 
 namespace rkd {
@@ -238,6 +241,7 @@ class CpuBackend {
 
   std::vector<std::unique_ptr<unsigned char[]>> held_;
   std::vector<std::pair<const void*, std::unique_ptr<Centred>>> centred_;
+  const bool allow_f32_ = cpu_float32_products(product_precision());
 };
 
 template <>

@@ -593,7 +593,7 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
 }
 
 bool CpuBackend::fast(const Features& x, Precision precision) {
-  if (precision == Precision::F64 || x.dtype == Dtype::Float64) return false;
+  if (!allow_f32_ || precision == Precision::F64 || x.dtype == Dtype::Float64) return false;
   const double m = centred(x, Keep::None).amax;
   return m == 0.0 || (m >= kFastMin && m <= kFastMax);
 }

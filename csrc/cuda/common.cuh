@@ -158,21 +158,58 @@ __global__ void __launch_bounds__(kBlock) finish_kernel(const double* v, int64_t
   if (threadIdx.x == 0) fin(total);
 }
 
+// Largest of a and b that keeps a NaN.
+RKD_HD double nan_max(double a, double b) { return a != a || a >= b ? a : b; }
+
+// e with m = f 2^e, 0.5 <= f < 1: values scaled by 2^-e lie in [-1, 1].
+// 0, NaN and Inf give 0 (no scaling: a NaN or Inf reaches the result as in
+// float64, and makes the Gram form's pairs recomputed); |e| <= kMaxScale so
+// that 2^e and 2^-e are normal float32 numbers.
+constexpr int kMaxScale = 120;
+RKD_HD int scale_exponent(double m) {
+  if (!(m > 0.0) || !(m <= 1.7976931348623157e308)) return 0;
+  int e = 0;
+  frexp(m, &e);
+  return e < -kMaxScale ? -kMaxScale : (e > kMaxScale ? kMaxScale : e);
+}
+
+// nan_max over the block (B a power of two), in a fixed tree order.
+template <int B>
+RKD_DEV double block_max(double v, double* smem, int t) {
+  smem[t] = v;
+  __syncthreads();
+  for (int h = B / 2; h > 0; h >>= 1) {
+    if (t < h) smem[t] = nan_max(smem[t], smem[t + h]);
+    __syncthreads();
+  }
+  const double m = smem[0];
+  __syncthreads();
+  return m;
+}
+
 // Rows [begin, begin + gridDim.x) of the weight matrix of the gradient GEMM:
 // W_ij = f(i, j) off the diagonal (W = dL/ds + (dL/ds)^T), W_ii = 0, and
-// w_i = sum_j W_ij; row i at (i - begin) N. One block per row.
+// w_i = sum_j W_ij; row i at (i - begin) N. One block per row. With Wf (for
+// a float32 product; else null) also the row in float32, scaled by
+// 2^-rexp[l], the exponent of its largest magnitude (scale_exponent).
 template <typename F>
-__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t begin, double* W, double* w) {
+__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t begin, double* W, double* w,
+                                                         float* Wf, int* rexp) {
   __shared__ double red[kBlock];
   const int64_t l = blockIdx.x, i = begin + l;
-  double acc = 0.0;
+  double acc = 0.0, m = 0.0;
   for (int64_t j = threadIdx.x; j < N; j += kBlock) {
     const double v = j == i ? 0.0 : f(i, j);
     W[l * N + j] = v;
     acc += v;
+    m = nan_max(m, fabs(v));
   }
   const double total = block_sum<kBlock>(acc, red, threadIdx.x);
   if (threadIdx.x == 0) w[l] = total;
+  if (Wf == nullptr) return;  // uniform over the grid
+  const int e = scale_exponent(block_max<kBlock>(m, red, threadIdx.x));
+  for (int64_t j = threadIdx.x; j < N; j += kBlock) Wf[l * N + j] = static_cast<float>(ldexp(W[l * N + j], -e));
+  if (threadIdx.x == 0) rexp[l] = e;
 }
 
 // out[i][j] = f(i, j), narrowed to Out.
@@ -191,9 +228,15 @@ void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Chec
 }
 
 template <typename F, typename Check>
-void build_weights(F f, int64_t N, Rows rows, double* W, double* w, cudaStream_t stream, const Check& check) {
-  launch(check, elementwise_cost(rows.size() * N, 8.0), weights_kernel<F>, dim3(grid_dim(rows.size())),
-         dim3(kBlock), stream, f, N, rows.begin, W, w);
+void build_weights(F f, int64_t N, Rows rows, double* W, double* w, float* Wf, int* rexp, cudaStream_t stream,
+                   const Check& check) {
+  Cost cost = elementwise_cost(rows.size() * N, 8.0);
+  if (Wf != nullptr) {  // W read back, Wf written, the scaling
+    cost.bytes += 12.0 * static_cast<double>(rows.size() * N);
+    cost.flops64 += 2.0 * static_cast<double>(rows.size() * N);
+  }
+  launch(check, cost, weights_kernel<F>, dim3(grid_dim(rows.size())), dim3(kBlock), stream, f, N, rows.begin, W, w,
+         Wf, rexp);
 }
 
 // out[i][j] = f(i, j) for `rows` rows of N.

@@ -8,8 +8,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <atomic>
 #include <vector>
 
+#include "../core/product_precision.h"
 #include "gpu_backend.cuh"
 
 namespace rkd {
@@ -37,6 +39,27 @@ struct LaunchCheck {
   void operator()() const { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 };
 
+// The device's float32 : float64 throughput ratio, queried once per device.
+inline int fp64_ratio(c10::DeviceIndex device) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices] = {};
+  const bool cached = device >= 0 && device < kDevices;
+  int ratio = cached ? known[device].load(std::memory_order_relaxed) : 0;
+  if (ratio == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device));
+    if (cached) known[device].store(ratio, std::memory_order_relaxed);
+  }
+  return ratio;
+}
+
+// Whether the distance family's products run in float32 on this device
+// (product_precision.h).
+inline bool float32_products(c10::DeviceIndex device) {
+  const ProductPrecision p = product_precision();
+  if (p != ProductPrecision::Auto) return p == ProductPrecision::Float32;
+  return gpu_float32_products(p, fp64_ratio(device));
+}
+
 struct CudaCtx {
   // c10's getCurrentCUDAStream is the one at::cuda re-exports; this header
   // avoids ATen/cuda/CUDAContext.h, which needs the cuBLAS and cuSPARSE headers.
@@ -44,7 +67,8 @@ struct CudaCtx {
   static void run(const at::Device& device, const F& f) {
     const c10::cuda::CUDAGuard guard(device);
     Scratch scratch(device);
-    GpuBackend<Scratch, LaunchCheck> be(scratch, c10::cuda::getCurrentCUDAStream().stream(), LaunchCheck{});
+    GpuBackend<Scratch, LaunchCheck> be(scratch, c10::cuda::getCurrentCUDAStream().stream(), LaunchCheck{},
+                                        float32_products(guard.current_device().index()));
     f(be);
   }
 };

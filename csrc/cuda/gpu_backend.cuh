@@ -9,7 +9,11 @@
 // caching allocator is): scratch is released when the op returns, before its
 // kernels have run. Check runs after every launch.
 //
-// The O(N^2 D) products are float64 whatever the op layer's Precision; the
+// The O(N^2 D) products are float64, except where the backend is made with
+// float32_products (the process-wide ProductPrecision resolved for the device
+// by the caller: csrc/core/product_precision.h) and the op layer asks for
+// Precision::Fast on features that are not float64: then they run in float32
+// (pair_matrix_kernel.cuh's float32 kernels). pair_rows stays float64. The
 // triplet arithmetic runs in the result's type (Triplet<T> = T).
 #pragma once
 
@@ -29,6 +33,8 @@ struct GpuWeights {
   double* w;
   int64_t N;
   Rows rows;
+  float* Wf;  // W in float32 for a float32 product (each row scaled by 2^-rexp), else null
+  int* rexp;
 };
 
 template <typename Alloc, typename Check>
@@ -38,7 +44,8 @@ class GpuBackend {
   using Triplet = T;
   using Weights = GpuWeights;
 
-  GpuBackend(Alloc& alloc, cudaStream_t stream, Check check) : alloc_(alloc), stream_(stream), check_(check) {}
+  GpuBackend(Alloc& alloc, cudaStream_t stream, Check check, bool float32_products = false)
+      : alloc_(alloc), stream_(stream), check_(check), f32_(float32_products) {}
 
   template <typename T>
   T* scratch(int64_t n) {
@@ -72,10 +79,14 @@ class GpuBackend {
     });
   }
 
-  void pair_matrix(const Features& x, PairKind kind, double eps, Precision, double* out) {
+  void pair_matrix(const Features& x, PairKind kind, double eps, Precision p, double* out) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
-      gpu::pair_matrix(static_cast<const T*>(x.data), x.N, x.D, kind, eps, out, alloc_, stream_, check_);
+      const T* xp = static_cast<const T*>(x.data);
+      if (float32(p, x.dtype))
+        gpu::pair_matrices32(&xp, &x.D, 1, x.N, kind, eps, &out, alloc_, stream_, check_);
+      else
+        gpu::pair_matrix(xp, x.N, x.D, kind, eps, out, alloc_, stream_, check_);
     });
   }
 
@@ -91,7 +102,10 @@ class GpuBackend {
       const T* x[2] = {static_cast<const T*>(s.data), static_cast<const T*>(t.data)};
       const int64_t D[2] = {s.D, t.D};
       double* out[2] = {out_s, out_t};
-      gpu::pair_matrices(x, D, 2, s.N, kind, eps, out, alloc_, stream_, check_);
+      if (float32(p, s.dtype))
+        gpu::pair_matrices32(x, D, 2, s.N, kind, eps, out, alloc_, stream_, check_);
+      else
+        gpu::pair_matrices(x, D, 2, s.N, kind, eps, out, alloc_, stream_, check_);
     });
   }
 
@@ -118,20 +132,28 @@ class GpuBackend {
     });
   }
 
-  Weights weights(const Features& x, Rows rows, Precision) {
-    return {scratch<double>(rows.size() * x.N), scratch<double>(rows.size()), x.N, rows};
+  Weights weights(const Features& x, Rows rows, Precision p) {
+    const bool f32 = float32(p, x.dtype);
+    return {scratch<double>(rows.size() * x.N), scratch<double>(rows.size()), x.N, rows,
+            f32 ? scratch<float>(rows.size() * x.N) : nullptr, f32 ? scratch<int>(rows.size()) : nullptr};
   }
 
   template <typename F>
   void build_weights(const F& f, Weights& W) {
-    gpu::build_weights(f, W.N, W.rows, W.W, W.w, stream_, check_);
+    gpu::build_weights(f, W.N, W.rows, W.W, W.w, W.Wf, W.rexp, stream_, check_);
   }
 
   void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
-      gpu::grad_from_weights(static_cast<const T*>(x.data), x.N, x.D, W.rows, static_cast<const double*>(W.W),
-                             static_cast<const double*>(W.w), static_cast<T*>(dx.data), alloc_, stream_, check_);
+      const T* xp = static_cast<const T*>(x.data);
+      const double* w = W.w;
+      if (W.Wf != nullptr)
+        gpu::grad_from_weights32(xp, x.N, x.D, W.rows, static_cast<const float*>(W.Wf),
+                                 static_cast<const int*>(W.rexp), w, static_cast<T*>(dx.data), alloc_, stream_, check_);
+      else
+        gpu::grad_from_weights(xp, x.N, x.D, W.rows, static_cast<const double*>(W.W), w, static_cast<T*>(dx.data),
+                               alloc_, stream_, check_);
     });
   }
 
@@ -261,9 +283,13 @@ class GpuBackend {
     visit_dtype<__half, __nv_bfloat16>(dtype, f);
   }
 
+  // Whether a product of features of this dtype runs in float32.
+  bool float32(Precision p, Dtype dtype) const { return f32_ && p == Precision::Fast && dtype != Dtype::Float64; }
+
   Alloc& alloc_;
   cudaStream_t stream_;
   Check check_;
+  bool f32_;
 };
 
 }  // namespace gpu

@@ -12,8 +12,9 @@
 // grad_from_weights: dL/dx_i = 2 (w_i xc_i - sum_j W_ij xc_j), with
 //   W = dL/ds + (dL/ds)^T and w its row sums (common.cuh builds both), in
 //   float64, returned in x's dtype.
-// Both run in float64 whatever the op layer's Precision: the fast float32
-// product is a CPU option.
+// Both run in float64, or, where the backend chooses float32 products for
+// Precision::Fast (gpu_backend.cuh), through the float32 kernels at the end
+// of this file (same launches, same fixed orders).
 //
 // Both products run through one shared-memory tiled float64 GEMM: each
 // output element (of a product, or of one of its slices over the reduction
@@ -372,6 +373,8 @@ struct GramSide {
   void* u;
   bool u_f64, normalize;
   double u_eps;
+  // x_ik - x_jk in float64, for the close pairs
+  RKD_DEV double diff(int64_t i, int64_t j, int64_t k) const { return xc[i * D + k] - xc[j * D + k]; }
 };
 
 // Where pair_matrices also writes u (the angle ops' edges): the inputs' u
@@ -430,13 +433,13 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
 // Row i of one input's pair matrix from G's slices: a block per row,
 // kBlock columns at a time; the close pairs of each kBlock columns are
 // recomputed one after another by the whole block.
-template <PairKind kWhat>
-__global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<GramSide> in, double eps) {
+template <PairKind kWhat, typename S>
+__global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double eps) {
   __shared__ double red[kBlock];
   __shared__ double near_v[kBlock];
   __shared__ int near[kBlock];
   int64_t i = blockIdx.x;
-  const GramSide& g = in.of(i, in.N);
+  const S& g = in.of(i, in.N);
   const int64_t N = in.N, NN = N * N, t = threadIdx.x;
   auto G = [&](int64_t a, int64_t c) {
     double v = 0.0;
@@ -456,11 +459,9 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<GramSide> in,
     __syncthreads();
     for (int l = 0; l < kBlock; ++l) {
       if (!near[l]) continue;  // uniform over the block: every thread reads the same flag
-      const double* a = g.xc + i * g.D;
-      const double* c = g.xc + (j0 + l) * g.D;
       double acc = 0.0;
       for (int64_t k = t; k < g.D; k += kBlock) {
-        const double d = a[k] - c[k];
+        const double d = g.diff(i, j0 + l, k);
         acc += d * d;
       }
       const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
@@ -519,9 +520,9 @@ void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, Pa
   }
   centre_columns(cs, stream, check);
   launch(check, pc, gram_partial_kernel<GramSide>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
-  auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist>
-                : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped>
-                                              : gram_finish_kernel<PairKind::Sq>;
+  auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist, GramSide>
+                : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped, GramSide>
+                                              : gram_finish_kernel<PairKind::Sq, GramSide>;
   launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
 }
 
@@ -584,6 +585,343 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
   launch(check, cost, grad_gemm_kernel<T>,
          dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
          stream, W, w, x, N, D, rows, split, dx);
+  if (split.splits == 1) return;
+  Cost fin;
+  fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
+  fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
+  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
+         rows, split, dx);
+}
+
+// ---- float32 products ------------------------------------------------------------------
+//
+// Where the backend runs Precision::Fast's products in float32 (features not
+// float64, on a GPU whose float64 rate is low; gpu_backend.cuh), the same
+// launches with float32 operands and FMAs:
+//   centre_stats:   the float64 column means (kept as float32 shifts) and the
+//                   largest centred magnitude per kCentreCols columns;
+//   gram_partial32: each split-K slice in float32 from x itself, centred as
+//                   it is loaded ((float)x - (float)mean: a shift by any
+//                   vector leaves every relation unchanged, and with the mean
+//                   the offset cancels before any product), a thread's sum
+//                   in float32 partials of kFlushSteps * kTk features added
+//                   to a float32 total, the slice stored in float64; the
+//                   norms (the diagonal) in float64 from the same operands;
+//   gram_finish:    as in float64: slices summed in float64 in slice order,
+//                   the close pairs recomputed from direct float64
+//                   differences of x itself by the whole block (exactly 0
+//                   for duplicates).
+// W x X: build_weights also writes each row of W in float32; grad_gemm32 multiplies
+// it by the block's features, centred on their float32 means, in float32.
+// Every operand is scaled by a power of two first (scale_exponent), so
+// float32 neither overflows nor underflows whatever the features' scale,
+// and scaled back exactly in float64. TF32 does not arise: these are plain
+// FMAs, not tensor-core (or cuBLAS) products.
+
+// Features per float32 partial sum of a product: kFlushSteps steps of kTk.
+// A thread's sum over a slice of K features carries a rounding error of
+// about (kFlushSteps kTk + K / (kFlushSteps kTk)) float32 roundings at worst
+// instead of K.
+constexpr int kFlushSteps = 8;
+
+// gemm_f64 in float32: acc[r][c] += sum_k A(row, k) B(k, col), A read as
+// aload(row, k) for rows < M. Called by all threads of a (16, 16) block.
+template <bool kBT, typename ALoad, typename BLoad>
+RKD_DEV void gemm_f32(const ALoad& aload, int64_t M, const BLoad& bload, int64_t Nc, int64_t K, int64_t row0,
+                      int64_t col0, float (&acc)[kMicro][kMicro]) {
+  __shared__ float As[kTk][kTile + 1];
+  __shared__ float Bs[kTk][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+  float part[kMicro][kMicro] = {};
+  int steps = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kTk) {
+    for (int l = 0; l < kTile * kTk / kGemmThreads; ++l) {
+      const int e = t + l * kGemmThreads;
+      const int m = e / kTk, kk = e % kTk;
+      const int64_t k = k0 + kk;
+      const int64_t row = row0 + m;
+      As[kk][m] = (row < M && k < K) ? aload(row, k) : 0.0f;
+      if (kBT) {
+        const int64_t col = col0 + m;
+        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : 0.0f;
+      } else {
+        const int n = e % kTile, kb = e / kTile;
+        const int64_t col = col0 + n, kr = k0 + kb;
+        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : 0.0f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTk; ++kk) {
+      float av[kMicro], bv[kMicro];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r) av[r] = As[kk][ty + 16 * r];
+#pragma unroll
+      for (int c = 0; c < kMicro; ++c) bv[c] = Bs[kk][tx + 16 * c];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+        for (int c = 0; c < kMicro; ++c) part[r][c] = fmaf(av[r], bv[c], part[r][c]);
+    }
+    __syncthreads();
+    if (++steps == kFlushSteps || k0 + kTk >= K) {
+      steps = 0;
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+        for (int c = 0; c < kMicro; ++c) acc[r][c] += part[r][c], part[r][c] = 0.0f;
+    }
+  }
+}
+
+template <typename T>
+RKD_DEV float as_float(T v) {
+  return static_cast<float>(widen(v));
+}
+
+// One input of the float32 Gram product: x (N, D) itself, its float32
+// column means and the largest centred magnitude per kCentreCols columns
+// (nb of them), as GramSide otherwise.
+template <typename T>
+struct GramSide32 {
+  const T* x;
+  int64_t D, splits, per_split;
+  float* meanf;
+  double* bmax;
+  int64_t nb;
+  double* slices;
+  double* out;
+  void* u;
+  bool u_f64, normalize;
+  double u_eps;
+  RKD_DEV double diff(int64_t i, int64_t j, int64_t k) const { return widen(x[i * D + k]) - widen(x[j * D + k]); }
+};
+
+// The column means of kCentreCols columns of one input (row slices summed
+// in a fixed order) as float32 shifts, and the largest |(float)x - shift|
+// over them.
+template <typename T>
+__global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_stats_kernel(Sides<GramSide32<T>> in) {
+  __shared__ double part[kCentreRows][kCentreCols + 1];
+  __shared__ float mean[kCentreCols];
+  int64_t b = blockIdx.x;
+  const GramSide32<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
+  double acc = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(c.x[i * D + k]);
+  part[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0) {
+    double total = 0.0;
+    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
+    mean[tx] = static_cast<float>(total / static_cast<double>(N));
+    if (k < D) c.meanf[k] = mean[tx];
+  }
+  __syncthreads();
+  double m = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += kCentreRows) m = nan_max(m, fabsf(as_float(c.x[i * D + k]) - mean[tx]));
+  part[ty][tx] = m;
+  __syncthreads();
+  if (tx == 0 && ty == 0) {
+    double all = 0.0;
+    for (int r = 0; r < kCentreRows; ++r)
+      for (int l = 0; l < kCentreCols; ++l) all = nan_max(all, part[r][l]);
+    c.bmax[b] = all;
+  }
+}
+
+// gram_partial_kernel in float32: split z of one upper tile.
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<GramSide32<T>> in) {
+  __shared__ double red[kGemmThreads];
+  const int64_t N = in.N, tiles = upper_tile_count(N);
+  int64_t b = blockIdx.x;
+  const GramSide32<T>& g = in.of(b, tiles * in.side[0].splits);
+  const int64_t z = b / tiles;
+  int64_t t = b % tiles, ta = 0;
+  for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;
+  const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
+  const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
+  const int tid = threadIdx.y * 16 + threadIdx.x;
+  double m = 0.0;
+  for (int64_t l = tid; l < g.nb; l += kGemmThreads) m = nan_max(m, g.bmax[l]);
+  const int e = scale_exponent(block_max<kGemmThreads>(m, red, tid));
+  const float scale = ldexpf(1.0f, -e);
+  auto load = [&](int64_t row, int64_t k) { return (as_float(g.x[row * g.D + k0 + k]) - g.meanf[k0 + k]) * scale; };
+  auto load_t = [&](int64_t k, int64_t col) { return load(col, k); };
+  float acc[kMicro][kMicro] = {};
+  if (k1 > k0) gemm_f32<true>(load, N, load_t, N, k1 - k0, row0, col0, acc);
+  double* slice = g.slices + z * N * N;
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) {
+      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
+      if (i >= N || j >= N || j <= i) continue;
+      const double v = ldexp(static_cast<double>(acc[r][c]), 2 * e);
+      slice[i * N + j] = v;
+      slice[j * N + i] = v;
+    }
+  if (row0 != col0) return;
+  // The norms (G's diagonal) of a diagonal tile: the float32 operands'
+  // squares summed in float64, kGemmThreads / kTile threads per row, their
+  // sums added in order. A float32 sum would give every pair of a row the
+  // same error; these cost N D float64 FMAs in all, 1 / N of the product.
+  constexpr int kPer = kGemmThreads / kTile;
+  const int64_t i = row0 + tid / kPer;
+  double n = 0.0;
+  if (i < N)
+    for (int64_t k = tid % kPer; k < k1 - k0; k += kPer) {
+      const double v = load(i, k);
+      n += v * v;
+    }
+  red[tid] = n;
+  __syncthreads();
+  if (tid % kPer == 0 && i < N) {
+    double total = 0.0;
+    for (int l = 0; l < kPer; ++l) total += red[tid + l];
+    slice[i * N + i] = ldexp(total, 2 * e);
+  }
+}
+
+// pair_matrices with float32 products: three launches for all the inputs.
+template <typename T, typename Alloc, typename Check>
+void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
+                     double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check) {
+  Sides<GramSide32<T>> gs{};
+  gs.count = count;
+  gs.N = N;
+  int64_t stat_grid = 0, partial_grid = 0;
+  Cost sc, pc, fc;
+  const double n2 = static_cast<double>(N) * static_cast<double>(N);
+  for (int c = 0; c < count; ++c) {
+    const GramSide split = gram_side(nullptr, N, D[c], out[c]);
+    const int64_t nb = ceil_div(D[c], kCentreCols);
+    gs.side[c] = {x[c], D[c], split.splits, split.per_split, take<float>(alloc, D[c]), take<double>(alloc, nb), nb,
+                  take<double>(alloc, split.splits * N * N), out[c], nullptr, false, false, 0.0};
+    const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
+    const int64_t upper = upper_tile_count(N), blocks = upper * split.splits;
+    stat_grid += nb;
+    partial_grid += blocks;
+    // x read twice; the means in float64, the magnitudes in float32.
+    sc.bytes += 2.0 * nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * static_cast<double>(nb);
+    sc.flops64 += nd;
+    sc.flops32 += 2.0 * nd;
+    // x read (it stays in L2 across the blocks), the slices written; the
+    // centring and scaling of each loaded operand, the exact rescaling.
+    pc.bytes += nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * static_cast<double>(split.splits) * n2;
+    pc.flops32 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]) +
+                  4.0 * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
+    // The rescaling, the scale's reduction, the norms.
+    pc.flops64 += static_cast<double>(blocks) * (kTile * kTile + static_cast<double>(nb)) + 2.0 * nd;
+    fc.bytes += 8.0 * (static_cast<double>(split.splits) * n2 + n2);
+    fc.flops64 += n2 * (2.0 * static_cast<double>(split.splits) + 6.0);
+  }
+  launch(check, sc, centre_stats_kernel<T>, dim3(grid_dim(stat_grid)), dim3(kCentreCols, kCentreRows), stream, gs);
+  launch(check, pc, gram_partial32_kernel<T>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
+  auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist, GramSide32<T>>
+                : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped, GramSide32<T>>
+                                              : gram_finish_kernel<PairKind::Sq, GramSide32<T>>;
+  launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
+}
+
+// grad_gemm_kernel in float32: W's rows in float32 from build_weights, the block's kTile
+// features centred on their float32 column means (any shift gives the same
+// gradient, since w_i is W's row sum; the mean cancels the offset) and
+// scaled by their own powers of two.
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* __restrict__ Wf,
+                                                                   const int* __restrict__ rexp,
+                                                                   const double* __restrict__ w,
+                                                                   const T* __restrict__ x, int64_t N, int64_t D,
+                                                                   Rows rows, GradSplit split, T* __restrict__ dx) {
+  constexpr int kSlices = kGemmThreads / kTile;
+  __shared__ float part[kSlices][kTile];
+  __shared__ float shift[kTile];
+  __shared__ float scale[kTile];
+  __shared__ int cexp[kTile];
+  const int64_t n = rows.end - rows.begin;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
+  float sum = 0.0f;
+  if (col0 + c < D)
+    for (int64_t i = r; i < N; i += kSlices) sum += as_float(x[i * D + col0 + c]);
+  part[r][c] = sum;
+  __syncthreads();
+  if (t < kTile) {
+    float total = 0.0f;
+    for (int l = 0; l < kSlices; ++l) total += part[l][t];
+    shift[t] = total / static_cast<float>(N);
+  }
+  __syncthreads();
+  float m = 0.0f;
+  if (col0 + c < D)
+    for (int64_t i = r; i < N; i += kSlices)
+      m = static_cast<float>(nan_max(m, fabsf(as_float(x[i * D + col0 + c]) - shift[c])));
+  part[r][c] = m;
+  __syncthreads();
+  if (t < kTile) {
+    double mm = part[0][t];
+    for (int l = 1; l < kSlices; ++l) mm = nan_max(mm, part[l][t]);
+    cexp[t] = scale_exponent(mm);
+    scale[t] = ldexpf(1.0f, -cexp[t]);
+  }
+  __syncthreads();
+  const int64_t j0 = static_cast<int64_t>(blockIdx.z) * split.per_split;
+  const int64_t j1 = j0 + split.per_split < N ? j0 + split.per_split : N;
+  auto wload = [&](int64_t l, int64_t j) { return Wf[l * N + j0 + j]; };
+  auto xload = [&](int64_t j, int64_t k) {
+    return (as_float(x[(j0 + j) * D + k]) - shift[k - col0]) * scale[k - col0];
+  };
+  float acc[kMicro][kMicro] = {};
+  if (j1 > j0) gemm_f32<false>(wload, n, xload, D, j1 - j0, row0, col0, acc);
+  double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
+#pragma unroll
+  for (int rr = 0; rr < kMicro; ++rr)
+#pragma unroll
+    for (int cc = 0; cc < kMicro; ++cc) {
+      const int64_t l = row0 + threadIdx.y + 16 * rr, k = col0 + threadIdx.x + 16 * cc;
+      if (l >= n || k >= D) continue;
+      const double wx = ldexp(static_cast<double>(acc[rr][cc]), rexp[l] + cexp[k - col0]);
+      if (split.splits > 1)
+        part_z[l * D + k] = wx;
+      else
+        dx[l * D + k] = narrow<T>(grad_epilogue(w[l], widen(x[(rows.begin + l) * D + k]) - shift[k - col0], wx));
+    }
+  if (split.splits > 1 && blockIdx.z == 0 && blockIdx.y == 0 && t < kTile && col0 + t < D)
+    split.mean[col0 + t] = shift[t];
+}
+
+// grad_from_weights with float32 products: Wf (n, N) W's rows in float32,
+// each scaled by 2^-rexp[l] (build_weights writes them).
+template <typename T, typename Alloc, typename Check>
+void grad_from_weights32(const T* x, int64_t N, int64_t D, Rows rows, const float* Wf, const int* rexp,
+                         const double* w, T* dx, Alloc& alloc, cudaStream_t stream, const Check& check) {
+  const int64_t n = rows.size(), tiles = ceil_div(D, kTile) * ceil_div(n, kTile);
+  const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
+  const double nn = static_cast<double>(n) * static_cast<double>(N);
+  GradSplit split = grad_split(tiles, N);
+  if (split.splits > 1) {
+    split.partial = take<double>(alloc, split.splits * n * D);
+    split.mean = take<double>(alloc, D);
+  }
+  const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
+  const double blocks = static_cast<double>(tiles * split.splits);
+  Cost cost;
+  cost.bytes = 4.0 * nn + 8.0 * static_cast<double>(n) + xd * sizeof(T) + out;
+  // The product, each block's column shifts and magnitudes over all N rows,
+  // the centring and scaling of each loaded operand.
+  cost.flops32 = 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(ceil_div(N, kTk) * kTk) +
+                 blocks * 3.0 * kTile * static_cast<double>(N) +
+                 2.0 * kTile * static_cast<double>(tiles) * static_cast<double>(N);
+  cost.flops64 = (split.splits > 1 ? 1.0 : 5.0) * nd * static_cast<double>(split.splits);
+  cost.blocks = blocks;
+  launch(check, cost, grad_gemm32_kernel<T>,
+         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
+         stream, Wf, rexp, w, x, N, D, rows, split, dx);
   if (split.splits == 1) return;
   Cost fin;
   fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);

@@ -14,6 +14,7 @@
 
 #include <vector>
 
+#include "../../core/product_precision.h"
 #include "../../core/rkd_loss_op.h"
 #include "../../core/shard_op.h"
 #include "../gpu_backend.cuh"
@@ -38,10 +39,19 @@ struct Check {
   void operator()() const { Platform::check(); }
 };
 
+// The float32 : float64 throughput ratio of the emulated GPU, which
+// ProductPrecision::Auto decides by (rkd_set_product_precision); an H200's 2
+// until set.
+inline int& emulated_fp64_ratio() {
+  static int ratio = 2;
+  return ratio;
+}
+
 template <typename F>
 void with_backend(const F& f) {
   Scratch scratch;
-  gpu::GpuBackend<Scratch, Check> be(scratch, nullptr, Check{});
+  gpu::GpuBackend<Scratch, Check> be(scratch, nullptr, Check{},
+                                     gpu_float32_products(product_precision(), emulated_fp64_ratio()));
   f(be);
 }
 
@@ -60,6 +70,13 @@ inline RkdLossArgs rkd_loss_args(double distance_weight, double angle_weight, do
 }  // namespace rkd
 
 extern "C" {
+
+// The process-wide product precision (rkd::ProductPrecision's code) and the
+// emulated GPU's float32 : float64 ratio, for the op calls that follow.
+void rkd_set_product_precision(int mode, int fp64_ratio) {
+  rkd::set_product_precision(static_cast<rkd::ProductPrecision>(mode));
+  rkd::entry::emulated_fp64_ratio() = fp64_ratio;
+}
 
 // pairwise_distance (normalized = 0) or normalized_distance (1).
 void rkd_distance_matrix(int normalized, int dtype, const void* x, int64_t N, int64_t D, double eps, double* d64,
