@@ -289,22 +289,64 @@ struct LossWeight {
 
 // What a loss's forward keeps for its backward beside the pair matrices
 // (4 float64): the inverse means of both sides, then each side's mean term
-// per unit upstream gradient and scale (reductions 'mean' and 'sum'; zeros
-// for 'none', whose upstream gradient is a matrix).
+// per unit upstream gradient and scale where the forward sums them (below;
+// zeros where it does not).
 constexpr int64_t kLossStats = 4;
 
-// The steps of a distance term's forward with the stats above: both inverse
-// means in one group, then the loss (fin `store`) and both unit mean terms in
-// another (with_mean_terms), or the inverse means alone.
+// Whether the forward sums the mean terms with the loss, so that the
+// backward runs no reduction: for a scalar loss (the upstream gradient of
+// 'none' is a matrix, which the mean terms weight) on a backend that says
+// so with `static constexpr bool kForwardMeanTerms = true` (the GPU, where
+// the backward's reductions would cost launches; on the CPU they cost only
+// their arithmetic, which the forward then need not pay when no backward
+// follows).
+template <typename B>
+bool forward_mean_terms(Reduction red) {
+  return B::kForwardMeanTerms && red != Reduction::None;
+}
+
+// The steps of a distance term's forward: both inverse means in one group,
+// then the loss (fin `store`), with both unit mean terms in its group where
+// forward_mean_terms (else their stats are zeroed).
 inline auto inverse_means(const LossTerm& t, double offset, double* stats) {
   return group(step(SideValues{t}, StoreInvMean{stats, pair_count(t.N), offset}),
                step(SideValues{t.swapped()}, StoreInvMean{stats + 1, pair_count(t.N), offset}));
 }
 
-template <typename Store>
-auto loss_and_mean_terms(const LossTerm& t, const Store& store, double* stats) {
-  return group(step(t, store), step(UnitGradTimesValue{t}, StoreMeanTerm{stats + 2, stats, pair_count(t.N)}),
-               step(UnitGradTimesValue{t.swapped()}, StoreMeanTerm{stats + 3, stats + 1, pair_count(t.N)}));
+template <typename B, typename Store>
+void distance_term_sums(B& be, const LossTerm& t, double offset, const Store& store, Reduction red, double* stats) {
+  const auto inv = inverse_means(t, offset, stats);
+  if (forward_mean_terms<B>(red))
+    return be.reduce_seq(t.N, inv,
+                         group(step(t, store), step(UnitGradTimesValue{t}, StoreMeanTerm{stats + 2, stats, pair_count(t.N)}),
+                               step(UnitGradTimesValue{t.swapped()}, StoreMeanTerm{stats + 3, stats + 1, pair_count(t.N)})));
+  be.fill_zero(Buffer{stats + 2, Dtype::Float64}, kLossStats - 2);
+  be.reduce_seq(t.N, inv, step(t, store));
+}
+
+// The backward's mean terms of the sides wanted (g_s's, g_t's; the inverse
+// means read from the forward's stats): the forward's per unit upstream
+// gradient where it summed them, else summed here in one group.
+struct MeanTerms {
+  const double* c;  // c[0] the student's, c[1] the teacher's
+  bool unit;
+};
+
+template <typename B>
+MeanTerms mean_terms(B& be, const LossGrad& g_s, const LossGrad& g_t, const double* stats, Reduction red,
+                     bool want_s, bool want_t) {
+  if (forward_mean_terms<B>(red)) return {stats + 2, true};
+  const int64_t N = g_s.t.N;
+  double* c = be.template scratch<double>(2);
+  const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{c, g_s.t.inv_a, pair_count(N)});
+  const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{c + 1, g_t.t.inv_a, pair_count(N)});
+  if (want_s && want_t)
+    be.reduce_seq(N, group(c_s, c_t));
+  else if (want_s)
+    be.reduce_seq(N, c_s);
+  else
+    be.reduce_seq(N, c_t);
+  return {c, false};
 }
 
 // ---- the ops ---------------------------------------------------------------------------
@@ -392,16 +434,15 @@ void rkd_distance_loss(B& be, const Features& s, const Features& t, const Distan
   }
   // The diagonal needs no special case: 0 on both sides gives l(0) = 0.
   const LossTerm term{ds, dt, N, stats, stats + 1, Huber<double>(a.beta)};
-  const auto inv = inverse_means(term, a.mean_offset, stats);
   if (none) {
     be.fill_zero(Buffer{stats + 2, Dtype::Float64}, kLossStats - 2);
-    be.reduce_seq(N, inv);
+    be.reduce_seq(N, inverse_means(term, a.mean_offset, stats));
     return be.map(term, N, loss);
   }
   const double div = mean_divisor(a.reduction, static_cast<double>(N) * static_cast<double>(N));
   with_loss_out(loss, [&](auto* out) {
     using Out = std::remove_pointer_t<decltype(out)>;
-    be.reduce_seq(N, inv, loss_and_mean_terms(term, StoreLoss<Out>{out, div}, stats));
+    distance_term_sums(be, term, a.mean_offset, StoreLoss<Out>{out, div}, a.reduction, stats);
   });
 }
 
@@ -428,24 +469,10 @@ void rkd_distance_loss_backward(B& be, const Operand& grad, const Features& s, c
   // The teacher's gradient is the student's with the roles swapped.
   const LossGrad g_s{LossTerm{ds, dt, N, stats, stats + 1, huber}, up, scale, none};
   const LossGrad g_t{LossTerm{dt, ds, N, stats + 1, stats, huber}, up, scale, none};
-  // The mean terms: the forward's per unit upstream gradient, or for 'none'
-  // summed here, those of the sides wanted in one group.
-  const double* c = stats + 2;
-  if (none) {
-    double* cn = be.template scratch<double>(2);
-    const auto c_s = step(LossGradTimesValue{g_s}, StoreMeanTerm{cn, stats, pair_count(N)});
-    const auto c_t = step(LossGradTimesValue{g_t}, StoreMeanTerm{cn + 1, stats + 1, pair_count(N)});
-    if (gs.data && gt.data)
-      be.reduce_seq(N, group(c_s, c_t));
-    else if (gs.data)
-      be.reduce_seq(N, c_s);
-    else
-      be.reduce_seq(N, c_t);
-    c = cn;
-  }
+  const MeanTerms c = mean_terms(be, g_s, g_t, stats, a.reduction, gs.data != nullptr, gt.data != nullptr);
   const double sqrt_eps = std::sqrt(a.eps);
-  if (gs.data) grad_through(be, s, LossWeight{g_s, c, !none, a.eps, sqrt_eps, a.squared}, Precision::Fast, gs);
-  if (gt.data) grad_through(be, t, LossWeight{g_t, c + 1, !none, a.eps, sqrt_eps, a.squared}, Precision::Fast, gt);
+  if (gs.data) grad_through(be, s, LossWeight{g_s, c.c, c.unit, a.eps, sqrt_eps, a.squared}, Precision::Fast, gs);
+  if (gt.data) grad_through(be, t, LossWeight{g_t, c.c + 1, c.unit, a.eps, sqrt_eps, a.squared}, Precision::Fast, gt);
 }
 
 }  // namespace rkd

@@ -104,7 +104,7 @@ void rkd_loss(B& be, const Features& s, const Features& t, const RkdLossArgs& a,
     // mean terms, in one sequence of reductions.
     auto distance = [&](auto store) {
       const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, stats);
-      be.reduce_seq(N, inverse_means(term, a.distance.mean_offset, stats), loss_and_mean_terms(term, store, stats));
+      distance_term_sums(be, term, a.distance.mean_offset, store, a.distance.reduction, stats);
     };
     if (!on.angle) {
       be.pair_matrices(s, t, PairKind::Sq, 0.0, Precision::Fast, sq_s, sq_t);
@@ -139,10 +139,12 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
   // Each term's weight scales its upstream gradient: the distance term's
   // through LossGrad's scale, the angle term's folded into its divisor.
   const double scale = a.distance_weight / pairs_divisor(a, N);
-  // The distance term, its pair values read off s, its inverse means and
-  // mean terms the forward's.
+  // The distance term, its pair values read off s, its inverse means the
+  // forward's, and its mean terms (distance_op.h's mean_terms).
   const LossTerm term = distance_term(sq_s, sq_t, N, a.distance, stats);
   const LossGrad g_s{term, up, scale, false}, g_t{term.swapped(), up, scale, false};
+  MeanTerms c{stats + 2, true};
+  if (on.distance) c = mean_terms(be, g_s, g_t, stats, a.distance.reduction, gs.data != nullptr, gt.data != nullptr);
   const double sqrt_eps = std::sqrt(a.distance.eps);
   with_triplet_type<B>(loss_dtype == Dtype::Float64, [&](auto acc) {
     using Acc = decltype(acc);
@@ -159,8 +161,8 @@ void rkd_loss_backward(B& be, const Operand& grad, const Features& s, const Feat
       if (!on.distance) return grad_through(be, x, angle, Precision::F64, dx);
       grad_through(be, x, SummedWeights<LossWeight, AngleWeight>{dist, angle}, Precision::F64, dx);
     };
-    side(s, LossWeight{g_s, stats + 2, true, a.distance.eps, sqrt_eps, a.distance.squared}, es, et, gs);
-    side(t, LossWeight{g_t, stats + 3, true, a.distance.eps, sqrt_eps, a.distance.squared}, et, es, gt);
+    side(s, LossWeight{g_s, c.c, c.unit, a.distance.eps, sqrt_eps, a.distance.squared}, es, et, gs);
+    side(t, LossWeight{g_t, c.c + 1, c.unit, a.distance.eps, sqrt_eps, a.distance.squared}, et, es, gt);
   });
 }
 

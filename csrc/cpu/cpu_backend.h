@@ -87,6 +87,9 @@ class CpuBackend {
   using Triplet = double;
   using Weights = CpuWeights;
 
+  // A loss's backward sums its mean terms itself (distance_op.h's
+  // forward_mean_terms): a forward without a backward does not pay for them.
+  static constexpr bool kForwardMeanTerms = false;
   static constexpr double kFastMin = 1e-10, kFastMax = 1e10;
   // Which Gram kernel a batch of N features of size D takes: the split-K
   // dot-product kernel up to N = 64, and up to N = 256 for features of at

@@ -43,6 +43,10 @@ class GpuBackend {
   template <typename T>
   using Triplet = T;
   using Weights = GpuWeights;
+  // A loss's forward sums its mean terms with the loss, in the same launches,
+  // so that its backward launches no reduction (distance_op.h's
+  // forward_mean_terms).
+  static constexpr bool kForwardMeanTerms = true;
 
   GpuBackend(Alloc& alloc, cudaStream_t stream, Check check, bool float32_products = false)
       : alloc_(alloc), stream_(stream), check_(check), f32_(float32_products) {}
