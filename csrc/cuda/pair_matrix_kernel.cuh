@@ -57,17 +57,28 @@ constexpr int kGemmThreads = 256;
 // rounding, depends on the sizes alone, not on the device.
 constexpr int64_t kSplitBlocks = 264;
 
-// acc[r][c] += sum_k A[row0 + ty + 16 r][k] B[k][col0 + tx + 16 c] over k < K.
-// A is row-major with leading dimension lda and M rows. B has Nc columns and
-// is read as B[k][n] = bload(k, n); kBT: B is the transpose of a row-major
-// matrix (the Gram product), so its k run along memory. Entries outside the
-// matrices read as 0. Called by all threads of a (16, 16) block.
-template <bool kBT, typename BLoad>
-RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, const BLoad& bload, int64_t Nc, int64_t K,
-                      int64_t row0, int64_t col0, double (&acc)[kMicro][kMicro]) {
-  __shared__ double As[kTk][kTile + 1];
-  __shared__ double Bs[kTk][kTile + 1];
+// Features per float32 partial sum of a product: kFlushSteps steps of kTk.
+// A thread's sum over a slice of K features carries a rounding error of
+// about (kFlushSteps kTk + K / (kFlushSteps kTk)) float32 roundings at worst
+// instead of K.
+constexpr int kFlushSteps = 8;
+
+// acc[r][c] += sum_k A(row0 + ty + 16 r, k) B(k, col0 + tx + 16 c) over k < K,
+// in S (double, or float with float32 FMAs): A read as aload(row, k) for its
+// M rows, B (Nc columns) as bload(k, n); kBT: B is the transpose of a
+// row-major matrix (the Gram product), so its k run along memory. Entries
+// outside the matrices read as 0. In float, each thread's products go to
+// partial sums of kFlushSteps steps, added to acc. Called by all threads of
+// a (16, 16) block.
+template <bool kBT, typename S, typename ALoad, typename BLoad>
+RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64_t Nc, int64_t K, int64_t row0,
+                        int64_t col0, S (&acc)[kMicro][kMicro]) {
+  constexpr bool kF32 = sizeof(S) == sizeof(float);
+  __shared__ S As[kTk][kTile + 1];
+  __shared__ S Bs[kTk][kTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+  S part[kMicro][kMicro] = {};
+  int steps = 0;
   for (int64_t k0 = 0; k0 < K; k0 += kTk) {
     // kTile x kTk elements per operand, kTile * kTk / kGemmThreads per thread;
     // runs of 16 consecutive threads read 16 consecutive k of one row.
@@ -76,20 +87,20 @@ RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, cons
       const int m = e / kTk, kk = e % kTk;
       const int64_t k = k0 + kk;
       const int64_t row = row0 + m;
-      As[kk][m] = (row < M && k < K) ? a[row * lda + k] : 0.0;
+      As[kk][m] = (row < M && k < K) ? aload(row, k) : S(0);
       if (kBT) {
         const int64_t col = col0 + m;
-        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : 0.0;
+        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : S(0);
       } else {
         const int n = e % kTile, kb = e / kTile;
         const int64_t col = col0 + n, kr = k0 + kb;
-        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : 0.0;
+        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : S(0);
       }
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTk; ++kk) {
-      double av[kMicro], bv[kMicro];
+      S av[kMicro], bv[kMicro];
 #pragma unroll
       for (int r = 0; r < kMicro; ++r) av[r] = As[kk][ty + 16 * r];
 #pragma unroll
@@ -97,9 +108,23 @@ RKD_DEV void gemm_f64(const double* __restrict__ a, int64_t lda, int64_t M, cons
 #pragma unroll
       for (int r = 0; r < kMicro; ++r)
 #pragma unroll
-        for (int c = 0; c < kMicro; ++c) acc[r][c] += av[r] * bv[c];
+        for (int c = 0; c < kMicro; ++c) {
+          if constexpr (kF32)
+            part[r][c] = fmaf(av[r], bv[c], part[r][c]);
+          else
+            acc[r][c] += av[r] * bv[c];
+        }
     }
     __syncthreads();
+    if constexpr (kF32) {
+      if (++steps == kFlushSteps || k0 + kTk >= K) {
+        steps = 0;
+#pragma unroll
+        for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+          for (int c = 0; c < kMicro; ++c) acc[r][c] += part[r][c], part[r][c] = 0.0f;
+      }
+    }
   }
 }
 
@@ -186,7 +211,8 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
   const int64_t row0 = rows.begin + static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   double acc[kMicro][kMicro] = {};
-  gemm_f64<true>(xc, D, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
+  auto xc_at = [&](int64_t r, int64_t k) { return xc[r * D + k]; };
+  gemm_tiles<true>(xc_at, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
     if (i >= rows.end || j >= N) return;
     out[(i - rows.begin) * N + j] = i == j ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
@@ -249,7 +275,8 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   const int64_t j0 = static_cast<int64_t>(blockIdx.z) * split.per_split;
   const int64_t j1 = j0 + split.per_split < N ? j0 + split.per_split : N;
   auto xc_from = [&](int64_t j, int64_t k) { return xc(j0 + j, k); };
-  if (j1 > j0) gemm_f64<false>(W + j0, N, n, xc_from, D, j1 - j0, row0, col0, acc);
+  auto w_at = [&](int64_t l, int64_t j) { return W[l * N + j0 + j]; };
+  if (j1 > j0) gemm_tiles<false>(w_at, n, xc_from, D, j1 - j0, row0, col0, acc);
   if (split.splits > 1) {
     double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
     for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
@@ -277,7 +304,7 @@ __global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __res
   dx[e] = narrow<T>(grad_epilogue(w[l], xc, wx));
 }
 
-// A gemm_f64 over `tiles` kTile x kTile output tiles and K steps (padding
+// A float64 gemm_tiles over `tiles` kTile x kTile output tiles and K steps (padding
 // included: the threads compute it), plus `epilogue` float64 operations, and
 // the distinct bytes the launch moves.
 inline Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
@@ -420,8 +447,9 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
   const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
   double acc[kMicro][kMicro] = {};
   const double* xk = g.xc + k0;
+  auto xk_at = [&](int64_t r, int64_t k) { return xk[r * g.D + k]; };
   auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
-  if (k1 > k0) gemm_f64<true>(xk, g.D, N, xk_t, N, k1 - k0, row0, col0, acc);
+  if (k1 > k0) gemm_tiles<true>(xk_at, N, xk_t, N, k1 - k0, row0, col0, acc);
   double* slice = g.slices + z * N * N;
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double v) {
     if (i >= N || j >= N || j < i) return;
@@ -618,62 +646,6 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
 // and scaled back exactly in float64. TF32 does not arise: these are plain
 // FMAs, not tensor-core (or cuBLAS) products.
 
-// Features per float32 partial sum of a product: kFlushSteps steps of kTk.
-// A thread's sum over a slice of K features carries a rounding error of
-// about (kFlushSteps kTk + K / (kFlushSteps kTk)) float32 roundings at worst
-// instead of K.
-constexpr int kFlushSteps = 8;
-
-// gemm_f64 in float32: acc[r][c] += sum_k A(row, k) B(k, col), A read as
-// aload(row, k) for rows < M. Called by all threads of a (16, 16) block.
-template <bool kBT, typename ALoad, typename BLoad>
-RKD_DEV void gemm_f32(const ALoad& aload, int64_t M, const BLoad& bload, int64_t Nc, int64_t K, int64_t row0,
-                      int64_t col0, float (&acc)[kMicro][kMicro]) {
-  __shared__ float As[kTk][kTile + 1];
-  __shared__ float Bs[kTk][kTile + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
-  float part[kMicro][kMicro] = {};
-  int steps = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += kTk) {
-    for (int l = 0; l < kTile * kTk / kGemmThreads; ++l) {
-      const int e = t + l * kGemmThreads;
-      const int m = e / kTk, kk = e % kTk;
-      const int64_t k = k0 + kk;
-      const int64_t row = row0 + m;
-      As[kk][m] = (row < M && k < K) ? aload(row, k) : 0.0f;
-      if (kBT) {
-        const int64_t col = col0 + m;
-        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : 0.0f;
-      } else {
-        const int n = e % kTile, kb = e / kTile;
-        const int64_t col = col0 + n, kr = k0 + kb;
-        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : 0.0f;
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTk; ++kk) {
-      float av[kMicro], bv[kMicro];
-#pragma unroll
-      for (int r = 0; r < kMicro; ++r) av[r] = As[kk][ty + 16 * r];
-#pragma unroll
-      for (int c = 0; c < kMicro; ++c) bv[c] = Bs[kk][tx + 16 * c];
-#pragma unroll
-      for (int r = 0; r < kMicro; ++r)
-#pragma unroll
-        for (int c = 0; c < kMicro; ++c) part[r][c] = fmaf(av[r], bv[c], part[r][c]);
-    }
-    __syncthreads();
-    if (++steps == kFlushSteps || k0 + kTk >= K) {
-      steps = 0;
-#pragma unroll
-      for (int r = 0; r < kMicro; ++r)
-#pragma unroll
-        for (int c = 0; c < kMicro; ++c) acc[r][c] += part[r][c], part[r][c] = 0.0f;
-    }
-  }
-}
-
 template <typename T>
 RKD_DEV float as_float(T v) {
   return static_cast<float>(widen(v));
@@ -753,7 +725,7 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
   auto load = [&](int64_t row, int64_t k) { return (as_float(g.x[row * g.D + k0 + k]) - g.meanf[k0 + k]) * scale; };
   auto load_t = [&](int64_t k, int64_t col) { return load(col, k); };
   float acc[kMicro][kMicro] = {};
-  if (k1 > k0) gemm_f32<true>(load, N, load_t, N, k1 - k0, row0, col0, acc);
+  if (k1 > k0) gemm_tiles<true>(load, N, load_t, N, k1 - k0, row0, col0, acc);
   double* slice = g.slices + z * N * N;
 #pragma unroll
   for (int r = 0; r < kMicro; ++r)
@@ -877,7 +849,7 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
     return (as_float(x[(j0 + j) * D + k]) - shift[k - col0]) * scale[k - col0];
   };
   float acc[kMicro][kMicro] = {};
-  if (j1 > j0) gemm_f32<false>(wload, n, xload, D, j1 - j0, row0, col0, acc);
+  if (j1 > j0) gemm_tiles<false>(wload, n, xload, D, j1 - j0, row0, col0, acc);
   double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
 #pragma unroll
   for (int rr = 0; rr < kMicro; ++rr)
