@@ -240,6 +240,25 @@ inline GradSplit grad_split(int64_t tiles, int64_t N) {
   return {ceil_div(N, per_split), per_split, nullptr, nullptr};
 }
 
+// The column means in S of a W x X block's kTile features [col0, col0 +
+// kTile) of x (N, D): the block's threads in kGemmThreads / kTile row slices,
+// summed in order; the mean of column col0 + t on the threads t < kTile
+// (part: the block's scratch).
+template <typename S, typename T>
+RKD_DEV S tile_column_mean(const T* x, int64_t N, int64_t D, int64_t col0, S (&part)[kGemmThreads / kTile][kTile]) {
+  constexpr int kSlices = kGemmThreads / kTile;
+  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
+  S sum = S(0);
+  if (col0 + c < D)
+    for (int64_t i = r; i < N; i += kSlices) sum += static_cast<S>(widen(x[i * D + col0 + c]));
+  part[r][c] = sum;
+  __syncthreads();
+  S total = S(0);
+  if (t < kTile)
+    for (int l = 0; l < kSlices; ++l) total += part[l][t];
+  return total / static_cast<S>(N);
+}
+
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
 // rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
 // The block centres its kTile features itself: it reads all N rows of them
@@ -257,18 +276,9 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   __shared__ double mean[kTile];
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  // The column means of the block's features: kSlices row slices, summed in order.
-  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
-  double sum = 0.0;
-  if (col0 + c < D)
-    for (int64_t i = r; i < N; i += kSlices) sum += widen(x[i * D + col0 + c]);
-  part[r][c] = sum;
-  __syncthreads();
-  if (t < kTile) {
-    double total = 0.0;
-    for (int l = 0; l < kSlices; ++l) total += part[l][t];
-    mean[t] = total / static_cast<double>(N);
-  }
+  const int t = threadIdx.y * 16 + threadIdx.x;
+  const double mu = tile_column_mean<double>(x, N, D, col0, part);
+  if (t < kTile) mean[t] = mu;
   __syncthreads();
   auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
   double acc[kMicro][kMicro] = {};
@@ -350,8 +360,26 @@ struct CentreSide {
 // centre_columns_kernel's block: kCentreCols columns by kCentreRows row slices.
 constexpr int kCentreCols = 8, kCentreRows = 32;
 
+// The mean of column k of x (N, D) in a (kCentreCols, kCentreRows) block,
+// thread (tx, ty) summing rows ty, ty + kCentreRows, ... and the row slices
+// added in order: the value on the threads with ty == 0 (part: the block's
+// scratch).
+template <typename T>
+RKD_DEV double column_mean(const T* x, int64_t N, int64_t D, int64_t k, double (&part)[kCentreRows][kCentreCols + 1]) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  double acc = 0.0;
+  if (k < D)
+    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(x[i * D + k]);
+  part[ty][tx] = acc;
+  __syncthreads();
+  double total = 0.0;
+  if (ty == 0)
+    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
+  return total / static_cast<double>(N);
+}
+
 // xc = x - mean for kCentreCols columns of one input: the block computes
-// their means (the row slices summed in a fixed order), then writes them.
+// their means, then writes them.
 template <typename T>
 __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_columns_kernel(Sides<CentreSide<T>> in) {
   __shared__ double part[kCentreRows][kCentreCols + 1];
@@ -360,16 +388,8 @@ __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_columns_kern
   const CentreSide<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
-  double acc = 0.0;
-  if (k < D)
-    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(c.x[i * D + k]);
-  part[ty][tx] = acc;
-  __syncthreads();
-  if (ty == 0) {
-    double total = 0.0;
-    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
-    mean[tx] = total / static_cast<double>(N);
-  }
+  const double mu = column_mean(c.x, N, D, k, part);
+  if (ty == 0) mean[tx] = mu;
   __syncthreads();
   if (k < D)
     for (int64_t i = ty; i < N; i += kCentreRows) c.xc[i * D + k] = widen(c.x[i * D + k]) - mean[tx];
@@ -680,15 +700,9 @@ __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_stats_kernel
   const GramSide32<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
-  double acc = 0.0;
-  if (k < D)
-    for (int64_t i = ty; i < N; i += kCentreRows) acc += widen(c.x[i * D + k]);
-  part[ty][tx] = acc;
-  __syncthreads();
+  const double mu = column_mean(c.x, N, D, k, part);
   if (ty == 0) {
-    double total = 0.0;
-    for (int r = 0; r < kCentreRows; ++r) total += part[r][tx];
-    mean[tx] = static_cast<float>(total / static_cast<double>(N));
+    mean[tx] = static_cast<float>(mu);
     if (k < D) c.meanf[k] = mean[tx];
   }
   __syncthreads();
@@ -818,16 +832,8 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
-  float sum = 0.0f;
-  if (col0 + c < D)
-    for (int64_t i = r; i < N; i += kSlices) sum += as_float(x[i * D + col0 + c]);
-  part[r][c] = sum;
-  __syncthreads();
-  if (t < kTile) {
-    float total = 0.0f;
-    for (int l = 0; l < kSlices; ++l) total += part[l][t];
-    shift[t] = total / static_cast<float>(N);
-  }
+  const float mu = tile_column_mean<float>(x, N, D, col0, part);
+  if (t < kTile) shift[t] = mu;
   __syncthreads();
   float m = 0.0f;
   if (col0 + c < D)
