@@ -35,8 +35,9 @@ def _emulator(tmp):
 
 
 def _distance(emu, s, t):
-    loss, ds, dt = emu.rkd_distance_loss(s, t, 1.0, EPS, "mean", False, 0.0)
-    gs, _ = emu.rkd_distance_loss_backward(torch.ones(()), s, t, ds, dt, 1.0, EPS, "mean", False, 0.0, True, False)
+    loss, ds, dt, stats = emu.rkd_distance_loss(s, t, 1.0, EPS, "mean", False, 0.0)
+    gs, _ = emu.rkd_distance_loss_backward(torch.ones(()), s, t, ds, dt, stats, 1.0, EPS, "mean", False, 0.0, True,
+                                           False)
     return loss, gs
 
 
@@ -49,8 +50,30 @@ def _angle(emu, s, t):
 def _angle_from_float32_products(emu, s, t):
     """The angle loss value from squared distances made with float32 products."""
     n = s.shape[0]
-    _, qs, qt = emu.rkd_loss(s, t, 1.0, 0.0, 1.0, EPS, EPS, "mean", False, 0.0, True)
+    _, qs, qt, _ = emu.rkd_loss(s, t, 1.0, 0.0, 1.0, EPS, EPS, "mean", False, 0.0, True)
     return emu.angle_loss_rows(qs, qt, 0, n, 1.0, EPS, True, True) / n**3
+
+
+LOSSES = {"distance": (_distance, R.distance_loss), "angle": (_angle, R.angle_loss)}
+
+
+def errors(emu, loss, kind, n, d):
+    """[(value error, gradient error)] of `loss` on a `kind` batch: float32 products, float64 products, the
+    reference in float32."""
+    ours, ref = LOSSES[loss]
+    s64, t64, truth, truth_grad = float64_truth(ref, kind, (0, 1), n, d)
+    s, t = s64.float(), t64.float()
+    row = []
+    for mode in ("float32", "float64"):
+        emu.set_product_precision(mode)
+        val, grad = ours(emu, s, t)
+        row.append((max_rel_err(val, truth), max_rel_err(grad, truth_grad)))
+    emu.set_product_precision("auto")
+    sr = s.clone().requires_grad_(True)
+    rv = ref(sr, t)
+    (rg,) = torch.autograd.grad(rv, sr)
+    row.append((max_rel_err(rv, truth), max_rel_err(rg, truth_grad)))
+    return row
 
 
 def main(argv=None):
@@ -65,20 +88,9 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         emu = _emulator(tmp)
-        for name, ours, ref in (("distance", _distance, R.distance_loss), ("angle", _angle, R.angle_loss)):
+        for name in LOSSES:
             for kind in ("random", "offset", "near"):
-                s64, t64, truth, truth_grad = float64_truth(ref, kind, (0, 1), args.n, args.d)
-                s, t = s64.float(), t64.float()
-                row = []
-                for mode in ("float32", "float64"):
-                    emu.set_product_precision(mode)
-                    val, grad = ours(emu, s, t)
-                    row.append((max_rel_err(val, truth), max_rel_err(grad, truth_grad)))
-                emu.set_product_precision("auto")
-                sr = s.clone().requires_grad_(True)
-                rv = ref(sr, t)
-                (rg,) = torch.autograd.grad(rv, sr)
-                row.append((max_rel_err(rv, truth), max_rel_err(rg, truth_grad)))
+                row = errors(emu, name, kind, args.n, args.d)
                 print(f"| {name} | {kind} | " + " | ".join(f"{v:.1e}" for v, _ in row) + " | " +
                       " | ".join(f"{g:.1e}" for _, g in row) + " |")
         print("\nThe angle loss value with float32 products for its squared distances (not what rkd_ext runs):\n")
