@@ -166,3 +166,13 @@ def test_grad_split(rec):
     assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 8, 2)), ("grad_finish", (1024, 1, 1))]
     grad = [l for l in rec.run("pairwise_distance", 1024, 512) if l.kernel.startswith("grad_")]
     assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 16, 1))]
+
+
+def test_slow_fp64_reductions_leave_one_block_sooner(rec):
+    # On a GPU with slow float64 (ratio 64) the reductions run in one block only up to N = 16; an
+    # H200 (ratio 2) keeps one block up to N = 64.
+    fast = kernels(rec.run("rkd_distance_loss", 32, 512, fp64_ratio=2))
+    slow = kernels(rec.run("rkd_distance_loss", 32, 512, fp64_ratio=64))
+    assert "reduce_seq" in fast and "group_row_sums" not in fast
+    assert "reduce_seq" not in slow and slow.count("group_row_sums") == 2
+    assert "reduce_seq" in kernels(rec.run("rkd_distance_loss", 16, 512, fp64_ratio=64))

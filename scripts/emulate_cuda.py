@@ -477,7 +477,9 @@ def run_products32(emu, rep, n, ds, dt, dtype, kind):
     eps = 1e-12
     tol = max(PRODUCT32_RTOL, TOL[dtype])
     gtol = max(PRODUCT32_NEAR_GRAD_RTOL, tol) if kind == "near" else tol
-    emu.set_product_precision("float32")
+    # On an emulated GPU with slow float64 (fp64 at 1/64), where float32 products are chosen: its
+    # reductions take one block only up to N = 16 (common.cuh's kSeqMaxNSlowFp64).
+    emu.set_product_precision("float32", 64)
     try:
         for op in ("pairwise_distance", "normalized_distance"):
             mine = getattr(emu, op)(s, eps)

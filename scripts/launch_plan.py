@@ -8,8 +8,10 @@ float64 flops, working blocks) and executes nothing (csrc/cuda/standalone/
 plan.cpp). The product precision (rkd_ext.set_product_precision) is "auto"
 unless --products says otherwise: each profile's plan is made with that
 profile's float32 : float64 ratio, as a GPU with those rates would choose
-(float32 products for the distance family where the ratio is at least 8). Each op runs forward and then backward as autograd calls it with
-the teacher detached: only the student's gradient is asked for. Inputs are
+(where the ratio is at least 8: float32 products for the distance family,
+and reductions in one block only up to N = 16). Each op runs forward and
+then backward as autograd calls it with the teacher detached: only the
+student's gradient is asked for. Inputs are
 float32, student and teacher (N, D); losses use reduction 'mean'.
 
 THE TIMES ARE ESTIMATES FROM A MODEL, NOT MEASUREMENTS. Per launch:

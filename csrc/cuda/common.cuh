@@ -276,9 +276,13 @@ __global__ void __launch_bounds__(kBlock) reduce_seq_kernel(int64_t N, Groups...
 // N up to which reduce_seq runs in one block (N^2 / kBlock = 16 elements
 // per thread at most). Beyond, one block would keep the rest of the GPU idle
 // longer than the launches it saves (the launch plan flags it at N = 128).
+// On a GPU with slow float64 (fp64 at 1/8 of fp32 or less) one SM's float64
+// arithmetic is slower still: the launch plan's slow-fp64 profile flags the
+// one block from N = 32 there.
 constexpr int64_t kSeqMaxN = 64;
+constexpr int64_t kSeqMaxNSlowFp64 = 16;
 
-// Beyond kSeqMaxN, a launch per group: block b sums row b % N of member
+// Beyond that N, a launch per group: block b sums row b % N of member
 // b / N into rows[b] (each row in a fixed order), after finishing the group
 // before from its row sums (prev, prev_rows; none for the first group):
 // every block sums those in finish_group_kernel's order, so all get the same

@@ -67,8 +67,9 @@ struct CudaCtx {
   static void run(const at::Device& device, const F& f) {
     const c10::cuda::CUDAGuard guard(device);
     Scratch scratch(device);
+    const c10::DeviceIndex index = guard.current_device().index();
     GpuBackend<Scratch, LaunchCheck> be(scratch, c10::cuda::getCurrentCUDAStream().stream(), LaunchCheck{},
-                                        float32_products(guard.current_device().index()));
+                                        float32_products(index), fp64_ratio(index) >= kSlowFp64Ratio);
     f(be);
   }
 };

@@ -48,8 +48,10 @@ class GpuBackend {
   // forward_mean_terms).
   static constexpr bool kForwardMeanTerms = true;
 
-  GpuBackend(Alloc& alloc, cudaStream_t stream, Check check, bool float32_products = false)
-      : alloc_(alloc), stream_(stream), check_(check), f32_(float32_products) {}
+  // slow_fp64: the device's float64 rate is at most 1/kSlowFp64Ratio of its
+  // float32 rate (product_precision.h).
+  GpuBackend(Alloc& alloc, cudaStream_t stream, Check check, bool float32_products = false, bool slow_fp64 = false)
+      : alloc_(alloc), stream_(stream), check_(check), f32_(float32_products), slow_fp64_(slow_fp64) {}
 
   template <typename T>
   T* scratch(int64_t n) {
@@ -120,11 +122,13 @@ class GpuBackend {
     });
   }
 
-  // One launch up to kSeqMaxN; beyond, a launch per group (its row sums,
+  // One launch up to kSeqMaxN (kSeqMaxNSlowFp64 on a GPU with slow float64);
+  // beyond, a launch per group (its row sums,
   // after finishing the group before) and a finish: the same bits.
   template <typename... Items>
   void reduce_seq(int64_t N, const Items&... items) {
-    if (N <= kSeqMaxN) return gpu::reduce_seq_one_block(N, stream_, check_, as_group(items)...);
+    if (N <= (slow_fp64_ ? kSeqMaxNSlowFp64 : kSeqMaxN))
+      return gpu::reduce_seq_one_block(N, stream_, check_, as_group(items)...);
     chain(N, group(), static_cast<const double*>(nullptr), as_group(items)...);
   }
 
@@ -294,6 +298,7 @@ class GpuBackend {
   cudaStream_t stream_;
   Check check_;
   bool f32_;
+  bool slow_fp64_;
 };
 
 }  // namespace gpu

@@ -51,7 +51,8 @@ template <typename F>
 void with_backend(const F& f) {
   Scratch scratch;
   gpu::GpuBackend<Scratch, Check> be(scratch, nullptr, Check{},
-                                     gpu_float32_products(product_precision(), emulated_fp64_ratio()));
+                                     gpu_float32_products(product_precision(), emulated_fp64_ratio()),
+                                     emulated_fp64_ratio() >= kSlowFp64Ratio);
   f(be);
 }
 
