@@ -16,10 +16,11 @@
 // Precision::Fast (gpu_backend.cuh), through the float32 kernels at the end
 // of this file (same launches, same fixed orders).
 //
-// Both products run through one shared-memory tiled float64 GEMM: each
-// output element (of a product, or of one of its slices over the reduction
-// index) is one thread's sum over k in a fixed order, and slices are summed
-// in slice order: repeated calls are bitwise identical.
+// Both products run through one shared-memory tiled GEMM (gemm_tiles, in
+// float64 or float32): each output element (of a product, or of one of its
+// slices over the reduction index) is one thread's sum over k in a fixed
+// order, and slices are summed in slice order: repeated calls are bitwise
+// identical.
 //
 // The pair matrix of one or two inputs (pair_matrices: the student's and the
 // teacher's in the same launches) is three launches whatever the shape:
