@@ -12,6 +12,8 @@
 
 #include <cmath>
 
+#include "core/params.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RKD_HD __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
@@ -33,6 +35,14 @@ RKD_HD T clamp_sq(T s, T eps) {
 template <typename T>
 RKD_HD T dist_from_sq(T s, T eps) {
   return sqrt(clamp_sq(s, eps));
+}
+
+// The stored pair value of kind `what` from the squared distance s of a pair
+// i != j: s itself, max(s, eps), or sqrt(max(s, eps)).
+RKD_HD double pair_value(PairKind what, double s, double eps) {
+  if (what == PairKind::Dist) return dist_from_sq(s, eps);
+  if (what == PairKind::SqClamped) return clamp_sq(s, eps);
+  return s;
 }
 
 // d dist / d s, written in terms of the clamped distance d = dist_from_sq(s)

@@ -316,10 +316,11 @@ inline auto inverse_means(const LossTerm& t, double offset, double* stats) {
 template <typename B, typename Store>
 void distance_term_sums(B& be, const LossTerm& t, double offset, const Store& store, Reduction red, double* stats) {
   const auto inv = inverse_means(t, offset, stats);
+  const double pairs = pair_count(t.N);
   if (forward_mean_terms<B>(red))
     return be.reduce_seq(t.N, inv,
-                         group(step(t, store), step(UnitGradTimesValue{t}, StoreMeanTerm{stats + 2, stats, pair_count(t.N)}),
-                               step(UnitGradTimesValue{t.swapped()}, StoreMeanTerm{stats + 3, stats + 1, pair_count(t.N)})));
+                         group(step(t, store), step(UnitGradTimesValue{t}, StoreMeanTerm{stats + 2, stats, pairs}),
+                               step(UnitGradTimesValue{t.swapped()}, StoreMeanTerm{stats + 3, stats + 1, pairs})));
   be.fill_zero(Buffer{stats + 2, Dtype::Float64}, kLossStats - 2);
   be.reduce_seq(t.N, inv, step(t, store));
 }

@@ -58,38 +58,23 @@ struct Vec<float> {
 // without reassociating it, and fixes the summation order (determinism).
 constexpr int64_t kLanes = 8;
 
-RKD_INLINE double lane_sum(const double* v) {
-  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+// The sum of L lanes as a tree: lane l with lane l + L / 2, recursively.
+template <int64_t L>
+RKD_INLINE double lane_tree(const double* v) {
+  if constexpr (L == 1) {
+    return v[0];
+  } else {
+    double h[L / 2];
+    for (int64_t l = 0; l < L / 2; ++l) h[l] = v[l] + v[l + L / 2];
+    return lane_tree<L / 2>(h);
+  }
 }
+
+// ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)).
+RKD_INLINE double lane_sum(const double* v) { return lane_tree<kLanes>(v); }
 
 // Rows per parallel task such that a task does at least ~16K element operations.
 inline int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_len, 1)); }
-
-// sum_k a_k b_k, fixed order.
-RKD_INLINE double dot_lanes(const double* a, const double* b, int64_t n) {
-  double acc[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[k + l] * b[k + l];
-  for (; k < n; ++k) acc[k % kLanes] += a[k] * b[k];
-  return lane_sum(acc);
-}
-
-// sum_k (a_k - b_k)^2, fixed order.
-RKD_INLINE double sqdist_lanes(const double* a, const double* b, int64_t n) {
-  double acc[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const double t = a[k + l] - b[k + l];
-      acc[l] += t * t;
-    }
-  for (; k < n; ++k) {
-    const double t = a[k] - b[k];
-    acc[k % kLanes] += t * t;
-  }
-  return lane_sum(acc);
-}
 
 // sum_k a_k, fixed order.
 RKD_INLINE double sum_lanes(const double* a, int64_t n) {

@@ -110,7 +110,6 @@ std::unique_ptr<T[]> pack_panels(const S* m, int64_t R, int64_t C, int64_t rs, i
 }
 
 // Eight values of T as float64 lanes.
-typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 template <typename T>
 RKD_INLINE v8d load8_f64(const T* p) {
@@ -178,7 +177,7 @@ RKD_CPU_CLONES void column_stats(const T* x, int64_t N, int64_t D, int64_t b, in
   *amax = fs == 0.0 ? mx : std::numeric_limits<double>::quiet_NaN();
 }
 
-// One row x_i - mean: its squared norm (dot_lanes' order), the row itself
+// One row x_i - mean: its squared norm (in kLanes lanes, then lane_sum), the row itself
 // stored in float64 and/or float32 where rd, rf are not null.
 template <typename T, bool kD, bool kF>
 RKD_INLINE double centre_row_impl(const T* x, const double* mean, int64_t D, double* rd, float* rf) {
@@ -258,13 +257,6 @@ void convert_rows(const Features& x, float* out) {
   });
 }
 
-// The stored pair value of kind `what` from s.
-RKD_INLINE double pair_of(double s, PairKind what, double eps) {
-  if (what == PairKind::Dist) return dist_from_sq(s, eps);
-  if (what == PairKind::SqClamped) return clamp_sq(s, eps);
-  return s;
-}
-
 // ---- the small-batch Gram kernel ----------------------------------------------------
 //
 // G_ij = <xc_i, xc_j> with the vector lanes along the features: blocks of
@@ -282,17 +274,6 @@ RKD_INLINE double pair_of(double s, PairKind what, double eps) {
 // those rows are summed in float64.
 constexpr int64_t kDot = 4;
 constexpr int64_t kChunk = 2048;
-
-template <int64_t L>
-RKD_INLINE double lane_tree(const double* v) {
-  if constexpr (L == 1) {
-    return v[0];
-  } else {
-    double h[L / 2];
-    for (int64_t l = 0; l < L / 2; ++l) h[l] = v[l] + v[l + L / 2];
-    return lane_tree<L / 2>(h);
-  }
-}
 
 // out[r * kDot + q] = sum over [0, len) of (a_r - shift)(b_q - shift) (no
 // shift with kShift false).
@@ -425,7 +406,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
           if (i != j) {
             v = gram_sq(norms[i], norms[j], gram(t, r, q));
             if (gram_near(v, norms[i], norms[j])) v = direct_sq(x, i, j);
-            v = pair_of(v, what, eps);
+            v = pair_value(what, v, eps);
           }
           s[(i - rows.begin) * N + j] = v;
           if (upper) s[j * N + i] = v;

@@ -185,21 +185,13 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMic
     for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
 }
 
-// The pair value of kind kWhat from the squared distance v (i != j).
-template <PairKind kWhat>
-RKD_DEV double value_of_kind(double v, double eps) {
-  if (kWhat == PairKind::Dist) return dist_from_sq(v, eps);
-  if (kWhat == PairKind::SqClamped) return clamp_sq(v, eps);
-  return v;
-}
-
 // The pair value of kind kWhat for i != j from the Gram entry g.
 template <PairKind kWhat>
-RKD_DEV double pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
-                          int64_t j, double g, double eps) {
+RKD_DEV double gram_pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
+                               int64_t j, double g, double eps) {
   double v = gram_sq(norms[i], norms[j], g);
   if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-  return value_of_kind<kWhat>(v, eps);
+  return pair_value(kWhat, v, eps);
 }
 
 // One kTile x kTile block of the rows [begin, end) of the pair matrix
@@ -216,7 +208,7 @@ __global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* _
   gemm_tiles<true>(xc_at, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
   for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
     if (i >= rows.end || j >= N) return;
-    out[(i - rows.begin) * N + j] = i == j ? 0.0 : pair_value<kWhat>(xc, norms, D, i, j, g, eps);
+    out[(i - rows.begin) * N + j] = i == j ? 0.0 : gram_pair_value<kWhat>(xc, norms, D, i, j, g, eps);
   });
 }
 
@@ -518,7 +510,7 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
     }
     __syncthreads();
     if (j < N) {
-      const double value = j == i ? 0.0 : value_of_kind<kWhat>(near[t] ? near_v[t] : v, eps);
+      const double value = j == i ? 0.0 : pair_value(kWhat, near[t] ? near_v[t] : v, eps);
       g.out[i * N + j] = value;
       if (g.u != nullptr) {  // as a map of angle_kernel.cuh's InvEdge over out would
         const double u = g.normalize ? inv_edge(value, g.u_eps) : 1.0;
