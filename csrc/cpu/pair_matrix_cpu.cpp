@@ -295,8 +295,8 @@ RKD_INLINE void dot_block(const T* const* a, const T* const* b, const T* shift, 
   };
   int64_t k = 0;
   for (; k + L <= len; k += L) step(a, b, shift, k);
-  if (k < len) {  // the tail, zero padded
-    T ta[kDot][L] = {}, tb[kDot][L] = {}, ts[L] = {};
+  if (k < len) [[unlikely]] {  // the tail, zero padded
+    alignas(64) T ta[kDot][L] = {}, tb[kDot][L] = {}, ts[L] = {};
     const T* pa[kDot];
     const T* pb[kDot];
     for (int64_t r = 0; r < kDot; ++r) {
@@ -544,14 +544,16 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
     centred_.emplace_back(x.data, std::make_unique<Centred>());
     c = centred_.back().second.get();
     c->mean.resize(static_cast<size_t>(x.D));
-    // Column blocks of a fixed width, each owned by one task: deterministic.
-    constexpr int64_t kBlock = 1024;
+    // Column blocks, each owned by one task: a column's sum runs over the
+    // rows in order whatever the blocking, so the width only sets how the
+    // work splits (256 columns: even N = 128, D = 512 gets two tasks).
+    constexpr int64_t kBlock = 256;
     const int64_t nblk = (x.D + kBlock - 1) / kBlock;
     std::vector<double> amax(static_cast<size_t>(nblk), 0.0);
     visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
       using T = decltype(t);
       const T* p = static_cast<const T*>(x.data);
-      at::parallel_for(0, nblk, std::max<int64_t>(1, 4 * grain_for(x.N * kBlock)), [&](int64_t b, int64_t e) {
+      at::parallel_for(0, nblk, grain_for(x.N * kBlock), [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk)
           column_stats(p, x.N, x.D, blk * kBlock, std::min(x.D, blk * kBlock + kBlock), c->mean.data(),
                        &amax[blk]);
