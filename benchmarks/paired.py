@@ -1,0 +1,220 @@
+"""Speed-ups over the reference measured in interleaved rounds: each round times a block of calls of
+one implementation, then of the other, so that both see the same moment of a shared machine.
+
+    python -m benchmarks.paired [--grid training|global|all] [--ops OP,...] [--modes M,...]
+                                [--impl ours] [--base reference] [--rounds 15] [--block-ms 20]
+                                [--json OUT.json] [--md OUT.md] [--min-speedup X]
+
+The pytest-benchmark suites time each implementation in its own window of up to a second, one
+after the other: on a machine whose speed drifts over seconds (other tenants, a second vCPU that
+is busy), the ratio of two such medians moves with the drift. Here a case runs `--rounds` rounds;
+in each, a block of calls of `--impl` and a block of `--base` (the order alternating between
+rounds), each block as many calls as fit in about `--block-ms`, its time the median call. A
+round's speed-up is base / impl from that round; the case's speed-up is the median over rounds,
+printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
+before any timing and the skips are the suites' (benchmarks/common.py; RKD_BENCH_N, RKD_BENCH_D and
+RKD_BENCH_QUICK apply). --min-speedup exits with 1 when a case's median is below it.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+# Never time the pure-PyTorch fallback by accident.
+os.environ.setdefault("RKD_EXT_REQUIRE_EXT", "1")
+
+import rkd_ext  # noqa: E402  (it reads the environment set above)
+from rkd_ext.testing import make_features  # noqa: E402
+
+from . import common, costs
+from .impls import FORWARD, FORWARD_BACKWARD, IMPLS, KIND, MODES  # noqa: E402
+
+
+def _percentile(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _block(run, calls, device):
+    """The median of `calls` timed calls of run."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02):
+    """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason."""
+    case = dict(op=op, impl=impl, base=base, mode=mode, n=n, d=d, device=device, dtype=dtype)
+    tdtype = getattr(torch, dtype)
+    budget = common.memory_budget(device)
+    held = costs.input_bytes(op, mode, n, d, tdtype)
+    threads = torch.get_num_threads()
+    for which in (impl, base):
+        need = costs.memory_bytes(op, which, mode, n, d)
+        if need + held > budget:
+            return dict(case, skipped=f"{which} needs about {need / 2**20:.3g} MiB above the inputs (estimated)")
+        if torch.device(device).type == "cpu":
+            seconds = costs.cpu_seconds(op, which, mode, n, d, threads)
+            if seconds > common.MAX_CPU_CALL_S:
+                return dict(case, skipped=f"{which}: one call takes about {seconds:.3g} s (estimated)")
+    batch = dict(dtype=tdtype, device=device, draw_dtype=torch.float32)
+    x = make_features(n, d, seed=1, requires_grad=(mode == FORWARD_BACKWARD), **batch)
+    inputs = (x, make_features(n, d, seed=2, **batch)) if KIND[op] == "loss" else (x,)
+    grad_out = (common.relation_grad(op, n, device, tdtype)
+                if KIND[op] == "tensor" and mode == FORWARD_BACKWARD else None)
+    # The suites' check against the float64 oracle, both before any timing: nothing wrong is timed.
+    # Its call is the warm-up.
+    for which in (impl, base):
+        common.gate(dict(case, impl=which), IMPLS[op][which], inputs, grad_out)
+    runs = {}
+    for which in (impl, base):
+        run = common.step(IMPLS[op][which], inputs, grad_out, mode, device)
+        start = time.perf_counter()
+        run()
+        runs[which] = (run, time.perf_counter() - start)
+    calls = {w: max(1, min(1000, int(block_s / max(t, 1e-9)))) for w, (_, t) in runs.items()}
+    medians = {impl: [], base: []}
+    ratios = []
+    for r in range(rounds):
+        order = (impl, base) if r % 2 == 0 else (base, impl)
+        for which in order:
+            medians[which].append(_block(runs[which][0], calls[which], device))
+        ratios.append(medians[base][-1] / medians[impl][-1])
+    return dict(case, rounds=rounds, calls={impl: calls[impl], base: calls[base]},
+                impl_s=statistics.median(medians[impl]), base_s=statistics.median(medians[base]),
+                speedup=statistics.median(ratios), p10=_percentile(ratios, 0.1), p90=_percentile(ratios, 0.9))
+
+
+def _fmt_s(s):
+    return f"{s * 1e3:.3g} ms"
+
+
+def markdown(results, meta):
+    mode_name = {FORWARD: "forward", FORWARD_BACKWARD: "forward+backward"}
+    lines = [f"# Interleaved speed-ups: {meta['impl']} over {meta['base']}", "",
+             f"- command: `{meta['command']}`",
+             f"- {meta['hardware']}; torch {meta['torch']}; {meta['threads']} threads; {meta['dtype']}",
+             f"- commit: {meta['commit']}; {meta['date']} UTC; load average {meta['load'][0]:.1f} at the start, "
+             f"{meta['load_end'][0]:.1f} at the end",
+             f"- {meta['rounds']} rounds per case; a round times a block of calls of each (about "
+             f"{meta['block_ms']:g} ms, the order alternating) and takes the ratio of the blocks' medians; "
+             "the speed-up is the median round, beside the 10th-90th percentile of the rounds.", ""]
+    for op in dict.fromkeys(r["op"] for r in results):
+        for mode in MODES:
+            sel = [r for r in results if r["op"] == op and r["mode"] == mode]
+            if not sel:
+                continue
+            lines += [f"## {op}, {mode_name[mode]}", "",
+                      f"| N | D | {meta['impl']} | {meta['base']} | speed-up | rounds p10-p90 |",
+                      "|---:|---:|---:|---:|---:|---:|"]
+            for r in sel:
+                if "skipped" in r:
+                    lines.append(f"| {r['n']} | {r['d']} | | | skipped | {r['skipped']} |")
+                else:
+                    lines.append(f"| {r['n']} | {r['d']} | {_fmt_s(r['impl_s'])} | {_fmt_s(r['base_s'])} | "
+                                 f"{r['speedup']:.2f}x | {r['p10']:.2f}-{r['p90']:.2f}x |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _commit():
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + (" (uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", choices=sorted(common.GRIDS), default=None,
+                   help="sizes (default: as the suites read the environment, with the training grid)")
+    p.add_argument("--ops", default=",".join(IMPLS), help="comma list of ops")
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of forward, forward_backward")
+    p.add_argument("--impl", default="ours")
+    p.add_argument("--base", default="reference")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--block-ms", type=float, default=20.0)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--md", help="write the markdown table here")
+    p.add_argument("--min-speedup", type=float, default=None,
+                   help="exit with 1 when a case's median speed-up is below this")
+    a = p.parse_args(argv)
+    ops = [o for o in a.ops.split(",") if o]
+    modes = [m for m in a.modes.split(",") if m]
+    for o in ops:
+        if o not in IMPLS:
+            p.error(f"--ops: unknown op {o!r} (have {', '.join(IMPLS)})")
+        for w in (a.impl, a.base):
+            if w not in IMPLS[o]:
+                p.error(f"--impl/--base: {o} has no implementation {w!r} (have {', '.join(IMPLS[o])})")
+    for m in modes:
+        if m not in MODES:
+            p.error(f"--modes: unknown mode {m!r} (have {', '.join(MODES)})")
+    if a.rounds < 1 or a.block_ms <= 0:
+        p.error("--rounds must be at least 1 and --block-ms positive")
+    sizes = common.GRIDS[a.grid] if a.grid is not None else common.select_sizes("training")
+    load = os.getloadavg()
+    results = []
+    for op in ops:
+        for mode in modes:
+            for n, d in sizes:
+                r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3)
+                results.append(r)
+                if "skipped" in r:
+                    print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} skipped: {r['skipped']}", flush=True)
+                else:
+                    print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} {a.impl} {_fmt_s(r['impl_s']):>10s} "
+                          f"{a.base} {_fmt_s(r['base_s']):>10s} {r['speedup']:6.2f}x "
+                          f"[{r['p10']:.2f}-{r['p90']:.2f}]", flush=True)
+    meta = dict(command="python -m benchmarks.paired " + " ".join(sys.argv[1:] if argv is None else argv),
+                impl=a.impl, base=a.base, dtype=a.dtype, rounds=a.rounds, block_ms=a.block_ms,
+                threads=torch.get_num_threads(), torch=torch.__version__, build=rkd_ext.build_info(),
+                hardware=_hardware(a.device), commit=_commit(), load=load, load_end=os.getloadavg(),
+                date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+    if a.json:
+        with open(a.json + ".tmp", "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+    if a.md:
+        with open(a.md + ".tmp", "w") as f:
+            f.write(markdown(results, meta) + "\n")
+        os.replace(a.md + ".tmp", a.md)
+    low = [r for r in results if "speedup" in r and a.min_speedup is not None and r["speedup"] < a.min_speedup]
+    for r in low:
+        print(f"below {a.min_speedup:g}x: {r['op']} {r['mode']} N={r['n']} D={r['d']}: {r['speedup']:.2f}x",
+              file=sys.stderr)
+    return 1 if low else 0
+
+
+def _hardware(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    name = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""benchmarks/paired.py, the interleaved speed-up measurement: it covers every requested case, checks
+each implementation against the float64 oracle before timing it, and its statistics are those of
+its rounds. No timing is asserted (timing belongs to the benchmarks, not to unit tests)."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import impls, paired  # noqa: E402
+
+
+def test_every_case_measured_with_consistent_statistics(tmp_path, monkeypatch):
+    monkeypatch.setenv("RKD_BENCH_N", "8,12")
+    monkeypatch.setenv("RKD_BENCH_D", "16")
+    out = tmp_path / "p.json"
+    md = tmp_path / "p.md"
+    rc = paired.main(["--ops", "pairwise_distance,distance_loss,angle_loss", "--rounds", "3", "--block-ms", "1",
+                      "--json", str(out), "--md", str(md)])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    cases = {(r["op"], r["mode"], r["n"], r["d"]) for r in got["results"]}
+    sizes = [(8, 16), (12, 16)]
+    want = {(op, mode, n, d) for op in ("pairwise_distance", "distance_loss", "angle_loss")
+            for mode in impls.MODES for n, d in sizes}
+    assert cases == want
+    for r in got["results"]:
+        assert r["rounds"] == 3
+        assert math.isfinite(r["speedup"]) and r["speedup"] > 0
+        assert r["p10"] <= r["speedup"] <= r["p90"]
+        assert r["impl_s"] > 0 and r["base_s"] > 0
+    text = md.read_text()
+    assert "## distance_loss, forward+backward" in text and "speed-up" in text
+    assert not os.path.exists(str(out) + ".tmp")
+
+
+def test_speedup_is_the_median_round(monkeypatch):
+    # Blocks with known medians: the base takes 3 units, ours 1, 2, 4 in turn -> rounds 3, 1.5, 0.75.
+    times = iter([1.0, 3.0, 3.0, 2.0, 4.0, 3.0])  # round 0: ours, base; round 1: base, ours; round 2: ours, base
+    monkeypatch.setattr(paired, "_block", lambda run, calls, device: next(times))
+    r = paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3)
+    assert r["speedup"] == pytest.approx(1.5)
+    assert r["p10"] == pytest.approx(0.75) and r["p90"] == pytest.approx(3.0)
+    assert r["impl_s"] == pytest.approx(2.0) and r["base_s"] == pytest.approx(3.0)
+
+
+def test_a_wrong_implementation_is_refused_before_timing(monkeypatch):
+    monkeypatch.setitem(impls.IMPLS["pairwise_distance"], "ours", lambda x: torch.cdist(x, x) * 1.01)
+    with pytest.raises(AssertionError, match="refusing to time a wrong result"):
+        paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 16, rounds=1)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(SystemExit):
+        paired.main(["--ops", "no_such_op"])
+    with pytest.raises(SystemExit):
+        paired.main(["--ops", "pairwise_distance", "--impl", "ours_separate"])
+    with pytest.raises(SystemExit):
+        paired.main(["--rounds", "0"])
