@@ -40,22 +40,23 @@ namespace rkd {
 
 // The features of one op call centred on their batch mean: the mean, the
 // squared norms and largest magnitude of the centred values, and the centred
-// rows themselves (N x D row-major) in float32 and/or float64 once a product
-// has asked for them.
+// rows themselves (N x D row-major, float64) once a product has asked for
+// them (the small-batch float64 product; the panel GEMM packs its own).
 struct Centred {
   std::vector<double> mean;  // D
   double amax = 0.0;         // max |x - mean|, NaN if any value is not finite
-  std::vector<double> n;     // ||x_i - mean||^2, once rows are kept
-  std::unique_ptr<float[]> xf;
-  std::unique_ptr<double[]> xd;
+  std::vector<double> n;     // ||x_i - mean||^2, once has_norms
+  bool has_norms = false;
+  std::unique_ptr<double[]> xd;  // x - mean in float64, once kept
   // The small-batch float32 product's operands: the mean in float32, and x
   // in float32 where it is not float32 already.
   std::vector<float> meanf;
   std::unique_ptr<float[]> xr;
 };
 
-// Which centred rows a product reads.
-enum class Keep { None, F32, F64 };
+// What a product needs beyond the column statistics: nothing, the norms of
+// the centred rows, or the norms and the centred rows in float64.
+enum class Keep { None, Norms, F64 };
 
 // Rows of W = dL/ds + (dL/ds)^T (zero diagonal) in the GEMM's element type
 // (float32 for the fast product, float64 otherwise), and their sums in

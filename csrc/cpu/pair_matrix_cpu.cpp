@@ -38,7 +38,11 @@ template <typename T>
 constexpr int64_t cols() {
   return kVecs * Vec<T>::lanes;
 }
-template <typename T>
+//
+// Row r's k-th value is a[r][k * AS]: AS = 1 for rows stored contiguously,
+// cols<T>() for rows read out of a packed panel (the Gram product's own
+// operand, so that no row-major copy of the centred features is needed).
+template <typename T, int64_t AS>
 inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T* bp, int64_t K, double* out) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::lanes, C = cols<T>();
@@ -51,7 +55,7 @@ inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T*
       V bv[kVecs];
       for (int64_t v = 0; v < kVecs; ++v) bv[v] = Vec<T>::load(bp + k * C + v * L);
       for (int64_t r = 0; r < kRows; ++r) {
-        const T ar = a[r][k];  // vector * scalar broadcasts the scalar
+        const T ar = a[r][k * AS];  // vector * scalar broadcasts the scalar
         for (int64_t v = 0; v < kVecs; ++v) acc[r][v] += ar * bv[v];
       }
     }
@@ -62,10 +66,16 @@ inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T*
 }
 
 RKD_CPU_CLONES void gemm_tile_any(const double* const* a, const double* bp, int64_t K, double* out) {
-  gemm_tile<double>(a, bp, K, out);
+  gemm_tile<double, 1>(a, bp, K, out);
 }
 RKD_CPU_CLONES void gemm_tile_any(const float* const* a, const float* bp, int64_t K, double* out) {
-  gemm_tile<float>(a, bp, K, out);
+  gemm_tile<float, 1>(a, bp, K, out);
+}
+RKD_CPU_CLONES void gemm_tile_panel(const double* const* a, const double* bp, int64_t K, double* out) {
+  gemm_tile<double, cols<double>()>(a, bp, K, out);
+}
+RKD_CPU_CLONES void gemm_tile_panel(const float* const* a, const float* bp, int64_t K, double* out) {
+  gemm_tile<float, cols<float>()>(a, bp, K, out);
 }
 
 // v[l] = s from the Gram entry. Returns how many pairs are too close for that
@@ -84,10 +94,11 @@ RKD_CPU_CLONES void sq_to_dist(double* v, int64_t n, double eps) {
 }
 
 // Packs the columns of an R x C matrix m (element (r, c) at m[r * rs + c * cs])
-// into panels of cols<T>() columns, each R x cols<T>() row-major, zero padded.
-// The loop runs along whichever of r and c is contiguous in m.
+// less shift[r], the difference in float64 rounded to T, into panels of
+// cols<T>() columns, each R x cols<T>() row-major, zero padded. The loop runs
+// along whichever of r and c is contiguous in m.
 template <typename T, typename S>
-std::unique_ptr<T[]> pack_panels(const S* m, int64_t R, int64_t C, int64_t rs, int64_t cs) {
+std::unique_ptr<T[]> pack_panels(const S* m, const double* shift, int64_t R, int64_t C, int64_t rs, int64_t cs) {
   constexpr int64_t W = cols<T>();
   const int64_t np = (C + W - 1) / W;
   std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * R * W, 1))]);
@@ -97,12 +108,15 @@ std::unique_ptr<T[]> pack_panels(const S* m, int64_t R, int64_t C, int64_t rs, i
       const int64_t nc = std::min(W, C - p * W);
       if (nc < W)
         for (int64_t i = 0; i < R * W; ++i) panel[i] = T(0);
+      auto at = [&](int64_t r, int64_t l) RKD_LAMBDA_INLINE {
+        return static_cast<T>(static_cast<double>(m[r * rs + (p * W + l) * cs]) - shift[r]);
+      };
       if (cs < rs) {
         for (int64_t r = 0; r < R; ++r)
-          for (int64_t l = 0; l < nc; ++l) panel[r * W + l] = static_cast<T>(m[r * rs + (p * W + l) * cs]);
+          for (int64_t l = 0; l < nc; ++l) panel[r * W + l] = at(r, l);
       } else {
         for (int64_t l = 0; l < nc; ++l)
-          for (int64_t r = 0; r < R; ++r) panel[r * W + l] = static_cast<T>(m[r * rs + (p * W + l) * cs]);
+          for (int64_t r = 0; r < R; ++r) panel[r * W + l] = at(r, l);
       }
     }
   });
@@ -177,30 +191,26 @@ RKD_CPU_CLONES void column_stats(const T* x, int64_t N, int64_t D, int64_t b, in
   *amax = fs == 0.0 ? mx : std::numeric_limits<double>::quiet_NaN();
 }
 
-// One row x_i - mean: its squared norm (in kLanes lanes, then lane_sum), the row itself
-// stored in float64 and/or float32 where rd, rf are not null.
-template <typename T, bool kD, bool kF>
-RKD_INLINE double centre_row_impl(const T* x, const double* mean, int64_t D, double* rd, float* rf) {
+// One row x_i - mean: its squared norm (in kLanes lanes, then lane_sum), the
+// row itself stored in float64 with kStore.
+template <typename T, bool kStore>
+RKD_INLINE double centre_row_impl(const T* x, const double* mean, int64_t D, double* rd) {
   v8d acc = {};
   int64_t k = 0;
   for (; k + kLanes <= D; k += kLanes) {
     double in[kLanes];
     for (int64_t l = 0; l < kLanes; ++l) in[l] = static_cast<double>(x[k + l]);
     const v8d t = load8(in) - load8(mean + k);
-    if constexpr (kD)
+    if constexpr (kStore)
       for (int64_t l = 0; l < kLanes; ++l) rd[k + l] = t[l];
-    if constexpr (kF)
-      for (int64_t l = 0; l < kLanes; ++l) rf[k + l] = static_cast<float>(t[l]);
     acc += t * t;
   }
   if (k < D) {  // the tail in its lanes; the others add 0
     double in[kLanes] = {}, mu[kLanes] = {};
     for (int64_t l = 0; k + l < D; ++l) in[l] = static_cast<double>(x[k + l]), mu[l] = mean[k + l];
     const v8d t = load8(in) - load8(mu);
-    for (int64_t l = 0; k + l < D; ++l) {
-      if constexpr (kD) rd[k + l] = t[l];
-      if constexpr (kF) rf[k + l] = static_cast<float>(t[l]);
-    }
+    if constexpr (kStore)
+      for (int64_t l = 0; k + l < D; ++l) rd[k + l] = t[l];
     acc += t * t;
   }
   double n[kLanes];
@@ -209,20 +219,16 @@ RKD_INLINE double centre_row_impl(const T* x, const double* mean, int64_t D, dou
 }
 
 template <typename T>
-RKD_CPU_CLONES double centre_row(const T* x, const double* mean, int64_t D, double* rd, float* rf) {
-  if (rd && rf) return centre_row_impl<T, true, true>(x, mean, D, rd, rf);
-  if (rd) return centre_row_impl<T, true, false>(x, mean, D, rd, rf);
-  if (rf) return centre_row_impl<T, false, true>(x, mean, D, rd, rf);
-  return centre_row_impl<T, false, false>(x, mean, D, rd, rf);
+RKD_CPU_CLONES double centre_row(const T* x, const double* mean, int64_t D, double* rd) {
+  return rd ? centre_row_impl<T, true>(x, mean, D, rd) : centre_row_impl<T, false>(x, mean, D, rd);
 }
 
-// The norms of the centred rows, and the rows themselves into xf and/or xd
-// where those are not null.
+// The norms of the centred rows, and the rows themselves into xd where it is
+// not null.
 template <typename T>
-void centre_rows(const T* x, int64_t N, int64_t D, Centred& c, float* xf, double* xd) {
+void centre_rows(const T* x, int64_t N, int64_t D, Centred& c, double* xd) {
   at::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      c.n[i] = centre_row(x + i * D, c.mean.data(), D, xd ? xd + i * D : nullptr, xf ? xf + i * D : nullptr);
+    for (int64_t i = b; i < e; ++i) c.n[i] = centre_row(x + i * D, c.mean.data(), D, xd ? xd + i * D : nullptr);
   });
 }
 
@@ -416,20 +422,26 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
 }
 
 // The pair values of rows [rows.begin, rows.end) against all N columns, row i
-// at s + (i - rows.begin) * N, from the centred rows xc (a panel GEMM). With
-// `upper` (the whole matrix) only tiles on or above the diagonal are
-// computed and only j > i is stored (mirror_lower fills the rest); otherwise
-// every pair of the rows. A pair's value does not depend on which of the two
-// ways it is computed: the GEMM sums each product in the same order, and
-// products commute.
+// at s + (i - rows.begin) * N, from a panel GEMM of the centred features in
+// T: x - mean packed once into panels of kCols rows (feature-major), which
+// give both operands (a row of a tile reads its values out of its panel), so
+// no row-major copy of the centred features is made. With `upper` (the whole
+// matrix) only tiles on or above the diagonal are computed and only j > i is
+// stored (mirror_lower fills the rest); otherwise every pair of the rows. A
+// pair's value does not depend on which of the two ways it is computed: the
+// GEMM sums each product in the same order, and products commute.
 template <typename T>
-void gram_pairs(const Features& x, const Centred& c, const T* xc, Rows rows, bool upper, PairKind what, double eps,
-                double* s) {
+void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, PairKind what, double eps, double* s) {
   const int64_t N = x.N, D = x.D;
   constexpr int64_t kCols = cols<T>();
+  std::unique_ptr<T[]> packed;
+  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    using S = decltype(t);
+    packed = pack_panels<T>(static_cast<const S*>(x.data), c.mean.data(), D, N, 1, D);
+  });
+  const T* bp = packed.get();
   // Gram tiles (row block of kRows, panel of kCols columns), panel-major so a
   // thread reuses one packed panel from cache.
-  const std::unique_ptr<T[]> bp = pack_panels<T>(xc, D, N, 1, D);
   const int64_t nrb = (rows.size() + kRows - 1) / kRows, np = (N + kCols - 1) / kCols;
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t p = 0; p < np; ++p)
@@ -442,13 +454,16 @@ void gram_pairs(const Features& x, const Centred& c, const T* xc, Rows rows, boo
       const int64_t p = tiles[t].first, i0 = rows.begin + tiles[t].second * kRows, j0 = p * kCols;
       const int64_t nj = std::min(kCols, N - j0);
       const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) a[r] = xc + std::min(i0 + r, rows.end - 1) * D;
-      gemm_tile_any(a, bp.get() + p * D * kCols, D, g);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int64_t i = std::min(i0 + r, rows.end - 1);
+        a[r] = bp + (i / kCols) * D * kCols + i % kCols;
+      }
+      gemm_tile_panel(a, bp + p * D * kCols, D, g);
       for (int64_t r = 0; r < kRows && i0 + r < rows.end; ++r) {
         const int64_t i = i0 + r;
         if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
-          for (int64_t l = 0; l < nj; ++l)
-            if (gram_near(v[l], c.n[i], c.n[j0 + l])) v[l] = direct_sq(x, i, j0 + l);
+          for (int64_t l = 0; l < nj; ++l)  // (the diagonal is 0 below)
+            if (j0 + l != i && gram_near(v[l], c.n[i], c.n[j0 + l])) v[l] = direct_sq(x, i, j0 + l);
         if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
         if (what == PairKind::SqClamped)
           for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
@@ -561,17 +576,15 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
     });
     for (double m : amax) c->amax = m > c->amax || m != m ? m : c->amax;
   }
-  const bool want_f = keep == Keep::F32 && !c->xf, want_d = keep == Keep::F64 && !c->xd;
-  if (!want_f && !want_d) return *c;
-  const size_t nd = static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1));
-  if (want_f) c->xf.reset(new float[nd]);
-  if (want_d) c->xd.reset(new double[nd]);
-  c->n.resize(static_cast<size_t>(x.N));  // the same values whichever rows are kept
+  const bool want_d = keep == Keep::F64 && !c->xd, want_n = keep == Keep::Norms && !c->has_norms;
+  if (!want_d && !want_n) return *c;
+  if (want_d) c->xd.reset(new double[static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1))]);
+  c->n.resize(static_cast<size_t>(x.N));  // the same values whether or not the rows are kept
   visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
-    centre_rows(static_cast<const T*>(x.data), x.N, x.D, *c, want_f ? c->xf.get() : nullptr,
-                want_d ? c->xd.get() : nullptr);
+    centre_rows(static_cast<const T*>(x.data), x.N, x.D, *c, want_d ? c->xd.get() : nullptr);
   });
+  c->has_norms = true;
   return *c;
 }
 
@@ -600,12 +613,15 @@ void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double e
     }
     return dot_pairs<float>(x, xr, c.meanf.data(), nullptr, rows, upper, kind, eps, out);
   }
-  const Centred& c = centred(x, f32 ? Keep::F32 : Keep::F64);
-  if (dot) return dot_pairs<double>(x, c.xd.get(), nullptr, c.n.data(), rows, upper, kind, eps, out);
+  if (dot) {
+    const Centred& c = centred(x, Keep::F64);
+    return dot_pairs<double>(x, c.xd.get(), nullptr, c.n.data(), rows, upper, kind, eps, out);
+  }
+  const Centred& c = centred(x, Keep::Norms);
   if (f32)
-    gram_pairs<float>(x, c, c.xf.get(), rows, upper, kind, eps, out);
+    gram_pairs<float>(x, c, rows, upper, kind, eps, out);
   else
-    gram_pairs<double>(x, c, c.xd.get(), rows, upper, kind, eps, out);
+    gram_pairs<double>(x, c, rows, upper, kind, eps, out);
   if (upper) mirror_lower(out, x.N);
 }
 
