@@ -7,17 +7,20 @@ one implementation, then of the other, so that both see the same moment of a sha
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
 after the other: on a machine whose speed drifts over seconds (other tenants, a second vCPU that
-is busy), the ratio of two such medians moves with the drift. Here a case runs `--rounds` rounds;
-in each, a block of calls of `--impl` and a block of `--base` (the order alternating between
-rounds), each block as many calls as fit in about `--block-ms`, its time the median call. A
-round's speed-up is base / impl from that round; the case's speed-up is the median over rounds,
-printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
+is busy), the ratio of two such medians moves with the drift; and where in memory the inputs and
+buffers of a process land can change a memory-bound op's speed by a third, for the one process.
+Here a case runs `--rounds` rounds; in each, a block of calls of `--impl` and a block of `--base`
+(the order alternating between rounds), each block as many calls as fit in about `--block-ms`,
+its time the median call; every round after the first runs on fresh copies of the inputs
+(`--same-inputs`: not). A round's speed-up is base / impl from that round; the case's speed-up is
+the median over rounds, printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
 before any timing and the skips are the suites' (benchmarks/common.py; RKD_BENCH_N, RKD_BENCH_D and
 RKD_BENCH_QUICK apply). --min-speedup exits with 1 when a case's median is below it.
 """
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -50,7 +53,7 @@ def _block(run, calls, device):
     return statistics.median(times)
 
 
-def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02):
+def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True):
     """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason."""
     case = dict(op=op, impl=impl, base=base, mode=mode, n=n, d=d, device=device, dtype=dtype)
     tdtype = getattr(torch, dtype)
@@ -83,7 +86,19 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
     calls = {w: max(1, min(1000, int(block_s / max(t, 1e-9)))) for w, (_, t) in runs.items()}
     medians = {impl: [], base: []}
     ratios = []
+    rng = random.Random(0)
     for r in range(rounds):
+        if fresh and r > 0:
+            # New copies of the inputs behind a spacer of random size: the round runs on other
+            # memory, as another process would (on a shared machine where the memory lands can
+            # change an op's speed by more than the difference measured).
+            spacer = torch.empty(rng.randrange(1, 1 << 20), dtype=torch.uint8, device=device).fill_(1)
+            fresh_inputs = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
+            del spacer
+            runs = {w: (common.step(IMPLS[op][w], fresh_inputs, grad_out, mode, device), t)
+                    for w, (_, t) in runs.items()}
+            for w in (impl, base):
+                runs[w][0]()  # the round's warm-up
         order = (impl, base) if r % 2 == 0 else (base, impl)
         for which in order:
             medians[which].append(_block(runs[which][0], calls[which], device))
@@ -149,6 +164,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block-ms", type=float, default=20.0)
+    p.add_argument("--same-inputs", action="store_true",
+                   help="time every round on the same input tensors (default: fresh copies each round)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--min-speedup", type=float, default=None,
@@ -173,7 +190,8 @@ def main(argv=None):
     for op in ops:
         for mode in modes:
             for n, d in sizes:
-                r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3)
+                r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3,
+                            fresh=not a.same_inputs)
                 results.append(r)
                 if "skipped" in r:
                     print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} skipped: {r['skipped']}", flush=True)
