@@ -434,11 +434,17 @@ def run_rows(emu, rep, n, d, dtype, parts):
     sq_s = CPU.pair_matrix_rows(x.double(), 0, n, "sq", eps)
     sq_t = CPU.pair_matrix_rows(y.double(), 0, n, "sq", eps)
     coef = torch.tensor(0.37, dtype=torch.float64)
+    full = {"dist": emu.pairwise_distance(x, eps)[1], "sq": emu.angle_tensor(x, eps, True)[1]}
     for b, e in parts:
         for kind in ("sq", "sq_clamped", "dist"):
             mine = emu.pair_matrix_rows(x, b, e, kind, eps)
             rep.check(f"pair_matrix_rows {kind} [{b}, {e}) {tag}", mine, CPU.pair_matrix_rows(x.double(), b, e, kind, eps),
                       1e-12)
+            if kind in full and (b, e) == (0, n):  # all rows: the whole matrix's launches, its bits
+                rep.count += 1
+                if not torch.equal(mine, full[kind]):
+                    rep.failures += 1
+                    print(f"FAIL pair_matrix_rows {kind} [0, {n}) {tag}: not the whole matrix's bits")
             g = upstream(mine.shape, torch.float64, 13)
             rep.check(f"pair_matrix_rows_backward {kind} [{b}, {e}) {tag}",
                       emu.pair_matrix_rows_backward(g, x, mine, b, kind, eps),
@@ -495,6 +501,27 @@ def run_products32(emu, rep, n, ds, dt, dtype, kind):
             g = upstream((n, n), dtype, 23)
             rep.check(f"{op}_backward {tag}", getattr(emu, op + "_backward")(g, s, d, eps),
                       getattr(CPU, op + "_backward")(g.double(), s64, ref[1], eps), gtol, FLOOR[dtype])
+        # Rows of the pair matrix (the sharded global batch): the same float32 products for the distance
+        # kinds, float64 for the angle family's squared distances; all rows are the whole matrix's bits.
+        full = emu.pairwise_distance(s, eps)[1]
+        same = (s.unsqueeze(0) == s.unsqueeze(1)).all(-1) & ~torch.eye(n, dtype=torch.bool)
+        for b, e in sorted({(0, n), (n // 3, n), (1, max(1, n - 1))}):
+            for kind in ("dist", "sq_clamped", "sq"):
+                vt = f"pair_matrix_rows {kind} [{b}, {e}) {tag}"
+                mine = emu.pair_matrix_rows(s, b, e, kind, eps)
+                rep.check(vt, mine, CPU.pair_matrix_rows(s64, b, e, kind, eps), PRODUCT32_RTOL if kind != "sq" else 1e-12)
+                rep.count += 1
+                rows = torch.arange(e - b)
+                zero = mine[rows, rows + b] == 0
+                dup = mine[same[b:e]] == (math.sqrt(eps) if kind == "dist" else eps if kind == "sq_clamped" else 0.0)
+                if not (bool(zero.all()) and bool(dup.all()) and (kind != "dist" or (b, e) != (0, n) or
+                                                                   torch.equal(mine, full))):
+                    rep.failures += 1
+                    print(f"FAIL {vt}: diagonal not 0, duplicates not exact, or all rows not the whole matrix's bits")
+                g = upstream(mine.shape, torch.float64, 26)
+                rep.check(f"pair_matrix_rows_backward {kind} [{b}, {e}) {tag}",
+                          emu.pair_matrix_rows_backward(g, s, mine, b, kind, eps),
+                          CPU.pair_matrix_rows_backward(g, s64, mine.clone(), b, kind, eps), gtol, FLOOR[dtype])
         for squared in (False, True):
             args = (1.0, eps, "mean", squared, 0.0)
             mine = emu.rkd_distance_loss(s, t, *args)

@@ -13,7 +13,7 @@
 // float32_products (the process-wide ProductPrecision resolved for the device
 // by the caller: csrc/core/product_precision.h) and the op layer asks for
 // Precision::Fast on features that are not float64: then they run in float32
-// (pair_matrix_kernel.cuh's float32 kernels). pair_rows stays float64. The
+// (pair_matrix_kernel.cuh's float32 kernels), pair_rows included. The
 // triplet arithmetic runs in the result's type (Triplet<T> = T).
 #pragma once
 
@@ -115,10 +115,11 @@ class GpuBackend {
     });
   }
 
-  void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision, double* out) {
+  void pair_rows(const Features& x, Rows rows, PairKind kind, double eps, Precision p, double* out) {
     visit(x.dtype, [&](auto t) {
       using T = decltype(t);
-      gpu::pair_rows(static_cast<const T*>(x.data), x.N, x.D, rows, kind, eps, out, alloc_, stream_, check_);
+      gpu::pair_rows(static_cast<const T*>(x.data), x.N, x.D, rows, kind, eps, float32(p, x.dtype), out, alloc_,
+                     stream_, check_);
     });
   }
 

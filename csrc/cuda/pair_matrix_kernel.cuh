@@ -34,10 +34,11 @@
 //                   deterministic), takes the norms from G's diagonal, and
 //                   recomputes the pairs too close for the Gram form from
 //                   direct differences with the whole block over D.
-// grad_from_weights centres in its own blocks and splits its sum over the
-// samples when its output tiles are few (grad_split). Rows of the pair
-// matrix (pair_rows, for the sharded global batch) are still one unsplit
-// launch after the two-launch centring (column_mean_kernel, centre_kernel).
+// Rows of the pair matrix (pair_rows, for the sharded global batch) take the
+// same three launches: every tile of the rows against all N columns, split
+// over K in the same way, the norms of all N rows from the first row tile's
+// blocks (GramPart). grad_from_weights centres in its own blocks and splits
+// its sum over the samples when its output tiles are few (grad_split).
 #pragma once
 
 #include "common.cuh"
@@ -129,52 +130,6 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
   }
 }
 
-// Column means of x (N x D) in float64: a (32, 8) block per 32 columns, the
-// 8 row slices summed in a fixed order.
-template <typename T>
-__global__ void __launch_bounds__(256) column_mean_kernel(const T* __restrict__ x, int64_t N, int64_t D,
-                                                          double* __restrict__ mean) {
-  __shared__ double part[8][33];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t k = static_cast<int64_t>(blockIdx.x) * 32 + tx;
-  double acc = 0.0;
-  if (k < D)
-    for (int64_t i = ty; i < N; i += 8) acc += widen(x[i * D + k]);
-  part[ty][tx] = acc;
-  __syncthreads();
-  if (ty == 0 && k < D) {
-    double total = 0.0;
-    for (int r = 0; r < 8; ++r) total += part[r][tx];
-    mean[k] = total / static_cast<double>(N);
-  }
-}
-
-// xc = x - mean in float64 and norms[i] = ||xc_i||^2; one block per row.
-template <typename T>
-__global__ void __launch_bounds__(kBlock) centre_kernel(const T* __restrict__ x, const double* __restrict__ mean,
-                                                        int64_t D, double* __restrict__ xc,
-                                                        double* __restrict__ norms) {
-  __shared__ double red[kBlock];
-  const int64_t i = blockIdx.x;
-  double acc = 0.0;
-  for (int64_t k = threadIdx.x; k < D; k += kBlock) {
-    const double v = widen(x[i * D + k]) - mean[k];
-    xc[i * D + k] = v;
-    acc += v * v;
-  }
-  const double n = block_sum<kBlock>(acc, red, threadIdx.x);
-  if (threadIdx.x == 0) norms[i] = n;
-}
-
-RKD_DEV double sqdist_direct(const double* __restrict__ a, const double* __restrict__ b, int64_t D) {
-  double acc = 0.0;
-  for (int64_t k = 0; k < D; ++k) {
-    const double t = a[k] - b[k];
-    acc += t * t;
-  }
-  return acc;
-}
-
 // epi(i, j, acc[r][c]) for the output elements (i, j) = (row0 + ty + 16 r,
 // col0 + tx + 16 c) of a thread's micro-tile.
 template <typename Epi>
@@ -183,33 +138,6 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMic
   for (int r = 0; r < kMicro; ++r)
 #pragma unroll
     for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
-}
-
-// The pair value of kind kWhat for i != j from the Gram entry g.
-template <PairKind kWhat>
-RKD_DEV double gram_pair_value(const double* __restrict__ xc, const double* __restrict__ norms, int64_t D, int64_t i,
-                               int64_t j, double g, double eps) {
-  double v = gram_sq(norms[i], norms[j], g);
-  if (gram_near(v, norms[i], norms[j])) v = sqdist_direct(xc + i * D, xc + j * D, D);
-  return pair_value(kWhat, v, eps);
-}
-
-// One kTile x kTile block of the rows [begin, end) of the pair matrix
-// against all columns, row i at (i - begin) N.
-template <PairKind kWhat>
-__global__ void __launch_bounds__(kGemmThreads) gram_rows_kernel(const double* __restrict__ xc,
-                                                                 const double* __restrict__ norms, int64_t N,
-                                                                 int64_t D, Rows rows, double eps,
-                                                                 double* __restrict__ out) {
-  const int64_t row0 = rows.begin + static_cast<int64_t>(blockIdx.y) * kTile;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  double acc[kMicro][kMicro] = {};
-  auto xc_at = [&](int64_t r, int64_t k) { return xc[r * D + k]; };
-  gemm_tiles<true>(xc_at, rows.end, [&](int64_t k, int64_t c) { return xc[c * D + k]; }, N, D, row0, col0, acc);
-  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double g) {
-    if (i >= rows.end || j >= N) return;
-    out[(i - rows.begin) * N + j] = i == j ? 0.0 : gram_pair_value<kWhat>(xc, norms, D, i, j, g, eps);
-  });
 }
 
 // The W x X product's reduction over the N samples, split when its output
@@ -318,13 +246,6 @@ inline Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
   return c;
 }
 
-// The bytes of a pair-matrix product: xc and its norms read, `out` float64
-// pair values written. The recomputed close pairs depend on the data and are
-// not counted.
-inline double pair_bytes(int64_t N, int64_t D, int64_t out) {
-  return 8.0 * (static_cast<double>(N) * static_cast<double>(D) + static_cast<double>(N) + static_cast<double>(out));
-}
-
 // ---- the pair matrices of one or two inputs ----------------------------------------------
 
 // The inputs of one launch: count (1 or 2) inputs of N rows; an input's
@@ -401,13 +322,57 @@ void centre_columns(const Sides<CentreSide<T>>& cs, cudaStream_t stream, const C
   launch(check, cost, centre_columns_kernel<T>, dim3(grid_dim(blocks)), dim3(kCentreCols, kCentreRows), stream, cs);
 }
 
+// Tiles on or above the diagonal of an N x N matrix of kTile x kTile tiles.
+RKD_HD int64_t upper_tile_count(int64_t N) {
+  const int64_t nt = (N + kTile - 1) / kTile;
+  return nt * (nt + 1) / 2;
+}
+
+// Which part of the Gram matrix G of N rows a launch computes: the whole of
+// it (rows = all N; the upper tiles, each stored at (i, j) and (j, i), so
+// each slice is exactly symmetric, the norms its diagonal), or the rows
+// [rows.begin, rows.end) against all N columns (the sharded global batch:
+// every tile of those rows; the norms of all N rows then go to norm_slices,
+// (splits, N), from the blocks of the first row tile). A slice holds row i
+// of G at (i - rows.begin) N.
+struct GramPart {
+  Rows rows;
+  bool whole;
+  double* norm_slices;
+  RKD_HD int64_t n() const { return rows.end - rows.begin; }
+  RKD_HD int64_t col_tiles(int64_t N) const { return (N + kTile - 1) / kTile; }
+  RKD_HD int64_t tiles(int64_t N) const {
+    return whole ? upper_tile_count(N) : (n() + kTile - 1) / kTile * col_tiles(N);
+  }
+  // Tile t's first row and column.
+  RKD_HD void tile(int64_t N, int64_t t, int64_t& row0, int64_t& col0) const {
+    if (!whole) {
+      row0 = rows.begin + t / col_tiles(N) * kTile;
+      col0 = t % col_tiles(N) * kTile;
+      return;
+    }
+    int64_t ta = 0;
+    for (const int64_t nt = col_tiles(N); t >= nt - ta; ++ta) t -= nt - ta;  // upper tile t's tile row
+    row0 = ta * kTile;
+    col0 = (ta + t) * kTile;
+  }
+  // Whether the tile at (row0, col0) writes the norms of the rows [col0,
+  // col0 + kTile): the diagonal tiles of the whole matrix (where they are
+  // G's diagonal), the first row tile of a row range.
+  RKD_HD bool norm_tile(int64_t row0, int64_t col0) const { return whole ? row0 == col0 : row0 == rows.begin; }
+};
+
+inline GramPart gram_part(int64_t N, Rows rows) { return {rows, rows.begin == 0 && rows.end == N, nullptr}; }
+
 // One input of the Gram product: xc (N, D), its K split into `splits`
-// ranges of per_split (a multiple of kTk), G's slices (splits, N, N), the
-// pair values (N, N), and where not null the angle ops' u = inv_edge(value)
-// (1 unnormalised) in float64 or float32, (N, N).
+// ranges of per_split (a multiple of kTk), the part computed, G's slices
+// (splits, n, N) for its n rows, the pair values (n, N), and where not null
+// the angle ops' u = inv_edge(value) (1 unnormalised) in float64 or float32,
+// (n, N).
 struct GramSide {
   const double* xc;
   int64_t D, splits, per_split;
+  GramPart part;
   double* slices;
   double* out;
   void* u;
@@ -426,98 +391,158 @@ struct EdgeOut {
   bool normalize;
 };
 
-// Tiles on or above the diagonal of an N x N matrix of kTile x kTile tiles.
-RKD_HD int64_t upper_tile_count(int64_t N) {
-  const int64_t nt = (N + kTile - 1) / kTile;
-  return nt * (nt + 1) / 2;
-}
-
-// Splits of the Gram product's K so that the upper tiles times the splits
+// Splits of the Gram product's K so that the part's tiles times the splits
 // give about kSplitBlocks blocks, each over at least kMinSplit features: a
 // function of the sizes alone, so results do not depend on the device.
 constexpr int64_t kMinSplit = 128;
 
-inline GramSide gram_side(const double* xc, int64_t N, int64_t D, double* out) {
-  const int64_t tiles = upper_tile_count(N), chunks = ceil_div(D, kMinSplit);
+struct KSplit {
+  int64_t splits, per_split;
+};
+
+inline KSplit k_split(int64_t tiles, int64_t D) {
+  const int64_t chunks = ceil_div(D, kMinSplit);
   const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles);
   const int64_t splits = chunks < 1 ? 1 : (want < chunks ? want : chunks);
   const int64_t per_split = chunks < 1 ? kMinSplit : ceil_div(chunks, splits) * kMinSplit;
-  return {xc, D, chunks < 1 ? 1 : ceil_div(D, per_split), per_split, nullptr, out, nullptr, false, false, 0.0};
+  return {chunks < 1 ? 1 : ceil_div(D, per_split), per_split};
 }
 
-// Split z of one upper tile: G's slice z over the tile, stored at (i, j)
-// and (j, i), so each slice is exactly symmetric. (A template, S = GramSide,
-// so that every translation unit may define it, like every kernel here.)
+// The block of the Gram launches' flat block index b: its input (b made
+// relative to it), split z and tile (row0, col0), for inputs of `per_side`
+// (tiles, in a partial launch) blocks per split.
+template <typename S>
+RKD_DEV const S& gram_block(const Sides<S>& in, int64_t& z, int64_t& row0, int64_t& col0) {
+  int64_t b = blockIdx.x;
+  const S& g = in.of(b, in.side[0].part.tiles(in.N) * in.side[0].splits);
+  const int64_t tiles = g.part.tiles(in.N);
+  z = b / tiles;
+  g.part.tile(in.N, b % tiles, row0, col0);
+  return g;
+}
+
+// Stores a tile's slice of G: for the whole matrix the upper part at (i, j)
+// and (j, i) (the diagonal with `diagonal`), every element of the rows of a
+// row range.
+template <typename S, typename V>
+RKD_DEV void store_gram_tile(const S& g, int64_t N, int64_t z, int64_t row0, int64_t col0, bool diagonal,
+                             const V& value) {
+  const int64_t n = g.part.n(), b = g.part.rows.begin;
+  double* slice = g.slices + z * n * N;
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) {
+      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
+      if (i >= g.part.rows.end || j >= N) continue;
+      if (!g.part.whole) {
+        slice[(i - b) * N + j] = value(r, c);
+      } else if (j > i || (diagonal && j == i)) {
+        const double v = value(r, c);
+        slice[i * N + j] = v;
+        slice[j * N + i] = v;
+      }
+    }
+}
+
+// The squared norms of the kTile rows [r0, r0 + kTile) of an N-row operand
+// over K features, load(i, k) widened to float64: kGemmThreads / kTile
+// threads per row, their sums added in order; store(i, norm) once per row.
+template <typename Load, typename Store>
+RKD_DEV void tile_norms(const Load& load, int64_t r0, int64_t N, int64_t K, double* red, const Store& store) {
+  constexpr int kPer = kGemmThreads / kTile;
+  const int tid = threadIdx.y * 16 + threadIdx.x;
+  const int64_t i = r0 + tid / kPer;
+  double n = 0.0;
+  if (i < N)
+    for (int64_t k = tid % kPer; k < K; k += kPer) {
+      const double v = load(i, k);
+      n += v * v;
+    }
+  red[tid] = n;
+  __syncthreads();
+  if (tid % kPer == 0 && i < N) {
+    double total = 0.0;
+    for (int l = 0; l < kPer; ++l) total += red[tid + l];
+    store(i, total);
+  }
+}
+
+// Split z of one tile of G. (A template, S = GramSide, so that every
+// translation unit may define it, like every kernel here.)
 template <typename S>
 __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in) {
-  const int64_t N = in.N, tiles = upper_tile_count(N);
-  int64_t b = blockIdx.x;
-  const S& g = in.of(b, tiles * in.side[0].splits);
-  const int64_t z = b / tiles;
-  int64_t t = b % tiles, ta = 0;
-  for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;  // upper tile t's tile row
-  const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
+  __shared__ double red[kGemmThreads];
+  const int64_t N = in.N;
+  int64_t z, row0, col0;
+  const S& g = gram_block(in, z, row0, col0);
   const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
   double acc[kMicro][kMicro] = {};
   const double* xk = g.xc + k0;
   auto xk_at = [&](int64_t r, int64_t k) { return xk[r * g.D + k]; };
   auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
-  if (k1 > k0) gemm_tiles<true>(xk_at, N, xk_t, N, k1 - k0, row0, col0, acc);
-  double* slice = g.slices + z * N * N;
-  for_micro_tile(row0, col0, acc, [&](int64_t i, int64_t j, double v) {
-    if (i >= N || j >= N || j < i) return;
-    slice[i * N + j] = v;
-    slice[j * N + i] = v;
-  });
+  if (k1 > k0) gemm_tiles<true>(xk_at, g.part.rows.end, xk_t, N, k1 - k0, row0, col0, acc);
+  store_gram_tile(g, N, z, row0, col0, true, [&](int r, int c) { return acc[r][c]; });
+  // A row range's norms (the whole matrix has them on its diagonal).
+  if (!g.part.whole && g.part.norm_tile(row0, col0))
+    tile_norms(xk_at, col0, N, k1 - k0, red, [&](int64_t i, double v) { g.part.norm_slices[z * N + i] = v; });
 }
 
-// Row i of one input's pair matrix from G's slices: a block per row,
-// kBlock columns at a time; the close pairs of each kBlock columns are
+// Row i of one input's part of the pair matrix from G's slices: a block per
+// row, kBlock columns at a time; the close pairs of each kBlock columns are
 // recomputed one after another by the whole block.
 template <PairKind kWhat, typename S>
 __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double eps) {
   __shared__ double red[kBlock];
   __shared__ double near_v[kBlock];
   __shared__ int near[kBlock];
-  int64_t i = blockIdx.x;
-  const S& g = in.of(i, in.N);
-  const int64_t N = in.N, NN = N * N, t = threadIdx.x;
-  auto G = [&](int64_t a, int64_t c) {
+  int64_t l = blockIdx.x;  // the row within the part
+  const S& g = in.of(l, in.side[0].part.n());
+  const int64_t N = in.N, nN = g.part.n() * N, i = g.part.rows.begin + l, t = threadIdx.x;
+  auto G = [&](int64_t a, int64_t c) {  // a: the row within the part
     double v = 0.0;
-    for (int64_t z = 0; z < g.splits; ++z) v += g.slices[z * NN + a * N + c];
+    for (int64_t z = 0; z < g.splits; ++z) v += g.slices[z * nN + a * N + c];
     return v;
   };
-  const double n_i = G(i, i);
+  // The norms: G's diagonal for the whole matrix, else the norm slices.
+  const double* nbase = g.part.whole ? g.slices : g.part.norm_slices;
+  const int64_t nz = g.part.whole ? nN : N, nstep = g.part.whole ? N + 1 : 1;
+  auto norm = [&](int64_t j) {
+    double v = 0.0;
+    for (int64_t z = 0; z < g.splits; ++z) v += nbase[z * nz + j * nstep];
+    return v;
+  };
+  const double n_i = norm(i);
   for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
     const int64_t j = j0 + t;
     double v = 0.0, n_j = 0.0;
     near[t] = 0;
     if (j < N && j != i) {
-      n_j = G(j, j);
-      v = gram_sq(n_i, n_j, G(i, j));
+      n_j = norm(j);
+      v = gram_sq(n_i, n_j, G(l, j));
       near[t] = gram_near(v, n_i, n_j);
     }
     __syncthreads();
-    for (int l = 0; l < kBlock; ++l) {
-      if (!near[l]) continue;  // uniform over the block: every thread reads the same flag
+    for (int q = 0; q < kBlock; ++q) {
+      if (!near[q]) continue;  // uniform over the block: every thread reads the same flag
       double acc = 0.0;
       for (int64_t k = t; k < g.D; k += kBlock) {
-        const double d = g.diff(i, j0 + l, k);
+        const double d = g.diff(i, j0 + q, k);
         acc += d * d;
       }
       const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
-      if (t == l) near_v[l] = total;
+      if (t == q) near_v[q] = total;
     }
     __syncthreads();
     if (j < N) {
       const double value = j == i ? 0.0 : pair_value(kWhat, near[t] ? near_v[t] : v, eps);
-      g.out[i * N + j] = value;
+      g.out[l * N + j] = value;
       if (g.u != nullptr) {  // as a map of angle_kernel.cuh's InvEdge over out would
         const double u = g.normalize ? inv_edge(value, g.u_eps) : 1.0;
         if (g.u_f64)
-          static_cast<double*>(g.u)[i * N + j] = u;
+          static_cast<double*>(g.u)[l * N + j] = u;
         else
-          static_cast<float*>(g.u)[i * N + j] = static_cast<float>(u);
+          static_cast<float*>(g.u)[l * N + j] = static_cast<float>(u);
       }
     }
     __syncthreads();  // near and near_v are rewritten for the next columns
@@ -525,63 +550,55 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
 }
 
 // The pair matrices of the `count` inputs x[c] (N, D[c]) into out[c], and
-// their u where edges.u is not null: three launches for all of them.
+// their u where edges.u is not null: three launches for all of them. With
+// `rows` not all N (one input; no u), only those rows, out (rows.size(), N).
 template <typename T, typename Alloc, typename Check>
 void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
                    double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check,
-                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}) {
+                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}, Rows rows = {0, -1}) {
+  if (rows.end < 0) rows = all_rows(N);
+  const GramPart part = gram_part(N, rows);
   Sides<CentreSide<T>> cs{};
   Sides<GramSide> gs{};
   cs.count = gs.count = count;
   cs.N = gs.N = N;
   int64_t partial_grid = 0;
   Cost pc, fc;
-  const double n2 = static_cast<double>(N) * static_cast<double>(N);
+  const double n2 = static_cast<double>(part.n()) * static_cast<double>(N);
   for (int c = 0; c < count; ++c) {
     double* xc = take<double>(alloc, N * D[c]);
     cs.side[c] = {x[c], D[c], xc};
-    gs.side[c] = gram_side(xc, N, D[c], out[c]);
-    gs.side[c].slices = take<double>(alloc, gs.side[c].splits * N * N);
+    const int64_t tiles = part.tiles(N);
+    const KSplit ks = k_split(tiles, D[c]);
+    gs.side[c] = {xc, D[c], ks.splits, ks.per_split, part, take<double>(alloc, ks.splits * part.n() * N), out[c],
+                  nullptr, false, false, 0.0};
+    if (!part.whole) gs.side[c].part.norm_slices = take<double>(alloc, ks.splits * N);
     const double u_size = edges.f64 ? 8.0 : 4.0;
     if (edges.u != nullptr) {
       gs.side[c].u = static_cast<char*>(edges.u) + static_cast<int64_t>(u_size) * c * N * N;
       gs.side[c].u_f64 = edges.f64;
       gs.side[c].normalize = edges.normalize;
       gs.side[c].u_eps = edges.eps;
-      fc.bytes += u_size * N * N;
+      fc.bytes += u_size * n2;
     }
-    const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
-    const int64_t upper = upper_tile_count(N), splits = gs.side[c].splits;
-    partial_grid += upper * splits;
-    pc.bytes += 8.0 * (nd + static_cast<double>(splits) * n2);
-    pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
+    const double nd = static_cast<double>(N) * static_cast<double>(D[c]), splits = static_cast<double>(ks.splits);
+    partial_grid += tiles * ks.splits;
+    pc.bytes += 8.0 * (nd + splits * n2);
+    pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
+    if (!part.whole) {  // the norms, from the first row tile's blocks
+      pc.bytes += 8.0 * splits * static_cast<double>(N);
+      pc.flops64 += 2.0 * nd;
+    }
     // The recomputed close pairs depend on the data and are not counted.
-    fc.bytes += 8.0 * (static_cast<double>(splits) * n2 + n2);
-    fc.flops64 += n2 * (2.0 * static_cast<double>(splits) + 6.0);
+    fc.bytes += 8.0 * (splits * n2 + n2 + (part.whole ? 0.0 : splits * static_cast<double>(N)));
+    fc.flops64 += n2 * (2.0 * splits + 6.0);
   }
   centre_columns(cs, stream, check);
   launch(check, pc, gram_partial_kernel<GramSide>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
   auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist, GramSide>
                 : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped, GramSide>
                                               : gram_finish_kernel<PairKind::Sq, GramSide>;
-  launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
-}
-
-// xc (N x D) and the squared norms of its rows (the row blocks of pair_rows).
-template <typename T, typename Alloc, typename Check>
-void centre(const T* x, int64_t N, int64_t D, double* xc, double* norms, Alloc& alloc, cudaStream_t stream,
-            const Check& check) {
-  double* mean = take<double>(alloc, D);
-  const double nd = static_cast<double>(N) * static_cast<double>(D);
-  Cost mc;
-  mc.bytes = nd * sizeof(T) + 8.0 * static_cast<double>(D);
-  mc.flops64 = nd;
-  launch(check, mc, column_mean_kernel<T>, dim3(grid_dim(ceil_div(D, 32))), dim3(32, 8), stream, x, N, D, mean);
-  Cost cc;
-  cc.bytes = nd * (sizeof(T) + 8.0) + 8.0 * static_cast<double>(D + N);
-  cc.flops64 = 3.0 * nd;
-  launch(check, cc, centre_kernel<T>, dim3(grid_dim(N)), dim3(kBlock), stream, x, static_cast<const double*>(mean),
-         D, xc, norms);
+  launch(check, fc, finish, dim3(grid_dim(part.n() * count)), dim3(kBlock), stream, gs, eps);
 }
 
 // x: contiguous (N, D) on the device. out: (N, N) float64.
@@ -589,22 +606,6 @@ template <typename T, typename Alloc, typename Check>
 void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, double* out, Alloc& alloc,
                  cudaStream_t stream, const Check& check) {
   pair_matrices(&x, &D, 1, N, what, eps, &out, alloc, stream, check);
-}
-
-// Rows [rows.begin, rows.end) of the pair matrix: out (rows.size(), N) float64.
-template <typename T, typename Alloc, typename Check>
-void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, double eps, double* out, Alloc& alloc,
-               cudaStream_t stream, const Check& check) {
-  double* xc = take<double>(alloc, N * D);
-  double* norms = take<double>(alloc, N);
-  centre(x, N, D, xc, norms, alloc, stream, check);
-  auto kernel = what == PairKind::Dist        ? gram_rows_kernel<PairKind::Dist>
-                : what == PairKind::SqClamped ? gram_rows_kernel<PairKind::SqClamped>
-                                              : gram_rows_kernel<PairKind::Sq>;
-  const int64_t tiles = ceil_div(N, kTile) * ceil_div(rows.size(), kTile);
-  launch(check, gemm_cost(tiles, D, 6.0 * rows.size() * N, pair_bytes(N, D, rows.size() * N)), kernel,
-         dim3(grid_dim(ceil_div(N, kTile)), grid_dim(ceil_div(rows.size(), kTile))), dim3(16, 16), stream,
-         static_cast<const double*>(xc), static_cast<const double*>(norms), N, D, rows, eps, out);
 }
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
@@ -671,6 +672,7 @@ template <typename T>
 struct GramSide32 {
   const T* x;
   int64_t D, splits, per_split;
+  GramPart part;
   float* meanf;
   double* bmax;
   int64_t nb;
@@ -712,17 +714,13 @@ __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_stats_kernel
   }
 }
 
-// gram_partial_kernel in float32: split z of one upper tile.
+// gram_partial_kernel in float32: split z of one tile.
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<GramSide32<T>> in) {
   __shared__ double red[kGemmThreads];
-  const int64_t N = in.N, tiles = upper_tile_count(N);
-  int64_t b = blockIdx.x;
-  const GramSide32<T>& g = in.of(b, tiles * in.side[0].splits);
-  const int64_t z = b / tiles;
-  int64_t t = b % tiles, ta = 0;
-  for (const int64_t nt = (N + kTile - 1) / kTile; t >= nt - ta; ++ta) t -= nt - ta;
-  const int64_t row0 = ta * kTile, col0 = (ta + t) * kTile;
+  const int64_t N = in.N;
+  int64_t z, row0, col0;
+  const GramSide32<T>& g = gram_block(in, z, row0, col0);
   const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
   const int tid = threadIdx.y * 16 + threadIdx.x;
   double m = 0.0;
@@ -732,79 +730,69 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
   auto load = [&](int64_t row, int64_t k) { return (as_float(g.x[row * g.D + k0 + k]) - g.meanf[k0 + k]) * scale; };
   auto load_t = [&](int64_t k, int64_t col) { return load(col, k); };
   float acc[kMicro][kMicro] = {};
-  if (k1 > k0) gemm_tiles<true>(load, N, load_t, N, k1 - k0, row0, col0, acc);
-  double* slice = g.slices + z * N * N;
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r)
-#pragma unroll
-    for (int c = 0; c < kMicro; ++c) {
-      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
-      if (i >= N || j >= N || j <= i) continue;
-      const double v = ldexp(static_cast<double>(acc[r][c]), 2 * e);
-      slice[i * N + j] = v;
-      slice[j * N + i] = v;
-    }
-  if (row0 != col0) return;
-  // The norms (G's diagonal) of a diagonal tile: the float32 operands'
-  // squares summed in float64, kGemmThreads / kTile threads per row, their
-  // sums added in order. A float32 sum would give every pair of a row the
-  // same error; these cost N D float64 FMAs in all, 1 / N of the product.
-  constexpr int kPer = kGemmThreads / kTile;
-  const int64_t i = row0 + tid / kPer;
-  double n = 0.0;
-  if (i < N)
-    for (int64_t k = tid % kPer; k < k1 - k0; k += kPer) {
-      const double v = load(i, k);
-      n += v * v;
-    }
-  red[tid] = n;
-  __syncthreads();
-  if (tid % kPer == 0 && i < N) {
-    double total = 0.0;
-    for (int l = 0; l < kPer; ++l) total += red[tid + l];
-    slice[i * N + i] = ldexp(total, 2 * e);
-  }
+  if (k1 > k0) gemm_tiles<true>(load, g.part.rows.end, load_t, N, k1 - k0, row0, col0, acc);
+  // (The whole matrix's diagonal is the norms', below.)
+  store_gram_tile(g, N, z, row0, col0, false,
+                  [&](int r, int c) { return ldexp(static_cast<double>(acc[r][c]), 2 * e); });
+  if (!g.part.norm_tile(row0, col0)) return;
+  // The norms of rows [col0, col0 + kTile) (G's diagonal for the whole
+  // matrix): the float32 operands' squares summed in float64. A float32 sum
+  // would give every pair of a row the same error; these cost N D float64
+  // FMAs in all, 1 / N of the product.
+  __syncthreads();  // red was the scale's
+  double* slice = g.slices + z * g.part.n() * N;
+  tile_norms(load, col0, N, k1 - k0, red, [&](int64_t i, double v) {
+    if (g.part.whole)
+      slice[i * N + i] = ldexp(v, 2 * e);
+    else
+      g.part.norm_slices[z * N + i] = ldexp(v, 2 * e);
+  });
 }
 
 // pair_matrices with float32 products: three launches for all the inputs.
 template <typename T, typename Alloc, typename Check>
 void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
-                     double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check) {
+                     double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check, Rows rows = {0, -1}) {
+  if (rows.end < 0) rows = all_rows(N);
+  const GramPart part = gram_part(N, rows);
   Sides<GramSide32<T>> gs{};
   gs.count = count;
   gs.N = N;
   int64_t stat_grid = 0, partial_grid = 0;
   Cost sc, pc, fc;
-  const double n2 = static_cast<double>(N) * static_cast<double>(N);
+  const double n2 = static_cast<double>(part.n()) * static_cast<double>(N);
   for (int c = 0; c < count; ++c) {
-    const GramSide split = gram_side(nullptr, N, D[c], out[c]);
-    const int64_t nb = ceil_div(D[c], kCentreCols);
-    gs.side[c] = {x[c], D[c], split.splits, split.per_split, take<float>(alloc, D[c]), take<double>(alloc, nb), nb,
-                  take<double>(alloc, split.splits * N * N), out[c], nullptr, false, false, 0.0};
-    const double nd = static_cast<double>(N) * static_cast<double>(D[c]);
-    const int64_t upper = upper_tile_count(N), blocks = upper * split.splits;
+    const int64_t tiles = part.tiles(N), nb = ceil_div(D[c], kCentreCols);
+    const KSplit ks = k_split(tiles, D[c]);
+    gs.side[c] = {x[c], D[c], ks.splits, ks.per_split, part, take<float>(alloc, D[c]), take<double>(alloc, nb), nb,
+                  take<double>(alloc, ks.splits * part.n() * N), out[c], nullptr, false, false, 0.0};
+    if (!part.whole) gs.side[c].part.norm_slices = take<double>(alloc, ks.splits * N);
+    const double nd = static_cast<double>(N) * static_cast<double>(D[c]), splits = static_cast<double>(ks.splits);
+    const int64_t blocks = tiles * ks.splits;
     stat_grid += nb;
     partial_grid += blocks;
     // x read twice; the means in float64, the magnitudes in float32.
     sc.bytes += 2.0 * nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * static_cast<double>(nb);
     sc.flops64 += nd;
     sc.flops32 += 2.0 * nd;
-    // x read (it stays in L2 across the blocks), the slices written; the
-    // centring and scaling of each loaded operand, the exact rescaling.
-    pc.bytes += nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * static_cast<double>(split.splits) * n2;
-    pc.flops32 += 2.0 * kTile * kTile * static_cast<double>(upper) * static_cast<double>(D[c]) +
-                  4.0 * kTile * static_cast<double>(upper) * static_cast<double>(D[c]);
+    // x read (it stays in L2 across the blocks), the slices (and a row
+    // range's norms) written; the centring and scaling of each loaded
+    // operand, the exact rescaling.
+    pc.bytes += nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * splits * n2 +
+                (part.whole ? 0.0 : 8.0 * splits * static_cast<double>(N));
+    pc.flops32 += 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]) +
+                  4.0 * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
     // The rescaling, the scale's reduction, the norms.
     pc.flops64 += static_cast<double>(blocks) * (kTile * kTile + static_cast<double>(nb)) + 2.0 * nd;
-    fc.bytes += 8.0 * (static_cast<double>(split.splits) * n2 + n2);
-    fc.flops64 += n2 * (2.0 * static_cast<double>(split.splits) + 6.0);
+    fc.bytes += 8.0 * (splits * n2 + n2 + (part.whole ? 0.0 : splits * static_cast<double>(N)));
+    fc.flops64 += n2 * (2.0 * splits + 6.0);
   }
   launch(check, sc, centre_stats_kernel<T>, dim3(grid_dim(stat_grid)), dim3(kCentreCols, kCentreRows), stream, gs);
   launch(check, pc, gram_partial32_kernel<T>, dim3(grid_dim(partial_grid)), dim3(16, 16), stream, gs);
   auto finish = what == PairKind::Dist        ? gram_finish_kernel<PairKind::Dist, GramSide32<T>>
                 : what == PairKind::SqClamped ? gram_finish_kernel<PairKind::SqClamped, GramSide32<T>>
                                               : gram_finish_kernel<PairKind::Sq, GramSide32<T>>;
-  launch(check, fc, finish, dim3(grid_dim(N * count)), dim3(kBlock), stream, gs, eps);
+  launch(check, fc, finish, dim3(grid_dim(part.n() * count)), dim3(kBlock), stream, gs, eps);
 }
 
 // grad_gemm_kernel in float32: W's rows in float32 from build_weights, the block's kTile
@@ -899,6 +887,19 @@ void grad_from_weights32(const T* x, int64_t N, int64_t D, Rows rows, const floa
   fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
   launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
          rows, split, dx);
+}
+
+// Rows [rows.begin, rows.end) of the pair matrix (the sharded global batch):
+// out (rows.size(), N) float64, in the three launches of pair_matrices (or
+// pair_matrices32 with float32 products), the whole matrix when the rows are
+// all of them.
+template <typename T, typename Alloc, typename Check>
+void pair_rows(const T* x, int64_t N, int64_t D, Rows rows, PairKind what, double eps, bool float32, double* out,
+               Alloc& alloc, cudaStream_t stream, const Check& check) {
+  if (float32)
+    pair_matrices32(&x, &D, 1, N, what, eps, &out, alloc, stream, check, rows);
+  else
+    pair_matrices(&x, &D, 1, N, what, eps, &out, alloc, stream, check, EdgeOut{nullptr, false, 0.0, false}, rows);
 }
 
 }  // namespace gpu
