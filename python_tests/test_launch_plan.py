@@ -176,3 +176,20 @@ def test_slow_fp64_reductions_leave_one_block_sooner(rec):
     assert "reduce_seq" in fast and "group_row_sums" not in fast
     assert "reduce_seq" not in slow and slow.count("group_row_sums") == 2
     assert "reduce_seq" in kernels(rec.run("rkd_distance_loss", 16, 512, fp64_ratio=64))
+
+
+def test_sharded_rows_split_k(rec):
+    # Rank 0 of 8 holding N = 1024 rows' pair rows: 128 rows, all 16 column tiles of both row tiles, K = 512
+    # in 4 splits of 128 features (the most D allows; 32 tiles are far from a few hundred blocks). The
+    # norms of all N rows come from the first row tile's blocks. The backward: the weights, the W x X product
+    # (16 output tiles: its sum over the 1024 samples split, then finished).
+    n, d, rows = 1024, 512, 128
+    launches = rec.run("pair_matrix_rows/8", n, d)
+    assert kernels(launches) == ["centre_columns", "gram_partial", "gram_finish", "weights", "grad_gemm",
+                                 "grad_finish"]
+    g = launches[1]
+    assert g.grid == (2 * 16 * 4, 1, 1)
+    assert g.flops64 == 2 * 16 * 64 * 64 * 2 * d + 2 * n * d
+    # xc read; 4 slices of the 128 x N rows and of the N norms written.
+    assert g.bytes == 8 * (n * d + 4 * rows * n + 4 * n)
+    assert launches[2].grid == (rows, 1, 1)

@@ -228,6 +228,17 @@ def _rkd_loss(r, n, d):
     r.lib.rkd_loss_backward_c(F32, r.ptr(), *common, ss, st, stats, *args, F32, r.ptr(), None)
 
 
+def _rows_of_rank(ranks, kind):
+    """The sharded global batch (rkd_ext.distributed): rank 0's rows of the distance matrix of n samples split
+    over `ranks` ranks (pair_matrix_rows), then their gradient (pair_matrix_rows_backward, a float64 upstream
+    gradient)."""
+    def run(r, n, d):
+        x, v, e = r.ptr(), r.ptr(), max(1, n // ranks)
+        r.lib.rkd_pair_matrix_rows_c(F32, x, I(n), I(d), I(0), I(e), kind, EPS, v)
+        r.lib.rkd_pair_matrix_rows_backward_c(F64, r.ptr(), F32, x, I(n), I(d), v, I(0), I(e), kind, EPS, r.ptr())
+    return run
+
+
 def _separate_losses(r, n, d):
     """The two losses called one after the other (what RKDLoss fuses)."""
     _distance_loss(r, n, d)
@@ -242,6 +253,7 @@ OPS = {
     "rkd_angle_loss": _angle_loss,
     "RKDLoss": _rkd_loss,
     "separate_losses": _separate_losses,
+    "pair_matrix_rows/8": _rows_of_rank(8, 2),  # PairKind::Dist
 }
 
 
