@@ -2,7 +2,7 @@
 one implementation, then of the other, so that both see the same moment of a shared machine.
 
     python -m benchmarks.paired [--grid training|global|all] [--ops OP,...] [--modes M,...]
-                                [--impl ours] [--base reference] [--rounds 15] [--block-ms 20]
+                                [--impl ours] [--base reference] [--rounds 15] [--block-ms 20] [--max-case-s 20]
                                 [--json OUT.json] [--md OUT.md] [--min-speedup X]
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
@@ -15,7 +15,8 @@ its time the median call; every round after the first runs on fresh copies of th
 (`--same-inputs`: not). A round's speed-up is base / impl from that round; the case's speed-up is
 the median over rounds, printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
 before any timing and the skips are the suites' (benchmarks/common.py; RKD_BENCH_N, RKD_BENCH_D and
-RKD_BENCH_QUICK apply). --min-speedup exits with 1 when a case's median is below it.
+RKD_BENCH_QUICK apply). A case whose rounds would take over `--max-case-s` gets fewer of them (at
+least 3). --min-speedup exits with 1 when a case's median is below it.
 """
 import argparse
 import json
@@ -53,7 +54,8 @@ def _block(run, calls, device):
     return statistics.median(times)
 
 
-def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True):
+def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True,
+            max_case_s=20.0):
     """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason."""
     case = dict(op=op, impl=impl, base=base, mode=mode, n=n, d=d, device=device, dtype=dtype)
     tdtype = getattr(torch, dtype)
@@ -84,6 +86,9 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
         run()
         runs[which] = (run, time.perf_counter() - start)
     calls = {w: max(1, min(1000, int(block_s / max(t, 1e-9)))) for w, (_, t) in runs.items()}
+    # Cases of seconds per call (the reference's N^2 D or N^3 D temporaries): fewer rounds, at least 3.
+    per_round = sum(calls[w] * runs[w][1] for w in runs)
+    rounds = max(min(rounds, 3), min(rounds, int(max_case_s / max(per_round, 1e-9))))
     medians = {impl: [], base: []}
     ratios = []
     rng = random.Random(0)
@@ -98,7 +103,8 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
             runs = {w: (common.step(IMPLS[op][w], fresh_inputs, grad_out, mode, device), t)
                     for w, (_, t) in runs.items()}
             for w in (impl, base):
-                runs[w][0]()  # the round's warm-up
+                if runs[w][1] < 0.05:  # the round's warm-up, where a call is short enough to feel it
+                    runs[w][0]()
         order = (impl, base) if r % 2 == 0 else (base, impl)
         for which in order:
             medians[which].append(_block(runs[which][0], calls[which], device))
@@ -119,23 +125,26 @@ def markdown(results, meta):
              f"- {meta['hardware']}; torch {meta['torch']}; {meta['threads']} threads; {meta['dtype']}",
              f"- commit: {meta['commit']}; {meta['date']} UTC; load average {meta['load'][0]:.1f} at the start, "
              f"{meta['load_end'][0]:.1f} at the end",
-             f"- {meta['rounds']} rounds per case; a round times a block of calls of each (about "
-             f"{meta['block_ms']:g} ms, the order alternating) and takes the ratio of the blocks' medians; "
-             "the speed-up is the median round, beside the 10th-90th percentile of the rounds.", ""]
+             f"- up to {meta['rounds']} rounds per case (at least 3; fewer where they would take over "
+             f"{meta['max_case_s']:g} s); a round times a block of calls of each (about {meta['block_ms']:g} ms, "
+             "the order alternating, " + ("every round after the first on fresh copies of the inputs"
+                                          if meta["fresh"] else "every round on the same inputs") +
+             ") and takes the ratio of the blocks' medians; the speed-up is the median round, beside the "
+             "10th-90th percentile of the rounds and their number.", ""]
     for op in dict.fromkeys(r["op"] for r in results):
         for mode in MODES:
             sel = [r for r in results if r["op"] == op and r["mode"] == mode]
             if not sel:
                 continue
             lines += [f"## {op}, {mode_name[mode]}", "",
-                      f"| N | D | {meta['impl']} | {meta['base']} | speed-up | rounds p10-p90 |",
+                      f"| N | D | {meta['impl']} | {meta['base']} | speed-up | rounds: p10-p90 (count) |",
                       "|---:|---:|---:|---:|---:|---:|"]
             for r in sel:
                 if "skipped" in r:
                     lines.append(f"| {r['n']} | {r['d']} | | | skipped | {r['skipped']} |")
                 else:
                     lines.append(f"| {r['n']} | {r['d']} | {_fmt_s(r['impl_s'])} | {_fmt_s(r['base_s'])} | "
-                                 f"{r['speedup']:.2f}x | {r['p10']:.2f}-{r['p90']:.2f}x |")
+                                 f"{r['speedup']:.2f}x | {r['p10']:.2f}-{r['p90']:.2f}x ({r['rounds']}) |")
             lines.append("")
     return "\n".join(lines)
 
@@ -164,6 +173,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block-ms", type=float, default=20.0)
+    p.add_argument("--max-case-s", type=float, default=20.0,
+                   help="fewer rounds (at least 3) where --rounds would time a case for longer than this")
     p.add_argument("--same-inputs", action="store_true",
                    help="time every round on the same input tensors (default: fresh copies each round)")
     p.add_argument("--json", help="write the results here")
@@ -182,8 +193,8 @@ def main(argv=None):
     for m in modes:
         if m not in MODES:
             p.error(f"--modes: unknown mode {m!r} (have {', '.join(MODES)})")
-    if a.rounds < 1 or a.block_ms <= 0:
-        p.error("--rounds must be at least 1 and --block-ms positive")
+    if a.rounds < 1 or a.block_ms <= 0 or a.max_case_s <= 0:
+        p.error("--rounds must be at least 1, --block-ms and --max-case-s positive")
     sizes = common.GRIDS[a.grid] if a.grid is not None else common.select_sizes("training")
     load = os.getloadavg()
     results = []
@@ -191,7 +202,7 @@ def main(argv=None):
         for mode in modes:
             for n, d in sizes:
                 r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3,
-                            fresh=not a.same_inputs)
+                            fresh=not a.same_inputs, max_case_s=a.max_case_s)
                 results.append(r)
                 if "skipped" in r:
                     print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} skipped: {r['skipped']}", flush=True)
@@ -201,6 +212,7 @@ def main(argv=None):
                           f"[{r['p10']:.2f}-{r['p90']:.2f}]", flush=True)
     meta = dict(command="python -m benchmarks.paired " + " ".join(sys.argv[1:] if argv is None else argv),
                 impl=a.impl, base=a.base, dtype=a.dtype, rounds=a.rounds, block_ms=a.block_ms,
+                max_case_s=a.max_case_s, fresh=not a.same_inputs,
                 threads=torch.get_num_threads(), torch=torch.__version__, build=rkd_ext.build_info(),
                 hardware=_hardware(a.device), commit=_commit(), load=load, load_end=os.getloadavg(),
                 date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
