@@ -4,11 +4,12 @@ one implementation, then of the other, so that both see the same moment of a sha
     python -m benchmarks.paired [--grid training|global|all] [--ops OP,...] [--modes M,...]
                                 [--impl ours] [--base reference] [--rounds 15] [--block-ms 20] [--max-case-s 20]
                                 [--json OUT.json] [--md OUT.md] [--min-speedup X]
+    python -m benchmarks.paired --table OUT.json     (a saved run's speed-up tables, one column per op)
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
 after the other: on a machine whose speed drifts over seconds (other tenants, a second vCPU that
 is busy), the ratio of two such medians moves with the drift; and where in memory the inputs and
-buffers of a process land can change a memory-bound op's speed by a third, for the one process.
+buffers of a process land can make a memory-bound op slower or faster for that whole process.
 Here a case runs `--rounds` rounds; in each, a block of calls of `--impl` and a block of `--base`
 (the order alternating between rounds), each block as many calls as fit in about `--block-ms`,
 its time the median call; every round after the first runs on fresh copies of the inputs
@@ -35,7 +36,7 @@ os.environ.setdefault("RKD_EXT_REQUIRE_EXT", "1")
 import rkd_ext  # noqa: E402  (it reads the environment set above)
 from rkd_ext.testing import make_features  # noqa: E402
 
-from . import common, costs
+from . import common, costs, report
 from .impls import FORWARD, FORWARD_BACKWARD, IMPLS, KIND, MODES  # noqa: E402
 
 
@@ -65,11 +66,12 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
     for which in (impl, base):
         need = costs.memory_bytes(op, which, mode, n, d)
         if need + held > budget:
-            return dict(case, skipped=f"{which} needs about {need / 2**20:.3g} MiB above the inputs (estimated)")
+            return dict(case, why="memory",
+                        skipped=f"{which} needs about {need / 2**20:.3g} MiB above the inputs (estimated)")
         if torch.device(device).type == "cpu":
             seconds = costs.cpu_seconds(op, which, mode, n, d, threads)
             if seconds > common.MAX_CPU_CALL_S:
-                return dict(case, skipped=f"{which}: one call takes about {seconds:.3g} s (estimated)")
+                return dict(case, why="time", skipped=f"{which}: one call takes about {seconds:.3g} s (estimated)")
     batch = dict(dtype=tdtype, device=device, draw_dtype=torch.float32)
     x = make_features(n, d, seed=1, requires_grad=(mode == FORWARD_BACKWARD), **batch)
     inputs = (x, make_features(n, d, seed=2, **batch)) if KIND[op] == "loss" else (x,)
@@ -149,6 +151,21 @@ def markdown(results, meta):
     return "\n".join(lines)
 
 
+def speedup_tables(saved):
+    """benchmarks.report's speed-up tables (one per mode, a column per op) from a saved run: each cell the
+    case's median round."""
+    rows, skipped = [], []
+    for r in saved["results"]:
+        case = {k: r[k] for k in ("op", "mode", "n", "d", "device", "dtype")}
+        if "skipped" in r:
+            why = r.get("why") or ("memory" if " needs " in r["skipped"] else "time")
+            skipped.append(dict(case, impl=r["impl"], why=why))
+            continue
+        rows.append(dict(case, impl=report.BASE, median_s=r["base_s"]))
+        rows.append(dict(case, impl=r["impl"], median_s=r["base_s"] / r["speedup"]))
+    return report.speedups(rows, skipped, saved["meta"]["impl"])
+
+
 def _commit():
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,7 +198,12 @@ def main(argv=None):
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--min-speedup", type=float, default=None,
                    help="exit with 1 when a case's median speed-up is below this")
+    p.add_argument("--table", metavar="JSON", help="print the speed-up tables of a saved run (--json) and exit")
     a = p.parse_args(argv)
+    if a.table:
+        with open(a.table) as f:
+            print(speedup_tables(json.load(f)))
+        return 0
     ops = [o for o in a.ops.split(",") if o]
     modes = [m for m in a.modes.split(",") if m]
     for o in ops:

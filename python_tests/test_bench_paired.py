@@ -12,10 +12,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import impls, paired  # noqa: E402
+from benchmarks import impls, paired, report  # noqa: E402
 
 
-def test_every_case_measured_with_consistent_statistics(tmp_path, monkeypatch):
+def test_every_case_measured_with_consistent_statistics(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RKD_BENCH_N", "8,12")
     monkeypatch.setenv("RKD_BENCH_D", "16")
     out = tmp_path / "p.json"
@@ -37,6 +37,19 @@ def test_every_case_measured_with_consistent_statistics(tmp_path, monkeypatch):
     text = md.read_text()
     assert "## distance_loss, forward+backward" in text and "speed-up" in text
     assert not os.path.exists(str(out) + ".tmp")
+    # --table: one column per op, each cell the case's median round.
+    capsys.readouterr()
+    assert paired.main(["--table", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ops = ("pairwise_distance", "distance_loss", "angle_loss")
+    for mode, title in ((impls.FORWARD, "forward"), (impls.FORWARD_BACKWARD, "forward+backward")):
+        start = lines.index(f"cpu, float32, {title}: speed-up of ours over the reference")
+        assert lines[start + 2] == "| N | D | " + " | ".join(ops) + " |"
+        for row, (n, d) in zip(lines[start + 4:], sizes):
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[:2] == [str(n), str(d)]
+            want = {r["op"]: r["speedup"] for r in got["results"] if (r["mode"], r["n"], r["d"]) == (mode, n, d)}
+            assert cells[2:] == [report.fmt_ratio(want[op]) for op in ops]
 
 
 def test_speedup_is_the_median_round(monkeypatch):
