@@ -292,17 +292,31 @@ RKD_DEV double column_mean(const T* x, int64_t N, int64_t D, int64_t k, double (
   return total / static_cast<double>(N);
 }
 
+// A (kCentreCols, kCentreRows) block over kCentreCols columns of one input
+// (blockIdx.x over the inputs' column blocks, one input after the other):
+// the input, its column block b, the thread's column k and, on the threads
+// with ty == 0, that column's mean.
+template <typename S>
+RKD_DEV const S& column_block(const Sides<S>& in, int64_t& b, int64_t& k, double& mu,
+                              double (&part)[kCentreRows][kCentreCols + 1]) {
+  b = blockIdx.x;
+  const S& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
+  k = b * kCentreCols + threadIdx.x;
+  mu = column_mean(c.x, in.N, c.D, k, part);
+  return c;
+}
+
 // xc = x - mean for kCentreCols columns of one input: the block computes
 // their means, then writes them.
 template <typename T>
 __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_columns_kernel(Sides<CentreSide<T>> in) {
   __shared__ double part[kCentreRows][kCentreCols + 1];
   __shared__ double mean[kCentreCols];
-  int64_t b = blockIdx.x;
-  const CentreSide<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
+  int64_t b, k;
+  double mu;
+  const CentreSide<T>& c = column_block(in, b, k, mu, part);
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
-  const double mu = column_mean(c.x, N, D, k, part);
+  const int64_t N = in.N, D = c.D;
   if (ty == 0) mean[tx] = mu;
   __syncthreads();
   if (k < D)
@@ -362,7 +376,13 @@ struct GramPart {
   RKD_HD bool norm_tile(int64_t row0, int64_t col0) const { return whole ? row0 == col0 : row0 == rows.begin; }
 };
 
-inline GramPart gram_part(int64_t N, Rows rows) { return {rows, rows.begin == 0 && rows.end == N, nullptr}; }
+// All N rows, whatever N (the default of the pair-matrix launches).
+constexpr Rows kAllRows{0, -1};
+
+inline GramPart gram_part(int64_t N, Rows rows) {
+  if (rows.end < 0) rows = all_rows(N);
+  return {rows, rows.begin == 0 && rows.end == N, nullptr};
+}
 
 // One input of the Gram product: xc (N, D), its K split into `splits`
 // ranges of per_split (a multiple of kTk), the part computed, G's slices
@@ -408,9 +428,9 @@ inline KSplit k_split(int64_t tiles, int64_t D) {
   return {chunks < 1 ? 1 : ceil_div(D, per_split), per_split};
 }
 
-// The block of the Gram launches' flat block index b: its input (b made
-// relative to it), split z and tile (row0, col0), for inputs of `per_side`
-// (tiles, in a partial launch) blocks per split.
+// The input of a partial launch's block (blockIdx.x over the inputs' tiles
+// times their splits, one input after the other), its split z and its tile
+// (row0, col0).
 template <typename S>
 RKD_DEV const S& gram_block(const Sides<S>& in, int64_t& z, int64_t& row0, int64_t& col0) {
   int64_t b = blockIdx.x;
@@ -555,8 +575,7 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
 template <typename T, typename Alloc, typename Check>
 void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
                    double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check,
-                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}, Rows rows = {0, -1}) {
-  if (rows.end < 0) rows = all_rows(N);
+                   const EdgeOut& edges = EdgeOut{nullptr, false, 0.0, false}, Rows rows = kAllRows) {
   const GramPart part = gram_part(N, rows);
   Sides<CentreSide<T>> cs{};
   Sides<GramSide> gs{};
@@ -691,11 +710,11 @@ template <typename T>
 __global__ void __launch_bounds__(kCentreCols * kCentreRows) centre_stats_kernel(Sides<GramSide32<T>> in) {
   __shared__ double part[kCentreRows][kCentreCols + 1];
   __shared__ float mean[kCentreCols];
-  int64_t b = blockIdx.x;
-  const GramSide32<T>& c = in.of(b, (in.side[0].D + kCentreCols - 1) / kCentreCols);
+  int64_t b, k;
+  double mu;
+  const GramSide32<T>& c = column_block(in, b, k, mu, part);
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t N = in.N, D = c.D, k = b * kCentreCols + tx;
-  const double mu = column_mean(c.x, N, D, k, part);
+  const int64_t N = in.N, D = c.D;
   if (ty == 0) {
     mean[tx] = static_cast<float>(mu);
     if (k < D) c.meanf[k] = mean[tx];
@@ -752,8 +771,7 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
 // pair_matrices with float32 products: three launches for all the inputs.
 template <typename T, typename Alloc, typename Check>
 void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, PairKind what, double eps,
-                     double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check, Rows rows = {0, -1}) {
-  if (rows.end < 0) rows = all_rows(N);
+                     double* const* out, Alloc& alloc, cudaStream_t stream, const Check& check, Rows rows = kAllRows) {
   const GramPart part = gram_part(N, rows);
   Sides<GramSide32<T>> gs{};
   gs.count = count;
