@@ -90,12 +90,15 @@ def _compare_with_cpu(name, n, dims, dtype, reduction="mean", kind="random", **k
     assert vg.device.type == "cuda" and vg.dtype == out_dtype, f"{tag}: {vg.device} {vg.dtype}"
     close(vg, vc, RTOL[dtype], FLOOR[dtype], f"{tag}: value")
     angles = "angle" in name or name == "rkd_loss"
+    # With N <= 2 every normalised relation is constant (distances 1, no triplets): the exact gradient is 0,
+    # and what the kernels give is rounding noise (nvcc's contraction keeps it from cancelling exactly).
+    noise = n <= 2 and name != "pairwise_distance"
     for side, a, b, x, d in zip(("student", "teacher"), gg, gc, (s, t), dims):
         assert a.dtype == x.dtype, f"{tag}: {side} gradient dtype {a.dtype}"
         if angles and d == 1 and n > 2:
             assert bool(torch.isfinite(a).all()), f"{tag}: {side} gradient not finite"
             continue
-        close(a, b, RTOL[dtype], NOISE[dtype] if angles and n <= 2 else FLOOR[dtype], f"{tag}: {side} gradient")
+        close(a, b, RTOL[dtype], NOISE[dtype] if noise else FLOOR[dtype], f"{tag}: {side} gradient")
 
 
 # ---- CUDA against CPU: values and gradients ------------------------------------------

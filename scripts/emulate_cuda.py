@@ -21,8 +21,11 @@ Usage: python scripts/emulate_cuda.py [--quick]   (exit status 1 on a mismatch)
 """
 import argparse
 import ctypes
+import hashlib
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,18 +67,109 @@ PRODUCT32_RTOL = 3e-5
 PRODUCT32_NEAR_GRAD_RTOL = 1e-3
 
 
-def build(out_dir):
+# How the emulator is built. "detect": the kernels instrumented for the
+# detectors of csrc/cuda/standalone/emulate_rt.cpp (racecheck, synccheck,
+# initcheck, memcheck, launch limits); "plain": not instrumented (no
+# detectors, faster); "asan": AddressSanitizer and UndefinedBehaviorSanitizer
+# on kernels and runtime (the process must preload their runtimes: main()
+# restarts itself so); "contract": floating-point contraction on, with FMA
+# instructions, as nvcc compiles device code (-fmad=true).
+BUILDS = ("detect", "plain", "asan", "contract")
+SANITIZER_RUNTIMES = ("libasan.so", "libubsan.so")
+
+
+def build(out_dir, variant="detect", source=None, load=True):
+    """The emulator library of `variant` (BUILDS) in out_dir, loaded (else its path): the op layer's entry points,
+    or the kernels of `source` (a C++ file that includes emulate.h). The asan build loads only into a process
+    that preloads the sanitizers' runtimes (main() restarts itself so)."""
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    lib = os.path.join(out_dir, "rkd_emulate.so")
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
-           "-Wno-unknown-pragmas", "-Wno-clobbered", f"-I{cuda_home}/include",
-           os.path.join(ROOT, "csrc", "cuda", "standalone", "emulate.cpp"), "-o", lib]
-    subprocess.run(cmd, check=True)
-    return ctypes.CDLL(lib)
+    cxx = os.environ.get("CXX", "g++")
+    here = os.path.join(ROOT, "csrc", "cuda", "standalone")
+    source = source or os.path.join(here, "emulate.cpp")
+    stem = os.path.splitext(os.path.basename(source))[0]
+    lib = os.path.join(out_dir, f"{stem}_{variant}.so")
+    common = [cxx, "-std=c++17", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
+              "-Wno-clobbered", f"-I{cuda_home}/include"]
+    kernels, runtime, link = [], [], []
+    if variant == "detect":
+        kernels = ["-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0"]
+    elif variant == "asan":
+        runtime = kernels = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        link = runtime
+    elif variant == "contract":
+        kernels = ["-mfma", "-ffp-contract=fast"]
+    elif variant != "plain":
+        raise ValueError(f"build: variant must be one of {BUILDS}, got {variant!r}")
+    objs = [os.path.join(out_dir, f"{name}_{variant}.o") for name in (stem, "emulate_rt")]
+    jobs = [subprocess.Popen(common + flags + ["-c", src, "-o", obj])
+            for src, flags, obj in ((source, kernels, objs[0]), (os.path.join(here, "emulate_rt.cpp"), runtime, objs[1]))]
+    if any(job.wait() != 0 for job in jobs):
+        raise RuntimeError(f"build: compiling the {variant} emulator failed")
+    subprocess.run([cxx, "-shared", "-Wl,-z,defs", *link, *objs, "-o", lib, "-ldl"], check=True)
+    return ctypes.CDLL(lib) if load else lib
+
+
+def _signatures():
+    """Each C function of entry_points.h: its parameters' names, and which are outputs (non-const pointers)."""
+    with open(os.path.join(ROOT, "csrc", "cuda", "standalone", "entry_points.h")) as f:
+        text = f.read()
+    sigs = {}
+    for m in re.finditer(r"^void (rkd_\w+)\(([^)]*)\)\s*\{", text, re.M):
+        params = [" ".join(p.split()) for p in m.group(2).split(",") if p.strip()]
+        sigs[m.group(1)] = [(re.split(r"[\s*]+", p)[-1], "*" in p and not p.startswith("const ")) for p in params]
+    return sigs
+
+
+# Bytes of the tensors whose pointers _p handed out, by address.
+_SIZES = {}
+
+
+class Findings(Exception):
+    """What the detectors found in one call (stop_on_findings)."""
+
+
+class _Tracked:
+    """The library, each op call framed for the detectors: its tensor arguments registered as device memory
+    (named after the parameters of entry_points.h; outputs uninitialised), the findings taken after it, and a
+    digest of every argument's bytes after the call kept (the bitwise comparison of block orders)."""
+
+    def __init__(self, lib, owner):
+        self._lib, self._owner, self._sigs = lib, owner, _signatures()
+        for fn in ("rkd_emu_finding_count", "rkd_emu_take_findings", "rkd_emu_barrier_sites", "rkd_emu_launched"):
+            getattr(lib, fn).restype = ctypes.c_int64
+        lib.rkd_emu_detecting.restype = ctypes.c_int
+
+    def __getattr__(self, name):
+        fn = getattr(self._lib, name)
+        if name not in self._sigs:
+            return fn
+        sig, owner, lib = self._sigs[name], self._owner, self._lib
+
+        def call(*args):
+            tracked = []
+            for (param, output), a in zip(sig, args):
+                if isinstance(a, ctypes.c_void_p) and a.value and a.value in _SIZES:
+                    lib.rkd_emu_track(a, ctypes.c_int64(_SIZES[a.value]), f"argument {param} of {name}".encode(),
+                                      int(output))
+                    tracked.append(a)
+            try:
+                fn(*args)
+            finally:
+                for a in tracked:
+                    lib.rkd_emu_untrack(a)
+            for a in tracked:
+                owner.digest.update(ctypes.string_at(a.value, _SIZES[a.value]))
+            owner.take_findings(name)
+        return call
 
 
 def _p(t):
-    return ctypes.c_void_p(t.data_ptr() if t is not None and t.numel() else 0)
+    if t is None or not t.numel():
+        return ctypes.c_void_p(0)
+    _SIZES[t.data_ptr()] = t.numel() * t.element_size()
+    return ctypes.c_void_p(t.data_ptr())
+
+
 
 
 def _i(n):
@@ -93,8 +187,11 @@ def _loss_dtype(*xs):
 class Emulated:
     """The CUDA ops with the signatures of torch.ops.rkd_ext, on host tensors."""
 
-    def __init__(self, lib):
-        self.lib = lib
+    def __init__(self, lib, stop_on_findings=False):
+        self.lib = _Tracked(lib, self)
+        self.digest = hashlib.sha256()
+        self.findings = []
+        self.stop_on_findings = stop_on_findings
         for fn in ("rkd_distance_matrix", "rkd_distance_matrix_backward", "rkd_distance_loss_c",
                    "rkd_distance_loss_backward_c", "rkd_angle_tensor_c", "rkd_angle_tensor_backward_c",
                    "rkd_angle_loss_c", "rkd_angle_loss_backward_c", "rkd_loss_c", "rkd_loss_backward_c",
@@ -102,6 +199,49 @@ class Emulated:
                    "rkd_pair_matrix_rows_backward_c", "rkd_grad_rows_c", "rkd_angle_loss_rows_c",
                    "rkd_angle_grad_rows_c", "rkd_set_product_precision"):
             getattr(lib, fn).restype = None
+
+    def take_findings(self, op):
+        """The detectors' findings in the last call, kept in self.findings (raised with stop_on_findings)."""
+        lib = self.lib._lib
+        if not lib.rkd_emu_finding_count():
+            return
+        need = lib.rkd_emu_take_findings(None, 0)
+        buf = ctypes.create_string_buffer(need + 1)
+        lib.rkd_emu_take_findings(buf, need + 1)
+        new = [f"{op}: {line}" for line in buf.value.decode().splitlines()]
+        self.findings += new
+        if self.stop_on_findings and new:
+            raise Findings("\n".join(new))
+
+    def barrier_sites(self):
+        """{"file:line": times executed} of every __syncthreads() call site run so far."""
+        lib = self.lib._lib
+        need = lib.rkd_emu_barrier_sites(None, 0)
+        buf = ctypes.create_string_buffer(need + 1)
+        lib.rkd_emu_barrier_sites(buf, need + 1)
+        return {site: int(n) for site, n in (line.split() for line in buf.value.decode().splitlines())}
+
+    def launched(self):
+        """{mangled kernel name: {"block": [x, y, z], "launches": n}} of every kernel launched so far."""
+        lib = self.lib._lib
+        need = lib.rkd_emu_launched(None, 0)
+        buf = ctypes.create_string_buffer(need + 1)
+        lib.rkd_emu_launched(buf, need + 1)
+        out = {}
+        for line in buf.value.decode().splitlines():
+            name, x, y, z, n = line.split()
+            out[name] = {"block": [int(x), int(y), int(z)], "launches": int(n)}
+        return out
+
+    def set_block_order(self, order):
+        """"forward", "reverse" or "shuffle:SEED": the order the blocks of every launch run in."""
+        mode, _, seed = order.partition(":")
+        code = {"forward": 0, "reverse": 1, "shuffle": 2}[mode]
+        self.lib._lib.rkd_emu_set_block_order(code, ctypes.c_uint64(int(seed or 0)))
+
+    def skip_barrier(self, site):
+        """Make the __syncthreads() at "file:line" a no-op ("" restores it)."""
+        self.lib._lib.rkd_emu_skip_barrier(site.encode())
 
     def set_product_precision(self, mode, fp64_ratio=2):
         """The product precision of the op calls that follow, on an emulated GPU with this float64 ratio."""
@@ -335,8 +475,11 @@ def run_distance(emu, rep, n, ds, dt, dtype, kind, quick):
         rep.check(f"{op} {tag}", mine[0], ref[0], tol, FLOOR[dtype])
         rep.check(f"{op} dist64 {tag}", mine[1], ref[1], 1e-12)
         g = upstream((n, n), dtype, 3)
+        # With N = 2 the normalised distances are 1 whatever x: the exact gradient is 0, and each backend's is
+        # its rounding noise (with contraction, as nvcc compiles, not exactly 0).
+        atol = NOISE[dtype] if n == 2 and op == "normalized_distance" else FLOOR[dtype]
         rep.check(f"{op}_backward {tag}", getattr(emu, op + "_backward")(g, s, mine[1], eps),
-                  getattr(CPU, op + "_backward")(g.double(), s64, ref[1], eps), tol, FLOOR[dtype])
+                  getattr(CPU, op + "_backward")(g.double(), s64, ref[1], eps), tol, atol)
 
     variants = [dict(beta=1.0, squared=False, mean_offset=0.0), dict(beta=0.3, squared=True, mean_offset=0.5)]
     if not quick:
@@ -462,6 +605,14 @@ def run_rows(emu, rep, n, d, dtype, parts):
             rep.check(f"angle_grad_rows R {vt}", mine[1], ref[1], tol, FLOOR[dtype])
 
 
+def run_wide(emu, rep, n, d):
+    """The pair matrix past one block of columns (gram_finish_kernel's kBlock = 256), near pairs in each."""
+    x = features(n, d, torch.float64, 41, "near")
+    for op in ("pairwise_distance", "normalized_distance"):
+        mine = getattr(emu, op)(x, 1e-12)
+        rep.check(f"{op} n={n} d={d} float64 near", mine[1], getattr(CPU, op)(x, 1e-12)[1], 1e-12)
+
+
 def determinism(emu, rep):
     s, t = features(70, 9, torch.float32, 9), features(70, 5, torch.float32, 10)
     a = emu.rkd_angle_loss(s, t, 1.0, 1e-12, "mean", True)
@@ -483,6 +634,8 @@ def run_products32(emu, rep, n, ds, dt, dtype, kind):
     eps = 1e-12
     tol = max(PRODUCT32_RTOL, TOL[dtype])
     gtol = max(PRODUCT32_NEAR_GRAD_RTOL, tol) if kind == "near" else tol
+    # Features of width 0 have every distance 0: a loss's exact gradient cancels to 0, rounding noise is left.
+    gatol = NOISE[dtype] if min(ds, dt) == 0 else FLOOR[dtype]
     # On an emulated GPU with slow float64 (fp64 at 1/64), where float32 products are chosen: its
     # reductions take one block only up to N = 16 (common.cuh's kSeqMaxNSlowFp64).
     emu.set_product_precision("float32", 64)
@@ -531,7 +684,7 @@ def run_products32(emu, rep, n, ds, dt, dtype, kind):
             g = upstream((), loss_dtype(dtype), 24)
             gr = CPU.rkd_distance_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
             gm = emu.rkd_distance_loss_backward(g, s, t, mine[1], mine[2], mine[3], *args, True, True)
-            check_grads(rep, vt, (True, True), gm, gr, gtol, FLOOR[dtype], FLOOR[dtype])
+            check_grads(rep, vt, (True, True), gm, gr, gtol, gatol, gatol)
         # rkd_loss without its angle term takes the float32 products; with it, float64 (bitwise as in
         # float64 mode: the float32 triplet arithmetic is judged by the cases above).
         for args in ((25.0, 0.0, 1.0, eps, eps, "mean", False, 0.0, True), RKD_LOSS_VARIANTS[0]):
@@ -543,7 +696,7 @@ def run_products32(emu, rep, n, ds, dt, dtype, kind):
                 ref = CPU.rkd_loss(s64, t64, *args)
                 rep.check(vt, mine[0], ref[0], tol, FLOOR[dtype])
                 gr = CPU.rkd_loss_backward(g.double(), s64, t64, ref[1], ref[2], ref[3], *args, True, True)
-                check_grads(rep, vt, (True, True), gm, gr, gtol, FLOOR[dtype], FLOOR[dtype])
+                check_grads(rep, vt, (True, True), gm, gr, gtol, gatol, gatol)
             elif n >= 3:  # below, rkd_loss has no angle term
                 emu.set_product_precision("float64")
                 base = emu.rkd_loss(s, t, *args)
@@ -590,63 +743,150 @@ def product_modes(emu, rep):
         print(f"FAIL product modes: {expect}")
 
 
+def cases(quick):
+    """The case list: (label, run(emu, rep)) for every op against the CPU ops (fewer sizes and variants with
+    quick)."""
+    items = []
+
+    def add(label, fn, *args):
+        items.append((label, lambda emu, rep: fn(emu, rep, *args)))
+
+    # Sizes below, at and past the tiles (32 x 64 triplet tiles, 64 x 64 GEMM
+    # tiles, 8-row stages), odd everywhere; D = 1 and D = 0; different D for
+    # student and teacher.
+    dist_cases = [(2, 1, 1), (3, 4, 7), (31, 5, 3), (67, 1, 9), (4, 0, 3), (1, 3, 2), (130, 70, 17)]
+    angle_cases = [(3, 1, 4), (5, 3, 3), (31, 7, 2), (6, 0, 2), (1, 2, 3), (2, 3, 1), (70, 65, 9), (130, 5, 8)]
+    if quick:
+        dist_cases, angle_cases = dist_cases[:5], angle_cases[:4]
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+    for i, (n, ds, dt) in enumerate(dist_cases):
+        for dtype in dtypes:
+            add(f"distance n={n} {dtype}", run_distance, n, ds, dt, dtype, "random", quick)
+        add(f"distance n={n} float64", run_distance, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3],
+            quick)
+    if not quick:  # past N = 512 the W x X product splits its reduction over the samples
+        add("distance n=520", run_distance, 520, 3, 2, torch.float32, "offset", quick)
+    for i, (n, ds, dt) in enumerate(angle_cases):
+        for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
+            add(f"angle n={n} {dtype}", run_angle, n, ds, dt, dtype, "random", quick)
+        if n > 2:
+            add(f"angle n={n} float64", run_angle, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], quick)
+    loss_cases = [(2, 1, 3), (3, 4, 7), (31, 5, 3), (6, 0, 2), (1, 2, 3), (70, 65, 9)]
+    if quick:
+        loss_cases = loss_cases[:4]
+    for i, (n, ds, dt) in enumerate(loss_cases):
+        for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
+            add(f"rkd_loss n={n} {dtype}", run_rkd_loss, n, ds, dt, dtype, "random", quick)
+        if n > 2:
+            add(f"rkd_loss n={n} float64", run_rkd_loss, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3],
+                quick)
+    # Blocks of rows: empty, one row, across and within the 64-row GEMM and 32-row triplet tiles.
+    add("rows n=7", run_rows, 7, 5, torch.float64, [(0, 7), (2, 3), (4, 4)])
+    add("rows n=70", run_rows, 70, 9, torch.float32, [(0, 70), (5, 69)] if quick else [(0, 70), (5, 69), (33, 70)])
+    if not quick:
+        add("rows n=130", run_rows, 130, 3, torch.float64, [(1, 129), (64, 130)])
+    add("wide n=260", run_wide, 260, 3)
+    add("determinism", determinism)
+    # Float32 products: below, at and past a 64 x 64 tile, K split into slices (D > 128), odd sizes, D = 0.
+    p32_cases = [(3, 5, 2), (4, 0, 3), (31, 40, 33), (70, 300, 129)] if quick else \
+        [(2, 1, 3), (3, 5, 2), (4, 0, 3), (31, 40, 33), (70, 300, 129), (130, 17, 260)]
+    for n, ds, dt in p32_cases:
+        for kind in ("random", "offset", "near", "dup"):
+            add(f"float32 products n={n} {kind}", run_products32, n, ds, dt, torch.float32, kind)
+    for dtype in (torch.float16, torch.bfloat16):
+        add(f"float32 products n=31 {dtype}", run_products32, 31, 40, 33, dtype, "random")
+    if not quick:  # past N = 512 the W x X product splits its reduction over the samples
+        add("float32 products n=520", run_products32, 520, 3, 2, torch.float32, "offset")
+    add("product modes", product_modes)
+    return items
+
+
+def _preload_sanitizers():
+    """Restart this script with the sanitizer runtimes preloaded (an instrumented library cannot load without)."""
+    cxx = os.environ.get("CXX", "g++")
+    libs = [subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout.strip()
+            for name in SANITIZER_RUNTIMES]
+    env = dict(os.environ, LD_PRELOAD=":".join(libs), RKD_EMULATE_PRELOADED="1",
+               # Python and torch allocate for the process's life; only the kernels are under test.
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    return subprocess.run([sys.executable] + sys.argv, env=env).returncode
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and variants")
+    ap.add_argument("--build", choices=BUILDS, default="detect",
+                    help="detect: with the detectors (default); plain: without; asan: AddressSanitizer and "
+                         "UndefinedBehaviorSanitizer; contract: floating-point contraction with FMAs, as nvcc")
+    ap.add_argument("--orders", default="forward",
+                    help="comma-separated block orders (forward, reverse, shuffle:SEED), one run of the cases "
+                         "each; every run after the first must reproduce the first's outputs bitwise "
+                         "(a repeated order checks run-to-run reproducibility)")
+    ap.add_argument("--skip-barrier", default="", metavar="FILE:LINE",
+                    help="make this __syncthreads() call site a no-op (scripts/barrier_sweep.py)")
+    ap.add_argument("--stop-on-findings", action="store_true",
+                    help="stop at the first call in which a detector finds something (exit status 3)")
+    ap.add_argument("--sites", metavar="JSON",
+                    help="write every __syncthreads() call site run: how often, and the first case that runs it")
+    ap.add_argument("--kernels", metavar="JSON",
+                    help="write every kernel launched: its mangled name, block shape and number of launches")
+    ap.add_argument("--start-at", type=int, default=0, metavar="K",
+                    help="run the cases from the K-th (0-based) on, then the ones before it")
+    ap.add_argument("--lib", help="an emulator library built before (by build()) instead of building one")
     args = ap.parse_args()
+    if args.build == "asan" and os.environ.get("RKD_EMULATE_PRELOADED") != "1":
+        return _preload_sanitizers()
     torch.set_num_threads(1)
     start = time.time()
+    orders = args.orders.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        emu = Emulated(build(tmp))
+        lib = ctypes.CDLL(args.lib) if args.lib else build(tmp, args.build)
+        emu = Emulated(lib, stop_on_findings=args.stop_on_findings)
         built = time.time()
+        emu.skip_barrier(args.skip_barrier)
         rep = Report()
-        # Sizes below, at and past the tiles (32 x 64 triplet tiles, 64 x 64 GEMM
-        # tiles, 8-row stages), odd everywhere; D = 1 and D = 0; different D for
-        # student and teacher.
-        dist_cases = [(2, 1, 1), (3, 4, 7), (31, 5, 3), (67, 1, 9), (4, 0, 3), (1, 3, 2), (130, 70, 17)]
-        angle_cases = [(3, 1, 4), (5, 3, 3), (31, 7, 2), (6, 0, 2), (1, 2, 3), (2, 3, 1), (70, 65, 9), (130, 5, 8)]
-        if args.quick:
-            dist_cases, angle_cases = dist_cases[:5], angle_cases[:4]
-        dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-        for i, (n, ds, dt) in enumerate(dist_cases):
-            for dtype in dtypes:
-                run_distance(emu, rep, n, ds, dt, dtype, "random", args.quick)
-            run_distance(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
-        if not args.quick:  # past N = 512 the W x X product splits its reduction over the samples
-            run_distance(emu, rep, 520, 3, 2, torch.float32, "offset", args.quick)
-        for i, (n, ds, dt) in enumerate(angle_cases):
-            for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
-                run_angle(emu, rep, n, ds, dt, dtype, "random", args.quick)
-            if n > 2:
-                run_angle(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
-        loss_cases = [(2, 1, 3), (3, 4, 7), (31, 5, 3), (6, 0, 2), (1, 2, 3), (70, 65, 9)]
-        if args.quick:
-            loss_cases = loss_cases[:4]
-        for i, (n, ds, dt) in enumerate(loss_cases):
-            for dtype in dtypes if n <= 31 else (torch.float64, torch.float32):
-                run_rkd_loss(emu, rep, n, ds, dt, dtype, "random", args.quick)
-            if n > 2:
-                run_rkd_loss(emu, rep, n, ds, dt, torch.float64, ("offset", "near", "dup")[i % 3], args.quick)
-        # Blocks of rows: empty, one row, across and within the 64-row GEMM and 32-row triplet tiles.
-        run_rows(emu, rep, 7, 5, torch.float64, [(0, 7), (2, 3), (4, 4)])
-        run_rows(emu, rep, 70, 9, torch.float32, [(0, 70), (5, 69)] if args.quick else [(0, 70), (5, 69), (33, 70)])
-        if not args.quick:
-            run_rows(emu, rep, 130, 3, torch.float64, [(1, 129), (64, 130)])
-        determinism(emu, rep)
-        # Float32 products: below, at and past a 64 x 64 tile, K split into slices (D > 128), odd sizes.
-        p32_cases = [(3, 5, 2), (31, 40, 33), (70, 300, 129)] if args.quick else \
-            [(2, 1, 3), (3, 5, 2), (31, 40, 33), (70, 300, 129), (130, 17, 260)]
-        for n, ds, dt in p32_cases:
-            for kind in ("random", "offset", "near", "dup"):
-                run_products32(emu, rep, n, ds, dt, torch.float32, kind)
-        for dtype in (torch.float16, torch.bfloat16):
-            run_products32(emu, rep, 31, 40, 33, dtype, "random")
-        if not args.quick:  # past N = 512 the W x X product splits its reduction over the samples
-            run_products32(emu, rep, 520, 3, 2, torch.float32, "offset")
-        product_modes(emu, rep)
-    print(f"emulated CUDA ops vs CPU ops: {rep.count - rep.failures}/{rep.count} checks passed "
-          f"(build {built - start:.0f} s, checks {time.time() - built:.0f} s)")
-    return 1 if rep.failures else 0
+        digests = []
+        items = cases(args.quick)
+        items = items[args.start_at:] + items[:args.start_at]
+        first = {}  # call site -> the first case that ran it
+        try:
+            for order in orders:
+                emu.set_block_order(order)
+                emu.digest = hashlib.sha256()
+                for k, (label, run) in enumerate(items):
+                    run(emu, rep)
+                    if args.sites:
+                        for site in emu.barrier_sites():
+                            first.setdefault(site, ((k + args.start_at) % len(items), label))
+                digests.append(emu.digest.hexdigest())
+        except Findings as found:
+            print(f"stopped at the first findings of the detectors:\n{found}")
+            return 3
+        finally:
+            if args.sites:
+                counts = emu.barrier_sites()
+                with open(args.sites, "w") as f:
+                    json.dump({site: {"count": n, "first_case": first[site][0], "first_label": first[site][1]}
+                               for site, n in counts.items() if site in first}, f, indent=1, sort_keys=True)
+        if args.kernels:
+            with open(args.kernels, "w") as f:
+                json.dump(emu.launched(), f, indent=1, sort_keys=True)
+        detectors = bool(emu.lib.rkd_emu_detecting())
+    for order, digest in zip(orders[1:], digests[1:]):
+        rep.count += 1
+        if digest != digests[0]:
+            rep.failures += 1
+            print(f"FAIL block order {order}: outputs differ bitwise from block order {orders[0]}")
+    for finding in emu.findings:
+        print(f"FAIL {finding}")
+    if args.build == "detect" and not detectors:
+        print("FAIL the detect build ran without its instrumentation")
+        rep.failures += 1
+    print(f"emulated CUDA ops vs CPU ops ({args.build} build, block orders {', '.join(orders)}): "
+          f"{rep.count - rep.failures}/{rep.count} checks passed, {len(emu.findings)} findings of the detectors "
+          f"(build {built - start:.0f} s, checks {time.time() - built:.0f} s); outputs digest {digests[0][:16]}")
+    return 1 if rep.failures or emu.findings else 0
 
 
 if __name__ == "__main__":

@@ -288,13 +288,29 @@ constexpr int64_t kSeqMaxNSlowFp64 = 16;
 // every block sums those in finish_group_kernel's order, so all get the same
 // bits, and runs prev's fins (each block storing the same values) before
 // evaluating its own member, which may read them.
+//
+// Those stores are the one deliberate overlap of blocks: every block stores
+// the same bits to the same addresses and reads only what it stored itself
+// (after the barrier), so any interleaving gives the same result. The host
+// emulator checks exactly that invariant for stores made under
+// RKD_REPLICATED_STORES (equal bits; no block reads a replicated value it did
+// not store) and reports any other overlap between blocks as a race.
+#ifdef RKD_GPU_EMULATE
+#define RKD_REPLICATED_STORES ::emu::Replicated rkd_replicated_stores_
+#else
+#define RKD_REPLICATED_STORES
+#endif
+
 template <typename G>
 RKD_DEV void finish_members(const G& g, const double* rows, int64_t N, double* red) {
   for (int k = 0; k < G::kSize; ++k) {
     double acc = 0.0;
     for (int64_t l = threadIdx.x; l < N; l += kBlock) acc += rows[k * N + l];
     const double total = block_sum<kBlock>(acc, red, threadIdx.x);
-    if (threadIdx.x == 0) g.fin(k, total);
+    if (threadIdx.x == 0) {
+      RKD_REPLICATED_STORES;
+      g.fin(k, total);
+    }
   }
   __syncthreads();
 }

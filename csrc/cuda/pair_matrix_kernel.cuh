@@ -514,7 +514,6 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
 template <PairKind kWhat, typename S>
 __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double eps) {
   __shared__ double red[kBlock];
-  __shared__ double near_v[kBlock];
   __shared__ int near[kBlock];
   int64_t l = blockIdx.x;  // the row within the part
   const S& g = in.of(l, in.side[0].part.n());
@@ -535,7 +534,7 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
   const double n_i = norm(i);
   for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
     const int64_t j = j0 + t;
-    double v = 0.0, n_j = 0.0;
+    double v = 0.0, n_j = 0.0, exact = 0.0;
     near[t] = 0;
     if (j < N && j != i) {
       n_j = norm(j);
@@ -551,11 +550,10 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
         acc += d * d;
       }
       const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
-      if (t == q) near_v[q] = total;
+      if (t == q) exact = total;  // only thread q needs its pair's value
     }
-    __syncthreads();
     if (j < N) {
-      const double value = j == i ? 0.0 : pair_value(kWhat, near[t] ? near_v[t] : v, eps);
+      const double value = j == i ? 0.0 : pair_value(kWhat, near[t] ? exact : v, eps);
       g.out[l * N + j] = value;
       if (g.u != nullptr) {  // as a map of angle_kernel.cuh's InvEdge over out would
         const double u = g.normalize ? inv_edge(value, g.u_eps) : 1.0;
@@ -565,7 +563,7 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
           static_cast<float*>(g.u)[l * N + j] = static_cast<float>(u);
       }
     }
-    __syncthreads();  // near and near_v are rewritten for the next columns
+    __syncthreads();  // every thread read all of near in the loop over q: rewritten for the next columns
   }
 }
 
@@ -757,8 +755,8 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
   // The norms of rows [col0, col0 + kTile) (G's diagonal for the whole
   // matrix): the float32 operands' squares summed in float64. A float32 sum
   // would give every pair of a row the same error; these cost N D float64
-  // FMAs in all, 1 / N of the product.
-  __syncthreads();  // red was the scale's
+  // FMAs in all, 1 / N of the product. (red is free again: block_max ends
+  // with a barrier.)
   double* slice = g.slices + z * g.part.n() * N;
   tile_norms(load, col0, N, k1 - k0, red, [&](int64_t i, double v) {
     if (g.part.whole)
