@@ -1,38 +1,43 @@
 #!/usr/bin/env bash
 # Checks the CUDA code on machines without a GPU, so it cannot rot between GPU
-# runs: compiles every CUDA source with nvcc (every warning an error) and runs
-# the kernels' logic on the host. The three steps run in parallel:
+# runs. The steps run in parallel:
 #
-# 1. The torch-free GPU backend and kernels (csrc/cuda/*.cuh), every op of the
-#    op layer instantiated by csrc/cuda/standalone/compile_check.cu, for each
-#    architecture in
-#    RKD_CUDA_ARCHS (default "80 90") with the flags of PyTorch's extension
-#    build; ptxas's registers, spills and shared memory per kernel are shown.
-#    Then two translation units that include every header are linked
-#    together, as the extension's .cu files are: a non-inline definition in a
+# 1. kernels: csrc/cuda/standalone/compile_check.cu, every kernel the op layer
+#    can launch, compiled by nvcc (every warning an error) with the flags of
+#    PyTorch's extension build for each architecture in RKD_CUDA_ARCHS
+#    (default "80 90"); then scripts/kernel_resources.py --check prints each
+#    kernel's registers, spills, shared memory and occupancy and fails on a new
+#    spill or shared memory past what a launch may use without an opt-in.
+# 2. headers_link: two translation units that include every header, linked
+#    together as the extension's .cu files are: a non-inline definition in a
 #    header would be a duplicate symbol.
-# 2. The torch bindings (csrc/cuda/*.cu), as one translation unit against the
-#    installed torch's headers (host code and PTX), when torch is importable.
-#    A CPU-only torch wheel ships the c10/cuda headers but not the one CMake
-#    generates, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is supplied.
-#    RKD_CHECK_BINDINGS=0 skips this step.
-# 3. scripts/emulate_cuda.py: the op layer on the GPU backend, its kernels
-#    compiled as host C++ with g++ and a fiber-per-thread emulator, compared
-#    with the CPU ops for every op, dtype and odd size (--quick here; run it
-#    without for all sizes). Needs an installed rkd_ext; RKD_EMULATE=0 skips it.
+# 3. bindings: the torch bindings (csrc/cuda/*.cu) as one translation unit
+#    against the installed torch's headers (host code and PTX), when torch is
+#    importable. A CPU-only torch wheel ships the c10/cuda headers but not the
+#    one CMake generates, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is
+#    supplied. RKD_CHECK_BINDINGS=0 skips this step.
+# 4. emulation: scripts/emulate_cuda.py, the op layer on the GPU backend with
+#    its kernels run on the host, against the CPU ops, on the quick case set, in
+#    four builds: with the detectors (racecheck, synccheck, initcheck,
+#    memcheck, launch limits; docs/gpu.md); plain, with the blocks of every
+#    launch in grid order, reversed and shuffled (bitwise-equal outputs); with
+#    floating-point contraction as nvcc compiles (within the tolerances, and
+#    bitwise reproducible run to run); with AddressSanitizer and
+#    UndefinedBehaviorSanitizer. Needs an installed rkd_ext; RKD_EMULATE=0
+#    skips it.
 #
 # NVCC selects the compiler (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+export NVCC
 ARCHS=${RKD_CUDA_ARCHS:-"80 90"}
-FILT=$(command -v c++filt || echo cat)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "$NVCC" --version | tail -n 2
 
-# The defines and options of torch.utils.cpp_extension's CUDA build and setup.py.
+# The defines and options of torch.utils.cpp_extension's CUDA build, every warning an error.
 common=(-lineinfo --expt-relaxed-constexpr
         -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
         -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
@@ -45,6 +50,9 @@ start() {  # start NAME CMD...: run CMD in the background, output to $out/NAME.l
   jobs+=($!) names+=("$name")
 }
 
+archs=$(tr ' ' ',' <<<"$ARCHS")
+start kernels python scripts/kernel_resources.py --archs "$archs" --ptxas-logs "$out" --compile-only
+
 for f in csrc/cuda/*.cuh; do echo "#include \"$PWD/$f\""; done >"$out/headers.cu"
 odr() {
   "$NVCC" -std=c++17 -O0 "${common[@]}" -Xcompiler -fPIC -gencode arch=compute_90,code=sm_90 \
@@ -53,12 +61,6 @@ odr() {
   "$NVCC" -shared "$out/headers_a.o" "$out/headers_b.o" -o "$out/headers.so"
 }
 start headers_link odr
-
-for arch in $ARCHS; do
-  start "kernels_sm_${arch}" "$NVCC" -std=c++17 -O3 "${common[@]}" -Xptxas -v \
-    -gencode "arch=compute_${arch},code=sm_${arch}" \
-    -c csrc/cuda/standalone/compile_check.cu -o "$out/sm_${arch}.o"
-done
 
 if [ "${RKD_CHECK_BINDINGS:-1}" = 1 ] && torch_inc=$(python -c \
     "import torch.utils.cpp_extension as c; print('\n'.join(c.include_paths()))" 2>/dev/null); then
@@ -81,8 +83,15 @@ else
   echo "== bindings: skipped (RKD_CHECK_BINDINGS=0 or no importable torch)"
 fi
 
+launches=none
 if [ "${RKD_EMULATE:-1}" = 1 ] && python -c "import rkd_ext" 2>/dev/null; then
-  start emulation python scripts/emulate_cuda.py --quick
+  emulate="python scripts/emulate_cuda.py --quick"
+  # Two jobs, for two cores: the detectors and the contraction build; the block orders and the sanitizers.
+  start emulation_detect_contract sh -c "$emulate --kernels $out/kernels.json && \
+    $emulate --build contract --orders forward,forward"
+  start emulation_orders_asan sh -c "$emulate --build plain --orders forward,reverse,shuffle:2026 && \
+    $emulate --build asan"
+  launches=$out/kernels.json
 else
   echo "== emulation: skipped (RKD_EMULATE=0 or rkd_ext not importable)"
 fi
@@ -91,19 +100,8 @@ status=0
 for n in "${!jobs[@]}"; do
   name=${names[$n]}
   if wait "${jobs[$n]}"; then echo "== $name: passed"; else status=1; echo "== $name: FAILED"; fi
-  # Diagnostics in full; ptxas's per-kernel report as one line per kernel.
-  grep -v '^ptxas info' "$out/$name.log" | grep -v '^ *[0-9]* bytes stack frame' || true
-  [[ $name == kernels_* ]] || continue
-  awk '
-    /Compiling entry function/ { match($0, /'\''[^'\'']*'\''/); kernel = substr($0, RSTART + 1, RLENGTH - 2) }
-    /bytes stack frame/ { spill = $5 + $9 }
-    /Used [0-9]+ registers/ {
-      match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15)
-      smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
-      printf "%s\t%s\t%s\t%s\n", regs, spill, smem, kernel
-    }' "$out/$name.log" | "$FILT" |
-    sed -E 's/rkd::gpu:://g; s/\([^()]*\)$//; s/^([^\t]*\t[^\t]*\t[^\t]*\t)void /\1/' | sort -t$'\t' -k4 |
-    awk -F'\t' 'BEGIN { printf "  %5s %6s %6s  %s\n", "regs", "spill", "smem", "kernel" }
-                { printf "  %5s %6s %6s  %s\n", $1, $2, $3, $4 }'
+  cat "$out/$name.log"
 done
-exit $status
+[ $status = 0 ] || exit 1
+echo "== kernel resources (docs/gpu.md): a new spill or too much shared memory fails"
+python scripts/kernel_resources.py --archs "$archs" --ptxas-logs "$out" --launches "$launches" --check
