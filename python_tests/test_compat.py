@@ -8,6 +8,7 @@ largest entry); in float64 they must match tightly, which also pins the small
 constants (KD_Lib's 1e-10 clamp and 1e-7 mean offset, mdistiller's eps).
 """
 import importlib
+import importlib.util
 import inspect
 import sys
 import types
@@ -452,6 +453,12 @@ def _fake_torchdistill(monkeypatch, register_name):
     return registry
 
 
+# torchdistill itself (its registry and its own RKDLoss) where it is installed: the CUDA-build stage
+# (scripts/check_cuda_build.sh) installs it beside a CUDA torch; the stand-in covers the rest.
+TORCHDISTILL = importlib.util.find_spec("torchdistill") is not None
+
+
+@pytest.mark.skipif(TORCHDISTILL, reason="torchdistill is installed: its real registry is tested instead")
 @pytest.mark.parametrize("register_name", ["register_mid_level_loss", "register_single_loss"],
                          ids=["torchdistill-1.x", "torchdistill-0.3"])
 def test_torchdistill_registration(monkeypatch, register_name):
@@ -464,6 +471,37 @@ def test_torchdistill_registration(monkeypatch, register_name):
         reduction="mean")})
     s, t = make_features(6, 4), make_features(6, 3, seed=1)
     assert_close(loss(*_io(s, t)), R.distance_loss(s, t) + 2 * R.angle_loss(s, t), 1e-10, 0, "built loss")
+
+
+@pytest.mark.skipif(not TORCHDISTILL, reason="torchdistill is not installed (scripts/check_cuda_build.sh installs it)")
+@pytest.mark.parametrize("dist_factor,angle_factor,reduction", [
+    (1.0, 2.0, "mean"), (25.0, 50.0, "mean"), (1.5, 0.0, "sum"), (0.0, 2.0, "mean"), (3.0, 0.0, "none"),
+    (0.0, 2.0, "none"),
+])
+def test_torchdistill_real_registry(dist_factor, angle_factor, reduction):
+    """RKDExtRKDLoss built from a config by torchdistill's own registry equals torchdistill's own RKDLoss:
+    the value and the gradients of both inputs (the teacher's: none from either)."""
+    registry = importlib.import_module("torchdistill.losses.registry")
+    kwargs = dict(student_output_path="layer4", teacher_output_path="fc", dist_factor=dist_factor,
+                  angle_factor=angle_factor, reduction=reduction)
+    ours = registry.get_mid_level_loss({"key": "RKDExtRKDLoss", "kwargs": kwargs})
+    theirs = registry.get_mid_level_loss({"key": "RKDLoss", "kwargs": kwargs})
+    assert type(ours) is torchdistill.RKDLoss
+    assert type(theirs).__module__ == "torchdistill.losses.mid_level"
+    s = make_features(10, 24, dtype=torch.float64, seed=3).reshape(10, 2, 3, 4)
+    t = make_features(10, 12, dtype=torch.float64, seed=4).reshape(10, 3, 4)
+    results = []
+    for loss_module in (ours, theirs):
+        sg, tg = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        loss = loss_module({"layer4": {"output": sg}}, {"fc": {"output": tg}})
+        w = torch.randn(loss.shape, generator=torch.Generator().manual_seed(5), dtype=loss.dtype)
+        gs, gt = torch.autograd.grad((loss * w).sum(), (sg, tg), allow_unused=True)
+        results.append((loss.detach(), gs, gt))
+    (v, gs, gt), (v_ref, gs_ref, gt_ref) = results
+    assert v.shape == v_ref.shape
+    assert_close(v, v_ref, 1e-9, 1e-12 * float(v_ref.abs().max()), "value")
+    assert_close(gs, gs_ref, 1e-9, 1e-9 * float(gs_ref.abs().max()), "student gradient")
+    assert gt is None and gt_ref is None
 
 
 REGISTRY_MODULES = {"mmrazor": "mmrazor.registry", "torchdistill": "torchdistill.losses.registry"}

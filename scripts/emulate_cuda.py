@@ -33,7 +33,7 @@ import time
 
 import torch
 
-import rkd_ext  # noqa: F401  (registers torch.ops.rkd_ext)
+import rkd_ext  # registers torch.ops.rkd_ext
 from rkd_ext.testing import EMULATION_NOISE as NOISE
 from rkd_ext.testing import KERNEL_FLOOR as FLOOR
 from rkd_ext.testing import KERNEL_RTOL as TOL
@@ -404,6 +404,31 @@ class Emulated:
         return V, R
 
 
+class TorchOps:
+    """torch.ops.rkd_ext on a device with Emulated's interface: the same case list run by the compiled
+    extension (on a GPU: under compute-sanitizer by scripts/gpu_run.sh; on the CPU: a rehearsal of that run).
+    Tensor arguments go to the device, results come back to the CPU. The cases' "auto" is an H200's (float64
+    products), which a GPU with fast float64 also picks; the CPU's own "auto" takes float32 products, so there
+    it is asked for float64."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.findings = []
+        self.digest = hashlib.sha256()
+        self.set_product_precision("auto")
+
+    def set_product_precision(self, mode, fp64_ratio=2):
+        rkd_ext.set_product_precision("float64" if mode == "auto" and self.device.type == "cpu" else mode)
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.rkd_ext, name)
+
+        def call(*args):
+            out = op(*(a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args))
+            return tuple(o.cpu() for o in out) if isinstance(out, (tuple, list)) else out.cpu()
+        return call
+
+
 # ---- comparisons --------------------------------------------------------------------
 
 def features(n, d, dtype, seed, kind="random"):
@@ -743,9 +768,9 @@ def product_modes(emu, rep):
         print(f"FAIL product modes: {expect}")
 
 
-def cases(quick):
+def cases(quick, emulated=True):
     """The case list: (label, run(emu, rep)) for every op against the CPU ops (fewer sizes and variants with
-    quick)."""
+    quick; without the emulator-only check of "auto" against emulated float64 rates unless emulated)."""
     items = []
 
     def add(label, fn, *args):
@@ -797,8 +822,25 @@ def cases(quick):
         add(f"float32 products n=31 {dtype}", run_products32, 31, 40, 33, dtype, "random")
     if not quick:  # past N = 512 the W x X product splits its reduction over the samples
         add("float32 products n=520", run_products32, 520, 3, 2, torch.float32, "offset")
-    add("product modes", product_modes)
+    if emulated:
+        add("product modes", product_modes)
     return items
+
+
+def run_on_device(device, quick):
+    """The case list through the compiled extension on `device`; exit status 1 on a mismatch."""
+    if device.startswith("cuda") and not (torch.cuda.is_available() and rkd_ext.build_info()["with_cuda"]):
+        print(f"--device {device}: needs a GPU and rkd_ext built with its CUDA kernels")
+        return 2
+    start, rep, ops = time.time(), Report(), TorchOps(device)
+    try:
+        for _, run in cases(quick, emulated=False):
+            run(ops, rep)
+    finally:
+        rkd_ext.set_product_precision("auto")
+    print(f"CUDA ops on {device} vs CPU ops: {rep.count - rep.failures}/{rep.count} checks passed "
+          f"({time.time() - start:.0f} s)")
+    return 1 if rep.failures else 0
 
 
 def _preload_sanitizers():
@@ -834,7 +876,11 @@ def main():
     ap.add_argument("--start-at", type=int, default=0, metavar="K",
                     help="run the cases from the K-th (0-based) on, then the ones before it")
     ap.add_argument("--lib", help="an emulator library built before (by build()) instead of building one")
+    ap.add_argument("--device", help="run the cases through torch.ops.rkd_ext on this device (cuda, or cpu to "
+                                     "rehearse) instead of the emulator")
     args = ap.parse_args()
+    if args.device:
+        return run_on_device(args.device, args.quick)
     if args.build == "asan" and os.environ.get("RKD_EMULATE_PRELOADED") != "1":
         return _preload_sanitizers()
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Summarises a scripts/gpu_run.sh results folder: summary.json and summary.md.
 
-Reads what the stages left in the folder (build.log, tests.xml, targets.json,
-benchmarks.json; any may be missing) and the environment, and writes
+Reads what the stages left in the folder (stages.json, build.log, tests.xml,
+sanitize.json, targets.json, benchmarks.json; any may be missing) and the environment, and writes
 summary.json (everything) and summary.md (a short table).
 
 Usage: python scripts/gpu_report.py OUT
@@ -97,8 +97,13 @@ def markdown(s):
     lines = [f"# rkd_ext on {', '.join(env.get('gpus', ['(no GPU)']))}", "",
              f"commit `{env['git_commit'][:12]}`{' (dirty)' if env.get('git_dirty') else ''}, "
              f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), {env.get('nvcc', '')}, "
-             f"driver {env.get('driver') or '?'}, {env['date']}", "",
-             "| stage | result |", "|---|---|"]
+             f"driver {env.get('driver') or '?'}, {env['date']}", ""]
+    if s.get("stages"):
+        lines += ["| stage | status | seconds | note |", "|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['status'].upper() if r['status'] == 'failed' else r['status']} | "
+                  f"{r['seconds']} | {r['note']} |" for r in s["stages"]]
+        lines.append("")
+    lines += ["| stage | result |", "|---|---|"]
     b = s.get("build")
     if b is not None:
         cuda = env.get("rkd_ext_build", {}).get("with_cuda")
@@ -112,6 +117,11 @@ def markdown(s):
     if tg is not None:
         checks = [c for r in tg.get("cases", []) for c in r["targets"]]
         lines.append(f"| targets | {sum(c['ok'] for c in checks)} of {len(checks)} met |")
+    if s.get("sanitize") is not None:
+        # gpu_run.sh runs compute-sanitizer with --error-exitcode 9; timeout's 124 is a tool cut off.
+        verdict = {0: "clean", 9: "FOUND ERRORS", 124: "CUT OFF"}
+        lines.append("| sanitize | " + ", ".join(f"{r['tool']} {verdict.get(r['exit'], 'exit %d' % r['exit'])} "
+                                                  f"({r['seconds']} s)" for r in s["sanitize"]) + " |")
     if s.get("benchmarks") is not None:
         lines.append(f"| benchmarks | {len(s['benchmarks'])} cases timed |")
     if t and t["problems"]:
@@ -141,15 +151,17 @@ def main(out):
     summary = {"environment": environment(), "build": build(os.path.join(out, "build.log")),
                "tests": tests(os.path.join(out, "tests.xml")), "benchmarks": benchmarks(
                    os.path.join(out, "benchmarks.json"))}
-    targets = os.path.join(out, "targets.json")
-    summary["targets"] = json.load(open(targets)) if os.path.exists(targets) else None
+    for key in ("targets", "stages", "sanitize"):
+        path = os.path.join(out, f"{key}.json")
+        summary[key] = json.load(open(path)) if os.path.exists(path) else None
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     text = markdown(summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
     print(text)
-    failed = (summary["build"] is not None and not summary["build"]["ok"]) or (
+    failed = any(r["status"] == "failed" for r in summary["stages"] or []) or (
+        summary["build"] is not None and not summary["build"]["ok"]) or (
         summary["tests"] is not None and (summary["tests"]["failures"] or summary["tests"]["errors"])) or (
         summary["targets"] is not None and not all(c["ok"] for r in summary["targets"]["cases"]
                                                    for c in r["targets"]))

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Builds rkd_ext with its CUDA kernels exactly as a user with a CUDA build of
+# torch does, and checks that build on a machine without a GPU:
+#
+#   env      a virtual environment of its own (never the one the README's
+#            commands use) with the CUDA build of torch from the package
+#            registry, torchvision, torchdistill, the test tools and cuobjdump.
+#            pip's configuration files are ignored: a machine's may point
+#            torch at a local CPU wheel.
+#   build    `pip install --no-build-isolation -e ".[test]"` of a copy of this tree,
+#            FORCE_CUDA=1, for TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), with
+#            CUDA_HOME the toolkit's own folder (an `nvcc` on PATH may be a
+#            wrapper outside it, from which torch would guess a root without
+#            libcudart).
+#   info     `python -m rkd_ext.info` must report the CUDA kernels built and
+#            the compiled kernels in use.
+#   sass     the .so holds SASS for each architecture and every kernel the op
+#            layer launches on the emulated case set, with the registers and
+#            shared memory of docs/gpu.md's table (scripts/kernel_resources.py
+#            --so).
+#   tests    the whole test suite in that environment (the GPU tests skip for
+#            want of a device), torchdistill's own registry and RKDLoss
+#            included.
+#   gpu_run  the device check's stages after the build (scripts/gpu_run.sh
+#            test sanitize bench), each up to the point where it needs a GPU.
+#
+# Usage: scripts/check_cuda_build.sh   (exit status 0 when every step passes)
+# Environment:
+#   RKD_CUDA_ENV          a folder for the environment and the copy of the tree,
+#                         kept and reused (default: a temporary one, removed after)
+#   CUDA_HOME             the CUDA toolkit (default: found from nvcc)
+#   TORCH_CUDA_ARCH_LIST  architectures to build (default "8.0;9.0")
+#   MAX_JOBS              parallel compile jobs (default: all cores)
+#   PYTEST_ARGS           extra arguments for the test suite
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+# Pinned: the CUDA torch this stage proves, and the framework stack that installs beside it.
+TORCH=torch==2.13.0
+STACK=(torchvision==0.28.0 torchdistill==1.1.5)
+TOOLS=("nvidia-cuda-cuobjdump>=13.0,<14" ninja pybind11 setuptools wheel)
+
+if [ -n "${RKD_CUDA_ENV:-}" ]; then
+  work=$RKD_CUDA_ENV
+  mkdir -p "$work"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
+venv=$work/venv src=$work/src
+py=$venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK=1 RKD_EXT_REQUIRE_EXT=1 PYTHONUNBUFFERED=1
+
+# The toolkit's own folder: CUDA_HOME, else the one the nvcc on PATH runs (itself, or the nvcc a wrapper
+# script execs), else /usr/local/cuda; it must hold nvcc and libcudart.
+toolkit() {
+  local nvcc cands=() c
+  [ -n "${CUDA_HOME:-}" ] && cands+=("$CUDA_HOME")
+  if nvcc=$(command -v nvcc); then
+    nvcc=$(readlink -f "$nvcc")
+    cands+=("$(dirname "$(dirname "$nvcc")")")
+    if grep -Iq . "$nvcc" 2>/dev/null; then  # a script: the nvcc it runs
+      while read -r c; do cands+=("$(dirname "$(dirname "$c")")"); done < <(grep -o '/[^ "]*/bin/nvcc' "$nvcc")
+    fi
+  fi
+  cands+=(/usr/local/cuda /usr/local/cuda-*)
+  for c in "${cands[@]}"; do
+    if [ -x "$c/bin/nvcc" ] && ls "$c"/lib64/libcudart.so* "$c"/targets/*/lib/libcudart.so* >/dev/null 2>&1; then
+      echo "$c"
+      return
+    fi
+  done
+  return 1
+}
+
+declare -a stage_names stage_secs
+step() {  # step NAME CMD...: run CMD (with errexit, in a subshell), time it, stop the script on failure
+  local name=$1 t0=$SECONDS rc
+  shift
+  echo "== $name"
+  set +e
+  (set -e; "$@")
+  rc=$?
+  set -e
+  if [ $rc != 0 ]; then
+    echo "== $name: FAILED after $((SECONDS - t0)) s"
+    exit 1
+  fi
+  stage_names+=("$name") stage_secs+=($((SECONDS - t0)))
+}
+
+# pip on the package registry alone: no configuration file, no local wheel folder, no constraint.
+registry_pip() {
+  env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+    "$py" -m pip "$@"
+}
+
+make_env() {
+  [ -x "$py" ] || python3 -m venv "$venv"
+  registry_pip install -q "$TORCH" "${STACK[@]}" "${TOOLS[@]}"
+  "$py" -c "import torch; assert torch.version.cuda, 'not a CUDA build: ' + torch.__version__; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+  "$py" -c "import torchvision, torchdistill; print('torchvision', torchvision.__version__, \
+'torchdistill', torchdistill.__version__)"
+}
+
+copy_tree() {  # the tree as git sees it (tracked and untracked files, not ignored ones)
+  rm -rf "$src"
+  mkdir -p "$src"
+  (cd "$root" && git ls-files -z -c -o --exclude-standard | while IFS= read -r -d '' f; do
+     [ -e "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -C "$src" -xf -
+}
+
+build() {
+  local home
+  home=$(toolkit) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
+  echo "CUDA_HOME=$home"
+  # The README's install, test extras included; the torch above satisfies the dependency and stays.
+  (cd "$src" && CUDA_HOME=$home FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0} \
+     MAX_JOBS=${MAX_JOBS:-$(nproc)} registry_pip install -q --no-build-isolation -e ".[test]")
+  "$py" -c "import torch; assert torch.version.cuda, 'torch was replaced: ' + torch.__version__"
+}
+
+info() {
+  local out
+  out=$(cd "$src" && "$py" -m rkd_ext.info) || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "^CUDA kernels *yes" <<<"$out" && grep -q "^compiled kernels in use *yes" <<<"$out"
+}
+
+sass() {
+  local archs
+  archs=$(tr ';' '\n' <<<"${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" | sed 's/\.//; s/+PTX//' | paste -sd, -)
+  (cd "$src" && CUDA_HOME=$(toolkit) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
+     tail -n 1 &&
+   NVCC=$(toolkit)/bin/nvcc "$py" scripts/kernel_resources.py --archs "$archs" --launches "$work/kernels.json" \
+     --so "$(ls rkd_ext/_C*.so)" --check | grep -v '^|')
+}
+
+tests() {
+  eval "extra=(${PYTEST_ARGS:-})"
+  (cd "$src" && CUDA_HOME=$(toolkit) "$py" -m pytest python_tests -q -p no:cacheprovider -rs \
+     --junitxml="$work/tests.xml" "${extra[@]}" | tail -n 25) || return 1
+  # torchdistill's own registry must have been tested, not skipped.
+  "$py" - "$work/tests.xml" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+cases = [c for c in ET.parse(sys.argv[1]).iter("testcase") if "torchdistill_real_registry" in c.get("name", "")]
+ran = [c for c in cases if c.find("skipped") is None and c.find("failure") is None and c.find("error") is None]
+print(f"torchdistill's own registry: {len(ran)}/{len(cases)} cases passed")
+sys.exit(0 if cases and len(ran) == len(cases) else 1)
+EOF
+}
+
+gpu_run() {
+  (cd "$src" && PYTHON=$py RKD_GIT_COMMIT=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown) \
+     bash scripts/gpu_run.sh "$work/gpu_run" test sanitize bench | grep -E '^(==|\|)')
+}
+
+step env make_env
+step copy copy_tree
+step build build
+step info info
+step sass sass
+step tests tests
+step gpu_run gpu_run
+echo "== CUDA build checked (no GPU here: the GPU tests skipped)"
+for i in "${!stage_names[@]}"; do printf '  %-7s %5d s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
