@@ -5,7 +5,9 @@ GPU is visible). Feature batches, dtypes, tolerances and comparisons come from
 rkd_ext.testing, shared with the benchmarks and scripts, so that a change of
 policy happens in one place.
 """
+import importlib.util
 import os
+import shutil
 
 import pytest
 import torch
@@ -25,6 +27,26 @@ DEVICES = [
         pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"),
     ]),
 ]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The host emulator and the launch plan compile the CUDA sources as host C++: they need g++ and the CUDA
+# headers, no GPU.
+CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+needs_host_cuda = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None or
+    not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")),
+    reason="needs g++ and the CUDA headers (the CUDA sources compile as host C++)")
+
+
+def load_script(path):
+    """The module of a script of the repository (a path relative to its root, e.g. "scripts/launch_plan.py")."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def run_with_threads(fn, threads=(1, 2, 2)):

@@ -12,30 +12,21 @@ whose blocks race (which is what the bitwise comparison of orders relies
 on).
 """
 import ctypes
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import ROOT, load_script, needs_host_cuda
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANTED = os.path.join(ROOT, "python_tests", "emulator_planted.cpp")
-CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None or
-    not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")),
-    reason="needs g++ and the CUDA headers (the emulator compiles the kernels as host C++)")
+pytestmark = needs_host_cuda
 
 
 def _emulate_cuda():
-    spec = importlib.util.spec_from_file_location("emulate_cuda", os.path.join(ROOT, "scripts", "emulate_cuda.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/emulate_cuda.py")
 
 
 @pytest.fixture(scope="module")

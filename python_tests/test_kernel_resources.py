@@ -6,17 +6,14 @@ spare does not, and the gate must fail on the first unless the baseline
 already allows its bytes. The occupancy is checked against values worked out
 by hand from the CUDA occupancy calculator's rules.
 """
-import importlib.util
 import os
 import shutil
 import subprocess
 
 import pytest
+from conftest import ROOT, load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("kernel_resources", os.path.join(ROOT, "scripts", "kernel_resources.py"))
-K = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(K)
+K = load_script("scripts/kernel_resources.py")
 
 SQUEEZED, ROOMY = "_Z8squeezedILi1024ELi2EEvPKfPf", "_Z8squeezedILi256ELi1EEvPKfPf"
 

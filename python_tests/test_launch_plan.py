@@ -5,31 +5,15 @@ the CUDA headers). The facts: the op layer's sequences, which launches they
 are made of and how composed ops add up; each kernel's grid from the sizes;
 the flops of a product from its shape; the time model from its formula.
 """
-import importlib.util
-import os
-import shutil
-
 import pytest
+from conftest import load_script, needs_host_cuda
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-
-pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None or
-    not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")),
-    reason="needs g++ and the CUDA headers")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("launch_plan", os.path.join(ROOT, "scripts", "launch_plan.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = needs_host_cuda
 
 
 @pytest.fixture(scope="module")
 def lp():
-    return _load()
+    return load_script("scripts/launch_plan.py")
 
 
 @pytest.fixture(scope="module")

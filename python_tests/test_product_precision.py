@@ -7,14 +7,11 @@ where they should (the distance family's float32 products) and nowhere else
 on the host emulator by scripts/emulate_cuda.py, and on a GPU by
 test_cuda_modes_match_float64_reference below.
 """
-import importlib.util
-import os
-import shutil
 import tempfile
 
 import pytest
 import torch
-from conftest import CUDA_KERNELS
+from conftest import CUDA_KERNELS, load_script, needs_host_cuda
 
 import rkd_ext
 from rkd_ext import reference as R
@@ -129,23 +126,13 @@ def test_cuda_modes_match_float64_reference(mode):
     assert_close(grad, truth_grad, rtol, atol * truth_grad.abs().max(), f"{mode} gradient")
 
 
-CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-
-
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None or
-                    not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")),
-                    reason="needs g++ and the CUDA headers (the GPU kernels run on the host emulator)")
+@needs_host_cuda
 def test_gpu_float32_products_within_the_reference_float32_error():
     # The accuracy requirement of the float32 products, on the accuracy suite's batches
     # (benchmarks/accuracy_products.py): against the float64 truth, the distance loss's value and
     # student gradient with the GPU's float32 products (emulated) are at most as far off as the
     # reference implementation run in float32.
-    spec = importlib.util.spec_from_file_location(
-        "accuracy_products", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                                          "accuracy_products.py"))
-    A = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(A)
-
+    A = load_script("benchmarks/accuracy_products.py")
     with tempfile.TemporaryDirectory() as tmp:
         emu = A._emulator(tmp)
         for kind in ("random", "offset", "near"):

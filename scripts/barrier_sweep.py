@@ -7,8 +7,9 @@ records which), and stops at the first finding of the detectors. A site whose
 removal goes unnoticed, or that no case runs, fails the sweep: a barrier no
 detector can miss is redundant, or the cases do not reach it.
 
-Usage: python scripts/barrier_sweep.py [--jobs J] [--sites FILE:LINE ...] [--json OUT]
-(exit status 1 when a removal is not caught). Needs what emulate_cuda.py needs.
+Usage: python scripts/barrier_sweep.py [--jobs J] [--sites FILE:LINE ...] [--json OUT] [--write]
+(exit status 1 when a removal is not caught; --write puts the table in docs/gpu.md). Needs what
+emulate_cuda.py needs.
 """
 import argparse
 import concurrent.futures
@@ -25,6 +26,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMULATE = os.path.join(ROOT, "scripts", "emulate_cuda.py")
 # A mutated run that finds nothing runs the whole quick set (about a minute); far past that it hangs.
 TIMEOUT_S = 600
+DOC = os.path.join(ROOT, "docs", "gpu.md")
+BEGIN, END = "<!-- barrier-sweep:begin -->", "<!-- barrier-sweep:end -->"
+
+
+def function_of(lines, number):
+    """The function whose body holds line `number` (1-based): the nearest definition above it."""
+    for text in reversed(lines[:number - 1]):
+        if text[:1] not in ("", " ", "}", "/", "#", "\n") and "(" in text:
+            m = re.search(r"(\w+)\(", re.sub(r"__launch_bounds__\([^)]*\)", "", text))
+            if m:
+                return m.group(1)
+    return "?"
+
+
+def table(results):
+    """Markdown: each site, its function, and the first finding without its byte and threads."""
+    lines = ["| barrier | in | its removal is caught by |", "|---|---|---|"]
+    for site, r in results.items():
+        name, line = site.rsplit(":", 1)
+        with open(os.path.join(ROOT, "csrc", "cuda", name)) as f:
+            fn = function_of(f.readlines(), int(line))
+        finding = r["finding"].split(": ", 1)[-1]  # without the op
+        finding = re.sub(r" at byte .*", "", finding).replace("|", "\\|")
+        lines.append(f"| `{site}` | `{fn}` | {finding if r['caught'] else 'MISSED: ' + finding} |")
+    return "\n".join(lines)
 
 
 def barrier_sites():
@@ -57,6 +83,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutated runs at a time")
     ap.add_argument("--sites", nargs="*", help="only these call sites (default: every one in csrc/cuda)")
     ap.add_argument("--json", help="write each site's result here")
+    ap.add_argument("--write", action="store_true", help="put the table in docs/gpu.md")
     args = ap.parse_args()
     sites = args.sites or barrier_sites()
     spec = importlib.util.spec_from_file_location("emulate_cuda", EMULATE)
@@ -99,6 +126,11 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if args.write:
+        with open(DOC) as f:
+            head, rest = f.read().split(BEGIN, 1)
+        with open(DOC, "w") as f:
+            f.write(f"{head}{BEGIN}\n{table(results)}\n{END}{rest.split(END, 1)[1]}")
     print(f"{len(sites) - failed}/{len(sites)} barrier removals caught by a named finding")
     return 1 if failed else 0
 

@@ -51,27 +51,8 @@ venv=$work/venv src=$work/src
 py=$venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1 RKD_EXT_REQUIRE_EXT=1 PYTHONUNBUFFERED=1
 
-# The toolkit's own folder: CUDA_HOME, else the one the nvcc on PATH runs (itself, or the nvcc a wrapper
-# script execs), else /usr/local/cuda; it must hold nvcc and libcudart.
-toolkit() {
-  local nvcc cands=() c
-  [ -n "${CUDA_HOME:-}" ] && cands+=("$CUDA_HOME")
-  if nvcc=$(command -v nvcc); then
-    nvcc=$(readlink -f "$nvcc")
-    cands+=("$(dirname "$(dirname "$nvcc")")")
-    if grep -Iq . "$nvcc" 2>/dev/null; then  # a script: the nvcc it runs
-      while read -r c; do cands+=("$(dirname "$(dirname "$c")")"); done < <(grep -o '/[^ "]*/bin/nvcc' "$nvcc")
-    fi
-  fi
-  cands+=(/usr/local/cuda /usr/local/cuda-*)
-  for c in "${cands[@]}"; do
-    if [ -x "$c/bin/nvcc" ] && ls "$c"/lib64/libcudart.so* "$c"/targets/*/lib/libcudart.so* >/dev/null 2>&1; then
-      echo "$c"
-      return
-    fi
-  done
-  return 1
-}
+# shellcheck source=cuda_home.sh
+source "$root/scripts/cuda_home.sh"
 
 declare -a stage_names stage_secs
 step() {  # step NAME CMD...: run CMD (with errexit, in a subshell), time it, stop the script on failure
@@ -113,7 +94,7 @@ copy_tree() {  # the tree as git sees it (tracked and untracked files, not ignor
 
 build() {
   local home
-  home=$(toolkit) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
+  home=$(cuda_home) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
   echo "CUDA_HOME=$home"
   # The README's install, test extras included; the torch above satisfies the dependency and stays.
   (cd "$src" && CUDA_HOME=$home FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0} \
@@ -131,15 +112,15 @@ info() {
 sass() {
   local archs
   archs=$(tr ';' '\n' <<<"${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" | sed 's/\.//; s/+PTX//' | paste -sd, -)
-  (cd "$src" && CUDA_HOME=$(toolkit) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
+  (cd "$src" && CUDA_HOME=$(cuda_home) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
      tail -n 1 &&
-   NVCC=$(toolkit)/bin/nvcc "$py" scripts/kernel_resources.py --archs "$archs" --launches "$work/kernels.json" \
+   NVCC=$(cuda_home)/bin/nvcc "$py" scripts/kernel_resources.py --archs "$archs" --launches "$work/kernels.json" \
      --so "$(ls rkd_ext/_C*.so)" --check | grep -v '^|')
 }
 
 tests() {
   eval "extra=(${PYTEST_ARGS:-})"
-  (cd "$src" && CUDA_HOME=$(toolkit) "$py" -m pytest python_tests -q -p no:cacheprovider -rs \
+  (cd "$src" && CUDA_HOME=$(cuda_home) "$py" -m pytest python_tests -q -p no:cacheprovider -rs \
      --junitxml="$work/tests.xml" "${extra[@]}" | tail -n 25) || return 1
   # torchdistill's own registry must have been tested, not skipped.
   "$py" - "$work/tests.xml" <<'EOF'

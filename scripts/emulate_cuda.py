@@ -3,9 +3,9 @@
 The op layer (csrc/core) on the GPU backend (csrc/cuda/gpu_backend.cuh), with
 the torch-free kernels of csrc/cuda compiled as plain C++ by
 csrc/cuda/standalone/emulate.h (each CUDA thread a fiber, __syncthreads() a
-switch), is built into a small library of whole ops
-(csrc/cuda/standalone/entry_points.h): the same sequence of steps, dtype
-choices and kernels the CUDA bindings run. This script allocates their
+switch; csrc/cuda/standalone/emulate_rt.cpp), is built into a small library of
+whole ops (csrc/cuda/standalone/entry_points.h): the same sequence of steps,
+dtype choices and kernels the CUDA bindings run. This script allocates their
 outputs as the bindings do, calls them, and compares every op's outputs and
 gradients with torch.ops.rkd_ext on the CPU, for every dtype, on odd sizes and
 degenerate data. It needs g++, the CUDA headers and an installed rkd_ext; no
@@ -17,7 +17,16 @@ through rkd_set_product_precision, the distance family on random, offset,
 near and dup batches against the CPU ops in float64, within
 PRODUCT32_RTOL; the angle family bitwise unchanged.
 
-Usage: python scripts/emulate_cuda.py [--quick]   (exit status 1 on a mismatch)
+--build detect (the default) runs the detectors of emulate_rt.cpp on every
+access of the kernels (racecheck, synccheck, initcheck, memcheck, launch
+limits: docs/gpu.md); any finding fails the run. plain, asan and contract are
+the other builds (BUILDS). --orders runs the case list once per order of the
+blocks and fails unless the outputs agree bitwise. --device runs the same case
+list through the compiled extension instead (cuda: on a GPU, as
+scripts/gpu_run.sh does under compute-sanitizer; cpu: a rehearsal).
+
+Usage: python scripts/emulate_cuda.py [--quick] [--build B] [--orders O,...] [--device D]
+(exit status 1 on a mismatch or a finding; --help for the rest)
 """
 import argparse
 import ctypes

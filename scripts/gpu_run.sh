@@ -33,6 +33,7 @@
 # Environment:
 #   PYTHON                 the interpreter whose torch builds and runs rkd_ext (default python3)
 #   TORCH_CUDA_ARCH_LIST   architectures to build (default: this GPU's, e.g. 9.0)
+#   CUDA_HOME              the CUDA toolkit (default: found from nvcc, scripts/cuda_home.sh)
 #   MAX_JOBS               parallel compile jobs (default: all cores)
 #   RKD_GIT_COMMIT         the commit to record when the tree carries no .git
 #   RKD_STAGE_TIMEOUT      seconds any stage may run (default 330)
@@ -57,6 +58,8 @@ STAGE_TIMEOUT=${RKD_STAGE_TIMEOUT:-330}
 status=0
 
 gpu=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+# shellcheck source=cuda_home.sh
+source scripts/cuda_home.sh
 
 record() {  # record STAGE STATUS SECONDS NOTE: one line of stages.json
   $PY - "$out/stages.json" "$@" <<'EOF'
@@ -73,11 +76,12 @@ EOF
 }
 
 build() {
-  local arch
+  local arch home
   arch=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" \
                                  2>/dev/null)}
   [ -n "$arch" ] || { echo "needs a GPU (or TORCH_CUDA_ARCH_LIST) to choose the architecture"; return 3; }
-  TORCH_CUDA_ARCH_LIST=$arch FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+  home=$(cuda_home) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
+  CUDA_HOME=$home TORCH_CUDA_ARCH_LIST=$arch FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     $PY -m pip install --no-build-isolation --no-deps -v -e . >"$out/build.log" 2>&1 &&
   $PY -m rkd_ext.info | tee -a "$out/build.log" &&
   $PY -c "import rkd_ext, sys; sys.exit(0 if rkd_ext.build_info()['with_cuda'] else 'no CUDA kernels built')" ||
@@ -98,7 +102,7 @@ tests() {
 
 sanitize() {
   local cs tool rc t0 results=()
-  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  cs=$(command -v compute-sanitizer || ls "$(cuda_home)/bin/compute-sanitizer" 2>/dev/null || true)
   if [ "$gpu" != 1 ]; then
     # The case list the tools would run, through torch.ops.rkd_ext on the CPU.
     $PY scripts/emulate_cuda.py --quick --device cpu 2>&1 | tee "$out/sanitize_cpu.log" | tail -n 3
@@ -144,7 +148,7 @@ bench() {
 }
 
 export out PY gpu
-export -f build tests sanitize bench
+export -f build tests sanitize bench cuda_home
 
 for stage in "${stages[@]}"; do
   case $stage in build | test | sanitize | bench) ;; *)

@@ -276,15 +276,16 @@ std::string demangle(const char* mangled) {
   return s;
 }
 
-// A demangled name without its return type and parameter lists, template
-// arguments below the first level elided:
+// A demangled name without its return type and parameter lists (those of
+// lambdas among the template arguments too), template arguments below the
+// first level elided:
 // "rkd::gpu::group_row_sums_kernel<rkd::Group<...>, rkd::Group<...> >::red".
 std::string short_name(std::string full) {
   if (full.rfind("void ", 0) == 0) full.erase(0, 5);
   std::string out;
   int angle = 0, paren = 0;
   for (const char ch : full) {
-    if (angle == 0 && (ch == '(' || (ch == ')' && paren > 0))) {
+    if (angle <= 1 && (ch == '(' || (ch == ')' && paren > 0))) {
       paren += ch == '(' ? 1 : -1;
       continue;
     }
@@ -421,11 +422,13 @@ void init_regions() {
   add_region(reinterpret_cast<uintptr_t>(&gridDim), sizeof gridDim, Kind::Builtin, "gridDim", false);
 }
 
-Region* find(uintptr_t p) {
+// The region holding p; a static of this library that a kernel touches for
+// the first time becomes a Shared region (with `discover`).
+Region* find(uintptr_t p, bool discover = true) {
   if (last_region != nullptr && p >= last_region->lo && p < last_region->hi) return last_region;
   auto it = first_after(p);
   if (it != regions.begin() && p < (*std::prev(it))->hi) return last_region = std::prev(it)->get();
-  if (p < rw_lo || p >= rw_hi) return nullptr;
+  if (!discover || p < rw_lo || p >= rw_hi) return nullptr;
   // A static of this library touched by a kernel: a __shared__ array.
   Dl_info info{};
   void* entry = nullptr;
@@ -534,7 +537,7 @@ void check_read(Region& r, Cell& c, uintptr_t addr, size_t n) {
 
 void host_access(uintptr_t p, size_t n) {
   if (regions.empty() || p < regions.front()->lo || p >= regions.back()->hi) return;
-  Region* r = find(p);
+  Region* r = find(p, false);
   if (r == nullptr || r->kind != Kind::Global) return;
   report("memcheck", region_name(*r),
          [&] { return "host code dereferences device memory: " + place(*r, p, n) + " (outside any kernel launch)"; });
