@@ -307,10 +307,10 @@ def main():
             problems += check_so(args.so, tool, archs, rows, launches)
     if args.write:
         os.makedirs(os.path.dirname(DATA), exist_ok=True)
-        with open(DATA, "w") as f:
-            json.dump({"command": "python scripts/kernel_resources.py --write", "nvcc_flags": NVCC_FLAGS,
-                       "kernels": [{k: v for k, v in r.items() if k != "demangled"} for r in rows]}, f, indent=0)
-            f.write("\n")
+        with open(DATA, "w") as f:  # one kernel a line
+            head = json.dumps({"command": "python scripts/kernel_resources.py --write", "nvcc_flags": NVCC_FLAGS})
+            records = ",\n".join(json.dumps({k: v for k, v in r.items() if k != "demangled"}) for r in rows)
+            f.write(f'{head[:-1]}, "kernels": [\n{records}\n]}}\n')
         with open(DOC) as f:
             doc = f.read()
         head, rest = doc.split(BEGIN, 1)

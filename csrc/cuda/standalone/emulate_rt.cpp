@@ -7,11 +7,11 @@
 //
 // What is checked (each finding names the check, the kernel, the array and
 // the threads; scripts/emulate_cuda.py fails on any):
-//   racecheck   shared memory: a byte written by one thread and read or
-//               written by another of the block within one barrier interval.
-//               Global memory: the same within a block, and between blocks
-//               of one launch any byte that one block writes and another
-//               reads or writes (blocks have no order). Replicated stores
+//   racecheck   shared memory: a granule (2 bytes) written by one thread and
+//               read or written by another of the block within one barrier
+//               interval. Global memory: the same within a block, and between
+//               blocks of one launch any granule that one block writes and
+//               another reads or writes (blocks have no order). Replicated stores
 //               (RKD_REPLICATED_STORES) may repeat another block's store if
 //               the bits are equal and every block that reads them stored
 //               them itself.
