@@ -25,18 +25,17 @@ PLANTED = os.path.join(ROOT, "python_tests", "emulator_planted.cpp")
 pytestmark = needs_host_cuda
 
 
-def _emulate_cuda():
-    return load_script("scripts/emulate_cuda.py")
+E = load_script("scripts/emulate_cuda.py")
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The planted kernels' library for a build variant, built once per module."""
-    mod, out, libs = _emulate_cuda(), tmp_path_factory.mktemp("planted"), {}
+    out, libs = tmp_path_factory.mktemp("planted"), {}
 
     def get(variant):
         if variant not in libs:  # the asan build loads only where its runtime is preloaded: its path
-            libs[variant] = mod.build(str(out), variant, PLANTED, load=variant != "asan")
+            libs[variant] = E.build(str(out), variant, PLANTED, load=variant != "asan")
         return libs[variant]
     return get
 
@@ -56,13 +55,11 @@ class Emu:
         return ctypes.c_void_p(t.data_ptr())
 
     def findings(self):
-        need = self.lib.rkd_emu_take_findings(None, 0)
-        buf = ctypes.create_string_buffer(need + 1)
-        self.lib.rkd_emu_take_findings(buf, need + 1)
+        found = E.text_of(self.lib.rkd_emu_take_findings).splitlines()
         for t in self.tracked:
             self.lib.rkd_emu_untrack(ctypes.c_void_p(t.data_ptr()))
         self.tracked = []
-        return buf.value.decode().splitlines()
+        return found
 
 
 @pytest.fixture
@@ -303,12 +300,9 @@ print("ran to the end")
     ("overflow", 2, 0, "signed integer overflow"),
 ])
 def test_address_and_undefined_behavior_sanitizers(built, what, bad, good, message):
-    mod = _emulate_cuda()
     lib = built("asan")
-    cxx = os.environ.get("CXX", "g++")
-    preload = ":".join(subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True,
-                                      check=True).stdout.strip() for name in mod.SANITIZER_RUNTIMES)
-    env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1")
+    env = dict(os.environ, LD_PRELOAD=E.sanitizer_preload(), ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="halt_on_error=1")
     runs = {n: subprocess.run([sys.executable, "-c", _SANITIZED_RUN, lib, what, str(n)], capture_output=True,
                               text=True, env=env, timeout=120) for n in (bad, good)}
     assert runs[bad].returncode != 0 and message in runs[bad].stderr, runs[bad].stderr[-2000:]

@@ -38,10 +38,7 @@ trap 'rm -rf "$out"' EXIT
 "$NVCC" --version | tail -n 2
 
 # The defines and options of torch.utils.cpp_extension's CUDA build, every warning an error.
-common=(-lineinfo --expt-relaxed-constexpr
-        -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
-        -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
-        -Werror all-warnings -Xcompiler -Wall,-Wextra)
+mapfile -t common < <(python scripts/kernel_resources.py --print-nvcc-flags)
 
 jobs=() names=()
 start() {  # start NAME CMD...: run CMD in the background, output to $out/NAME.log

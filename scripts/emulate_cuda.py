@@ -172,6 +172,21 @@ class _Tracked:
         return call
 
 
+def text_of(fn):
+    """The text an emulator function fn(buf, cap) writes: asked its length first (cap 0), then taken."""
+    need = fn(None, 0)
+    buf = ctypes.create_string_buffer(need + 1)
+    fn(buf, need + 1)
+    return buf.value.decode()
+
+
+def sanitizer_preload():
+    """LD_PRELOAD for a process that loads the asan build: the sanitizers' runtimes of the compiler."""
+    cxx = os.environ.get("CXX", "g++")
+    return ":".join(subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True,
+                                   check=True).stdout.strip() for name in SANITIZER_RUNTIMES)
+
+
 def _p(t):
     if t is None or not t.numel():
         return ctypes.c_void_p(0)
@@ -214,30 +229,20 @@ class Emulated:
         lib = self.lib._lib
         if not lib.rkd_emu_finding_count():
             return
-        need = lib.rkd_emu_take_findings(None, 0)
-        buf = ctypes.create_string_buffer(need + 1)
-        lib.rkd_emu_take_findings(buf, need + 1)
-        new = [f"{op}: {line}" for line in buf.value.decode().splitlines()]
+        new = [f"{op}: {line}" for line in text_of(lib.rkd_emu_take_findings).splitlines()]
         self.findings += new
         if self.stop_on_findings and new:
             raise Findings("\n".join(new))
 
     def barrier_sites(self):
         """{"file:line": times executed} of every __syncthreads() call site run so far."""
-        lib = self.lib._lib
-        need = lib.rkd_emu_barrier_sites(None, 0)
-        buf = ctypes.create_string_buffer(need + 1)
-        lib.rkd_emu_barrier_sites(buf, need + 1)
-        return {site: int(n) for site, n in (line.split() for line in buf.value.decode().splitlines())}
+        text = text_of(self.lib._lib.rkd_emu_barrier_sites)
+        return {site: int(n) for site, n in (line.split() for line in text.splitlines())}
 
     def launched(self):
         """{mangled kernel name: {"block": [x, y, z], "launches": n}} of every kernel launched so far."""
-        lib = self.lib._lib
-        need = lib.rkd_emu_launched(None, 0)
-        buf = ctypes.create_string_buffer(need + 1)
-        lib.rkd_emu_launched(buf, need + 1)
         out = {}
-        for line in buf.value.decode().splitlines():
+        for line in text_of(self.lib._lib.rkd_emu_launched).splitlines():
             name, x, y, z, n = line.split()
             out[name] = {"block": [int(x), int(y), int(z)], "launches": int(n)}
         return out
@@ -854,10 +859,7 @@ def run_on_device(device, quick):
 
 def _preload_sanitizers():
     """Restart this script with the sanitizer runtimes preloaded (an instrumented library cannot load without)."""
-    cxx = os.environ.get("CXX", "g++")
-    libs = [subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout.strip()
-            for name in SANITIZER_RUNTIMES]
-    env = dict(os.environ, LD_PRELOAD=":".join(libs), RKD_EMULATE_PRELOADED="1",
+    env = dict(os.environ, LD_PRELOAD=sanitizer_preload(), RKD_EMULATE_PRELOADED="1",
                # Python and torch allocate for the process's life; only the kernels are under test.
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")

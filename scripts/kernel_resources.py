@@ -37,9 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "docs", "gpu_kernel_resources.json")
 DOC = os.path.join(ROOT, "docs", "gpu.md")
 BEGIN, END = "<!-- kernel-resources:begin -->", "<!-- kernel-resources:end -->"
-# The defines and options of torch.utils.cpp_extension's CUDA build and setup.py's nvcc flags.
-NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
-              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+# The defines and options of torch.utils.cpp_extension's CUDA build and setup.py's nvcc flags, less the C++
+# standard and the optimisation level (scripts/check_cuda.sh compiles with these too: --print-nvcc-flags).
+EXTENSION_FLAGS = ["-lineinfo", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+                   "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+                   "-D__CUDA_NO_HALF2_OPERATORS__"]
+NVCC_FLAGS = ["-std=c++17", "-O3", *EXTENSION_FLAGS]
 # Every warning an error (they change no code).
 WARNINGS = ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra"]
 # A launch may use 48 KiB of shared memory (static plus dynamic) without cudaFuncSetAttribute.
@@ -258,6 +261,9 @@ def check_so(lib, tool, archs, rows, launches):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="80,90", help="compute capabilities (default 80,90)")
+    ap.add_argument("--print-nvcc-flags", action="store_true",
+                    help="print the extension's nvcc flags with every warning an error (no standard, no -O), "
+                         "one a line, and stop")
     ap.add_argument("--ptxas-logs", metavar="DIR",
                     help="ptxas's reports in DIR/kernels_sm_<arch>.log: read where they exist, else compiled and "
                          "written there")
@@ -269,6 +275,9 @@ def main():
     ap.add_argument("--so", metavar="LIB", help="check this built extension's SASS against the table")
     ap.add_argument("--cuobjdump", metavar="BIN", help="cuobjdump to use with --so")
     args = ap.parse_args()
+    if args.print_nvcc_flags:
+        print("\n".join(EXTENSION_FLAGS + WARNINGS))
+        return 0
     archs = [int(a) for a in args.archs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.ptxas_logs or tmp

@@ -789,6 +789,20 @@ RKD_EMU_ATOMICS(64, long)
 
 // ---- for scripts/emulate_cuda.py -------------------------------------------------------------------
 
+namespace emu {
+namespace {
+// text into buf (at most cap - 1 characters and a NUL; cap 0: nothing); the length it needs.
+int64_t copy_out(const std::string& text, char* buf, int64_t cap) {
+  if (cap > 0) {
+    const size_t m = std::min(text.size(), static_cast<size_t>(cap - 1));
+    std::memcpy(buf, text.data(), m);
+    buf[m] = '\0';
+  }
+  return static_cast<int64_t>(text.size());
+}
+}  // namespace
+}  // namespace emu
+
 // Device memory [p, p + n) named `name`: an op's argument, or scratch. With
 // uninitialised, reads before any write are reported.
 void rkd_emu_track(const void* p, int64_t n, const char* name, int uninitialised) {
@@ -828,14 +842,12 @@ int64_t rkd_emu_finding_count() { return emu::finding_count; }
 int64_t rkd_emu_take_findings(char* buf, int64_t cap) {
   std::string all;
   for (const std::string& f : emu::findings) all += f + "\n";
-  if (cap <= 0) return static_cast<int64_t>(all.size());
-  const size_t m = std::min(all.size(), static_cast<size_t>(cap - 1));
-  std::memcpy(buf, all.data(), m);
-  buf[m] = '\0';
-  emu::findings.clear();
-  emu::finding_keys.clear();
-  emu::finding_count = 0;
-  return static_cast<int64_t>(all.size());
+  if (cap > 0) {
+    emu::findings.clear();
+    emu::finding_keys.clear();
+    emu::finding_count = 0;
+  }
+  return emu::copy_out(all, buf, cap);
 }
 
 // 0: blocks in grid order, 1: reversed, 2: shuffled by seed.
@@ -861,12 +873,7 @@ int64_t rkd_emu_launched(char* buf, int64_t cap) {
     all += std::string(name) + " " + std::to_string(l.block.x) + " " + std::to_string(l.block.y) + " " +
            std::to_string(l.block.z) + " " + std::to_string(l.count) + "\n";
   }
-  if (cap > 0) {
-    const size_t m = std::min(all.size(), static_cast<size_t>(cap - 1));
-    std::memcpy(buf, all.data(), m);
-    buf[m] = '\0';
-  }
-  return static_cast<int64_t>(all.size());
+  return emu::copy_out(all, buf, cap);
 }
 
 // "file:line count" for every __syncthreads() call site executed so far, one per line.
@@ -875,12 +882,7 @@ int64_t rkd_emu_barrier_sites(char* buf, int64_t cap) {
   for (const auto& [key, s] : emu::sites) by_site[s.file + ":" + std::to_string(s.line)] += s.count;
   std::string all;
   for (const auto& [site, count] : by_site) all += site + " " + std::to_string(count) + "\n";
-  if (cap > 0) {
-    const size_t m = std::min(all.size(), static_cast<size_t>(cap - 1));
-    std::memcpy(buf, all.data(), m);
-    buf[m] = '\0';
-  }
-  return static_cast<int64_t>(all.size());
+  return emu::copy_out(all, buf, cap);
 }
 
 }  // extern "C"
