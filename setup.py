@@ -1,5 +1,10 @@
 """Build rkd_ext._C: the C++ kernels always, the CUDA kernels when possible.
 
+The extension uses only PyTorch's stable ABI and Python's limited API: one
+build (one wheel, tagged cp39-abi3) serves every torch from STABLE_ABI_FLOOR
+(rkd_ext/_ext.py) on and every CPython from 3.9 on. A CUDA build also needs a
+torch built for the same CUDA major version as the toolkit that compiled it.
+
 Environment variables:
   FORCE_CUDA=1           build the CUDA kernels even if torch or nvcc were not detected
   FORCE_ONLY_CPU=1       build the C++ kernels only, even with a CUDA toolkit present
@@ -9,6 +14,7 @@ Environment variables:
 """
 import glob
 import os
+import re
 import sys
 
 from setuptools import setup
@@ -21,6 +27,19 @@ except ImportError:
              "`pip install --no-build-isolation .`")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PY_LIMITED_API = "0x03090000"  # CPython 3.9, the oldest this package supports
+
+
+def stable_abi_floor():
+    """(major, minor) of the oldest torch the build targets, read from rkd_ext/_ext.py (one place)."""
+    text = open(os.path.join(HERE, "rkd_ext", "_ext.py")).read()
+    m = re.search(r"^STABLE_ABI_FLOOR = \((\d+), (\d+)\)", text, re.M)
+    return int(m.group(1)), int(m.group(2))
+
+
+def torch_target_version():
+    major, minor = stable_abi_floor()
+    return f"0x{major:02x}{minor:02x}000000000000"
 
 
 def flag(name):
@@ -51,25 +70,35 @@ def write_build_config(cuda):
             f.write(text)
 
 
+def remove_stale_builds():
+    """A build made before the limited API (_C.cpython-*.so) would shadow the new _C.abi3.so on import."""
+    for path in glob.glob(os.path.join(HERE, "rkd_ext", "_C.cpython-*")):
+        os.remove(path)
+
+
 def get_extensions():
     cuda = with_cuda()
     write_build_config(cuda)
+    remove_stale_builds()
     opt = ["-O0", "-g"] if flag("RKD_EXT_DEBUG") else ["-O3"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # No -ffast-math: results must not depend on reassociation. These two only let
     # sqrt and branch-free selects vectorise, as in torch's own build.
     fp = ["-fno-math-errno", "-fno-trapping-math"]
-    # at::parallel_for is a header template over OpenMP: without -fopenmp it runs serially.
-    extra = {"cxx": opt + fp + ["-fopenmp", "-Wall", "-Wno-psabi"]}
+    # The stable ABI's floor and the limited API; the CPU kernels run on torch's own thread pool
+    # (torch::stable::parallel_for), so no OpenMP here.
+    abi = [f"-DTORCH_TARGET_VERSION={torch_target_version()}", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
+    extra = {"cxx": opt + fp + abi + ["-Wall", "-Wno-psabi"]}
     kind = CppExtension
     if cuda:
         kind = CUDAExtension
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
-    return [kind("rkd_ext._C", sources, extra_compile_args=extra, extra_link_args=["-fopenmp"])]
+        extra["nvcc"] = opt + abi + ["-lineinfo", "--expt-relaxed-constexpr"]
+    return [kind("rkd_ext._C", sources, extra_compile_args=extra, py_limited_api=True)]
 
 
 setup(
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

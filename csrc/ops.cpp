@@ -1,4 +1,6 @@
-// Every rkd_ext operator schema, in one place, and the _C Python module.
+// Every rkd_ext operator schema, in one place, and the _C Python module: a
+// limited-API module with no functions of its own, whose import loads this
+// library and so registers the operators (torch_stable.h: only the stable ABI).
 //
 // Kernels register per backend (cpu/*_cpu.cpp, cuda/*_cuda.cu); fake kernels,
 // autograd and autocast are registered from Python (rkd_ext/ops.py).
@@ -10,14 +12,15 @@
 // upstream gradient, csrc/core/distance_op.h's kLossStats), so it runs no
 // reduction for a scalar loss; the Python wrappers keep them for autograd and
 // do not expose them.
-#include <torch/extension.h>
-#include <torch/library.h>
-#include <torch/version.h>
+#include <Python.h>
+
+#include <string>
 
 #include "build_config.h"
 #include "core/product_precision.h"
+#include "torch_stable.h"
 
-TORCH_LIBRARY(rkd_ext, m) {
+STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("pairwise_distance(Tensor x, float eps) -> (Tensor dist, Tensor dist64)");
   m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor dist64, float eps) -> Tensor");
   m.def("normalized_distance(Tensor x, float eps) -> (Tensor psi, Tensor dist64)");
@@ -64,6 +67,11 @@ TORCH_LIBRARY(rkd_ext, m) {
   m.def(
       "angle_grad_rows(Tensor sq_a, Tensor sq_b, Tensor coef, int begin, int end, float beta, float eps,"
       " bool normalize, bool wide) -> (Tensor V, Tensor R)");
+  // How this library was built, and the process-wide product precision
+  // (rkd_ext/_ext.py, rkd_ext/precision.py); no tensor arguments.
+  m.def("_build_info() -> str");
+  m.def("_product_precision() -> int");
+  m.def("_set_product_precision(int mode) -> ()");
 }
 
 namespace {
@@ -80,26 +88,39 @@ std::string compiler() {
 #endif
 }
 
-pybind11::dict build_info() {
-  pybind11::dict d;
-  d["torch_version"] = TORCH_VERSION;
-  d["torch_full_version"] = RKD_EXT_TORCH_FULL_VERSION;
-  d["with_cuda"] = static_cast<bool>(RKD_EXT_WITH_CUDA);
-  d["cuda_version"] = RKD_EXT_CUDA_VERSION;
-  d["cuda_arch_list"] = RKD_EXT_CUDA_ARCH_LIST;
-  d["compiler"] = compiler();
-#ifdef _GLIBCXX_USE_CXX11_ABI
-  d["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
-#endif
-  return d;
+// One "key=value" line each; rkd_ext/_ext.py parses it.
+std::string build_info() {
+  std::string out;
+  const auto add = [&](const char* key, const std::string& value) { out += std::string(key) + "=" + value + "\n"; };
+  add("torch_version", TORCH_VERSION);
+  add("torch_full_version", RKD_EXT_TORCH_FULL_VERSION);
+  add("stable_abi_floor", std::to_string((TORCH_TARGET_VERSION >> 56) & 0xff) + "." +
+                              std::to_string((TORCH_TARGET_VERSION >> 48) & 0xff));
+  add("with_cuda", RKD_EXT_WITH_CUDA ? "1" : "0");
+  add("cuda_version", RKD_EXT_CUDA_VERSION);
+  add("cuda_arch_list", RKD_EXT_CUDA_ARCH_LIST);
+  add("compiler", compiler());
+  return out;
+}
+
+int64_t get_product_precision() { return static_cast<int64_t>(rkd::product_precision()); }
+
+void set_product_precision(int64_t mode) {
+  RKD_CHECK_VALUE(mode >= 0 && mode <= 2, "_set_product_precision: mode must be 0, 1 or 2, got ", mode);
+  rkd::set_product_precision(static_cast<rkd::ProductPrecision>(mode));
 }
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "rkd_ext compiled kernels; the operators live under torch.ops.rkd_ext";
-  m.def("build_info", &build_info, "How this extension was built (a dict).");
-  // The process-wide product precision as rkd::ProductPrecision's code (rkd_ext/precision.py).
-  m.def("_set_product_precision", [](int mode) { rkd::set_product_precision(static_cast<rkd::ProductPrecision>(mode)); });
-  m.def("_product_precision", [] { return static_cast<int>(rkd::product_precision()); });
+STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
+  m.impl("_build_info", TORCH_BOX(&build_info));
+  m.impl("_product_precision", TORCH_BOX(&get_product_precision));
+  m.impl("_set_product_precision", TORCH_BOX(&set_product_precision));
+}
+
+// The module itself: nothing but the import that loads this library.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "rkd_ext compiled kernels; the operators live under "
+                                   "torch.ops.rkd_ext", -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&def);
 }

@@ -1,8 +1,10 @@
-"""The compiled extension: build information, and the pure-PyTorch fallback."""
+"""The compiled extension: build information, the stable ABI it is built on, and the pure-PyTorch fallback."""
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import rkd_ext
@@ -12,7 +14,8 @@ def test_build_info_reports_the_compiled_build():
     info = rkd_ext.build_info()
     assert info["extension_loaded"] and info["matches_running_torch"]
     assert info["fallback_reason"] is None
-    assert info["torch_version"].split(".")[:2] == torch.__version__.split(".")[:2]
+    floor = tuple(int(v) for v in info["stable_abi_floor"].split("."))
+    assert tuple(int(v) for v in torch.__version__.split(".")[:2]) >= floor
     assert isinstance(info["with_cuda"], bool) and info["compiler"]
 
 
@@ -87,3 +90,80 @@ def test_degenerate_batches_warn_once_per_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "warned once" in out.stdout
+
+
+# ---- the stable ABI -------------------------------------------------------------------------------------------------
+
+_STABLE_SRC = """
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+torch::stable::Tensor twin(const torch::stable::Tensor& x) { return torch::stable::empty_like(x); }
+STABLE_TORCH_LIBRARY(rkd_abi_probe, m) { m.def("twin(Tensor x) -> Tensor"); }
+STABLE_TORCH_LIBRARY_IMPL(rkd_abi_probe, CPU, m) { m.impl("twin", TORCH_BOX(&twin)); }
+"""
+# The same library with one call into c10's C++ API, bound to one torch release. (Compiled without
+# TORCH_TARGET_VERSION, as a file that missed the build's flags would be: with it, torch's unstable headers refuse
+# to compile.)
+_PLANTED_SRC = """
+#include <torch/csrc/stable/library.h>
+#include <c10/util/Exception.h>
+void planted(int n) { TORCH_CHECK(n > 0, "planted"); }
+"""
+
+
+def _abi_check():
+    from conftest import load_script
+    return load_script("scripts/abi_check.py")
+
+
+def test_the_extension_imports_nothing_outside_the_stable_abi():
+    """The loaded _C is a limited-API module whose only torch symbols are the stable C shim's."""
+    abi = _abi_check()
+    lib = abi.loaded_library()
+    assert lib.endswith(".abi3.so"), lib
+    symbols = abi.imported_symbols(lib)
+    assert abi.unstable(symbols) == []
+    assert "torch_call_dispatcher" in symbols and "PyModule_Create2" in symbols
+
+
+@pytest.mark.parametrize("source, flagged", [(_STABLE_SRC, False), (_PLANTED_SRC, True)], ids=["stable", "planted"])
+def test_abi_check_catches_a_c10_call(tmp_path, source, flagged):
+    import shutil
+    import sysconfig
+    if shutil.which("g++") is None or shutil.which("nm") is None:
+        pytest.skip("needs g++ and nm")
+    abi = _abi_check()
+    src, lib = tmp_path / "probe.cpp", tmp_path / "probe.abi3.so"
+    src.write_text(source)
+    inc = os.path.join(os.path.dirname(torch.__file__), "include")
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    target = [] if flagged else ["-DTORCH_TARGET_VERSION=0x020a000000000000"]
+    subprocess.run(["g++", "-std=c++17", "-O0", "-shared", "-fPIC", *target, "-I", inc, "-I", sysconfig.get_paths()["include"], str(src), "-o", str(lib), "-L", libdir,
+                    "-lc10", "-ltorch_cpu"], check=True, capture_output=True, timeout=300)
+    bad = abi.unstable(abi.imported_symbols(str(lib)))
+    assert bool(bad) == flagged, bad
+    if flagged:
+        assert any(s.startswith("_ZN3c10") for s in bad), bad
+
+
+def test_import_below_the_floor_names_both_versions():
+    floor = ".".join(map(str, rkd_ext._ext.STABLE_ABI_FLOOR))
+    code = textwrap.dedent("""
+        import torch
+        torch.__version__ = "2.9.1"
+        try:
+            import rkd_ext
+        except ImportError as e:
+            print("ImportError:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ImportError:" in out.stdout and f"torch >= {floor}" in out.stdout and "2.9.1" in out.stdout, out.stdout
+
+
+def test_build_info_reports_the_floor_and_the_running_torch():
+    info = rkd_ext.build_info()
+    assert info["stable_abi_floor"] == ".".join(map(str, rkd_ext._ext.STABLE_ABI_FLOOR))
+    assert info["running_torch"] == torch.__version__
+    out = subprocess.run([sys.executable, "-m", "rkd_ext.info"], capture_output=True, text=True, timeout=120)
+    assert f"serves torch             >= {info['stable_abi_floor']} (stable ABI)" in out.stdout, out.stdout

@@ -209,6 +209,9 @@ def test_ops_check_their_arguments_directly():
     x = make_features(4, 3, seed=29)
     with pytest.raises(ValueError, match="2-D"):
         ops.pairwise_distance(x[0], 1e-12)
+    # The raw operator's dtype error is a ValueError: the stable ABI carries no TypeError (csrc/torch_stable.h).
+    with pytest.raises(ValueError, match=r"pairwise_distance: x must be float16, bfloat16, float32 or float64, got Int"):
+        ops.pairwise_distance(x.int(), 1e-12)
     with pytest.raises(ValueError, match="same batch size"):
         ops.rkd_distance_loss(x, x[:2], 1.0, 1e-12, "mean", False, 0.0)
     d, d64 = ops.pairwise_distance(x, 1e-12)

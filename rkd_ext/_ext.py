@@ -1,9 +1,13 @@
 """Loads the compiled extension, or explains why the pure-PyTorch fallback is used.
 
-`rkd_ext._C` must have been built against the running torch (same major.minor):
-a build for another torch is not used. Set ``RKD_EXT_REQUIRE_EXT=1`` to turn the
-fallback into an ImportError (CI and benchmarks do, so a broken build cannot
-pass silently as the slow reference).
+`rkd_ext._C` is built on PyTorch's stable ABI for torch STABLE_ABI_FLOOR: one
+build serves that torch and every later one, whatever torch it was compiled
+against. Importing rkd_ext under an older torch is an ImportError naming both
+versions. A CUDA build also needs a torch built for the same CUDA major version
+as the extension: elsewhere its CUDA runtime is missing and the extension is not
+used. Set ``RKD_EXT_REQUIRE_EXT=1`` to turn the fallback into an ImportError
+(CI and benchmarks do, so a broken build cannot pass silently as the slow
+reference).
 """
 import os
 import re
@@ -11,7 +15,12 @@ import warnings
 
 import torch
 
-__all__ = ["C", "reason", "available", "usable_for", "build_info"]
+__all__ = ["C", "reason", "available", "usable_for", "build_info", "STABLE_ABI_FLOOR"]
+
+# The oldest torch the compiled extension serves: setup.py compiles with
+# TORCH_TARGET_VERSION set from this line. torch::stable::parallel_for, the
+# CPU kernels' thread pool, arrived in 2.10.
+STABLE_ABI_FLOOR = (2, 10)
 
 
 def _release(version):
@@ -19,18 +28,33 @@ def _release(version):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def _check_floor():
+    running = _release(torch.__version__)
+    if running is not None and running < STABLE_ABI_FLOOR:
+        floor = ".".join(map(str, STABLE_ABI_FLOOR))
+        raise ImportError(f"rkd_ext needs torch >= {floor} (its compiled kernels use the stable ABI of torch "
+                          f"{floor}), but torch {torch.__version__} is running: upgrade torch, or install an "
+                          f"rkd_ext release made for torch {'.'.join(map(str, running))}")
+
+
+def _parse_info(text):
+    info = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    info["with_cuda"] = info.get("with_cuda") == "1"
+    return info
+
+
 def _load():
     try:
-        from . import _C as mod
+        from . import _C  # noqa: F401  (loading the library registers the operators)
     except (ImportError, OSError) as exc:
-        return None, None, f"the compiled extension rkd_ext._C could not be loaded ({exc})"
-    info = dict(mod.build_info())
-    if _release(info["torch_version"]) != _release(torch.__version__):
-        return None, info, (f"rkd_ext._C was built against torch {info['torch_version']} but torch "
-                            f"{torch.__version__} is running; rebuild it with `pip install --no-build-isolation .`")
-    return mod, info, None
+        hint = (" (a CUDA build of rkd_ext needs a torch built for the CUDA major version it was compiled with)"
+                if "libcudart" in str(exc) else "")
+        return None, None, f"the compiled extension rkd_ext._C could not be loaded ({exc}){hint}"
+    info = _parse_info(torch.ops.rkd_ext._build_info())
+    return torch.ops.rkd_ext, info, None
 
 
+_check_floor()
 C, _info, reason = _load()
 available = C is not None
 if reason is not None:
@@ -50,7 +74,7 @@ def usable_for(x):
 
 
 def build_info():
-    """How the loaded extension was built, and whether it matches the running torch (a dict)."""
+    """How the loaded extension was built, which torch releases it serves, and the running torch (a dict)."""
     info = dict(_info) if _info is not None else {}
     info.update(
         extension_loaded=available,
@@ -60,4 +84,5 @@ def build_info():
         matches_running_torch=available,
         product_precision=("auto", "float64", "float32")[C._product_precision()] if available else None,
     )
+    info.setdefault("stable_abi_floor", ".".join(map(str, STABLE_ABI_FLOOR)))
     return info

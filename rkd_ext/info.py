@@ -15,6 +15,7 @@ def main():
     if "torch_version" in info:
         rows += [
             ("built against torch", info["torch_full_version"]),
+            ("serves torch", f">= {info['stable_abi_floor']} (stable ABI)"),
             ("compiler", info["compiler"]),
             ("CUDA kernels", f"yes, CUDA {info['cuda_version']}, archs {info['cuda_arch_list']}"
              if info["with_cuda"] else "no (CPU-only build)"),

@@ -7,22 +7,27 @@
 #            registry, torchvision, torchdistill, the test tools and cuobjdump.
 #            pip's configuration files are ignored: a machine's may point
 #            torch at a local CPU wheel.
-#   build    `pip install --no-build-isolation -e ".[test]"` of a copy of this tree,
-#            FORCE_CUDA=1, for TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), with
-#            CUDA_HOME the toolkit's own folder (an `nvcc` on PATH may be a
-#            wrapper outside it, from which torch would guess a root without
-#            libcudart).
+#   build    `pip wheel --no-build-isolation` of a copy of this tree, FORCE_CUDA=1,
+#            for TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), with CUDA_HOME the
+#            toolkit's own folder (an `nvcc` on PATH may be a wrapper outside
+#            it, from which torch would guess a root without libcudart); the
+#            wheel (cp39-abi3: the stable ABI and the limited API) is installed
+#            with its test extras. It stays in $RKD_CUDA_ENV/wheels for
+#            scripts/torch_matrix.sh and for carrying to a GPU machine.
 #   info     `python -m rkd_ext.info` must report the CUDA kernels built and
 #            the compiled kernels in use.
 #   sass     the .so holds SASS for each architecture and every kernel the op
 #            layer launches on the emulated case set, with the registers and
 #            shared memory of docs/gpu.md's table (scripts/kernel_resources.py
 #            --so).
-#   tests    the whole test suite in that environment (the GPU tests skip for
-#            want of a device), torchdistill's own registry and RKDLoss
-#            included.
-#   gpu_run  the device check's stages after the build (scripts/gpu_run.sh
-#            test sanitize bench), each up to the point where it needs a GPU.
+#   abi      the library imports nothing outside the stable ABI and the limited
+#            API (scripts/abi_check.py).
+#   tests    the whole test suite in that environment, against the installed
+#            wheel (the GPU tests skip for want of a device), torchdistill's own
+#            registry and RKDLoss included.
+#   gpu_run  the device check's stages with this wheel carried in
+#            (scripts/gpu_run.sh build test sanitize bench, RKD_WHEEL), each up
+#            to the point where it needs a GPU.
 #
 # Usage: scripts/check_cuda_build.sh   (exit status 0 when every step passes)
 # Environment:
@@ -38,7 +43,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Pinned: the CUDA torch this stage proves, and the framework stack that installs beside it.
 TORCH=torch==2.13.0
 STACK=(torchvision==0.28.0 torchdistill==1.1.5)
-TOOLS=("nvidia-cuda-cuobjdump>=13.0,<14" ninja pybind11 setuptools wheel)
+TOOLS=("nvidia-cuda-cuobjdump>=13.0,<14" ninja setuptools wheel)
+# shellcheck source=torch_env.sh
+source "$root/scripts/torch_env.sh"
 
 if [ -n "${RKD_CUDA_ENV:-}" ]; then
   work=$RKD_CUDA_ENV
@@ -47,7 +54,7 @@ else
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 fi
-venv=$work/venv src=$work/src
+venv=$work/venv src=$work/src suite=$work/suite
 py=$venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1 RKD_EXT_REQUIRE_EXT=1 PYTHONUNBUFFERED=1
 
@@ -70,12 +77,6 @@ step() {  # step NAME CMD...: run CMD (with errexit, in a subshell), time it, st
   stage_names+=("$name") stage_secs+=($((SECONDS - t0)))
 }
 
-# pip on the package registry alone: no configuration file, no local wheel folder, no constraint.
-registry_pip() {
-  env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
-    "$py" -m pip "$@"
-}
-
 make_env() {
   [ -x "$py" ] || python3 -m venv "$venv"
   registry_pip install -q "$TORCH" "${STACK[@]}" "${TOOLS[@]}"
@@ -85,26 +86,32 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 'torchdistill', torchdistill.__version__)"
 }
 
-copy_tree() {  # the tree as git sees it (tracked and untracked files, not ignored ones)
-  rm -rf "$src"
-  mkdir -p "$src"
-  (cd "$root" && git ls-files -z -c -o --exclude-standard | while IFS= read -r -d '' f; do
-     [ -e "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -C "$src" -xf -
+copy_trees() {  # the tree to build, and the tree the tests run in (without the package)
+  copy_tree "$root" "$src"
+  copy_tree "$root" "$suite" suite
 }
 
 build() {
   local home
   home=$(cuda_home) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
   echo "CUDA_HOME=$home"
-  # The README's install, test extras included; the torch above satisfies the dependency and stays.
+  rm -rf "$work/wheels"
   (cd "$src" && CUDA_HOME=$home FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0} \
-     MAX_JOBS=${MAX_JOBS:-$(nproc)} registry_pip install -q --no-build-isolation -e ".[test]")
+     MAX_JOBS=${MAX_JOBS:-$(nproc)} registry_pip wheel -q --no-build-isolation --no-deps -w "$work/wheels" .)
+  wheel=$(ls "$work"/wheels/rkd_ext-*-cp39-abi3-*.whl)
+  echo "$(basename "$wheel"): $(du -h "$wheel" | cut -f1)"
+  # The test extras too; the torch above satisfies the dependency and stays.
+  registry_pip install -q --force-reinstall --no-deps "$wheel" && registry_pip install -q "$wheel[test]"
   "$py" -c "import torch; assert torch.version.cuda, 'torch was replaced: ' + torch.__version__"
 }
 
+library() { (cd "$suite" && "$py" -c "import rkd_ext._C as m; print(m.__file__)"); }
+
+abi() { (cd "$suite" && "$py" scripts/abi_check.py "$(library)"); }
+
 info() {
   local out
-  out=$(cd "$src" && "$py" -m rkd_ext.info) || { echo "$out"; return 1; }
+  out=$(cd "$suite" && "$py" -m rkd_ext.info) || { echo "$out"; return 1; }
   echo "$out"
   grep -q "^CUDA kernels *yes" <<<"$out" && grep -q "^compiled kernels in use *yes" <<<"$out"
 }
@@ -112,15 +119,15 @@ info() {
 sass() {
   local archs
   archs=$(tr ';' '\n' <<<"${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" | sed 's/\.//; s/+PTX//' | paste -sd, -)
-  (cd "$src" && CUDA_HOME=$(cuda_home) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
+  (cd "$suite" && CUDA_HOME=$(cuda_home) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
      tail -n 1 &&
    NVCC=$(cuda_home)/bin/nvcc "$py" scripts/kernel_resources.py --archs "$archs" --launches "$work/kernels.json" \
-     --so "$(ls rkd_ext/_C*.so)" --check | grep -v '^|')
+     --so "$(library)" --check | grep -v '^|')
 }
 
 tests() {
   eval "extra=(${PYTEST_ARGS:-})"
-  (cd "$src" && CUDA_HOME=$(cuda_home) "$py" -m pytest python_tests -q -p no:cacheprovider -rs \
+  (cd "$suite" && CUDA_HOME=$(cuda_home) "$py" -m pytest python_tests -q -p no:cacheprovider -rs \
      --junitxml="$work/tests.xml" "${extra[@]}" | tail -n 25) || return 1
   # torchdistill's own registry must have been tested, not skipped.
   "$py" - "$work/tests.xml" <<'EOF'
@@ -133,13 +140,15 @@ EOF
 }
 
 gpu_run() {
-  (cd "$src" && PYTHON=$py RKD_GIT_COMMIT=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown) \
-     bash scripts/gpu_run.sh "$work/gpu_run" test sanitize bench | grep -E '^(==|\|)')
+  (cd "$src" && PYTHON=$py RKD_WHEEL=$(ls "$work"/wheels/rkd_ext-*.whl) \
+     RKD_GIT_COMMIT=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown) \
+     bash scripts/gpu_run.sh "$work/gpu_run" build test sanitize bench | grep -E '^(==|\|)')
 }
 
 step env make_env
-step copy copy_tree
+step copy copy_trees
 step build build
+step abi abi
 step info info
 step sass sass
 step tests tests

@@ -5,8 +5,15 @@
 # well inside 6 minutes on an H200 and is cut off at RKD_STAGE_TIMEOUT, so that
 # the stages fit calls of at most 10 minutes and a device budget of 15 in all:
 #
-#   build      pip install -e . for this GPU's architecture (no network: no
-#              dependencies are fetched), python -m rkd_ext.info   build.log
+#   build      first choice, a CUDA build carried in, so that no GPU time goes to
+#              compiling (scripts/carried_build.py): RKD_WHEEL, a cp39-abi3
+#              wheel such as scripts/check_cuda_build.sh leaves, whose library
+#              goes into rkd_ext/, or an rkd_ext/_C.abi3.so already in the tree;
+#              used when it loads under this torch (stable ABI: any torch from
+#              its floor on with the same CUDA major version) with kernels for
+#              this GPU. Otherwise pip install -e . for this GPU's architecture
+#              (no network: no dependencies are fetched). Then python -m
+#              rkd_ext.info                                         build.log
 #   test       the GPU tests only (pytest -m cuda), each cut off after
 #              RKD_TEST_TIMEOUT seconds (pytest-timeout)          tests.xml, tests.log
 #   sanitize   compute-sanitizer's memcheck, racecheck, synccheck and
@@ -35,6 +42,7 @@
 #   TORCH_CUDA_ARCH_LIST   architectures to build (default: this GPU's, e.g. 9.0)
 #   CUDA_HOME              the CUDA toolkit (default: found from nvcc, scripts/cuda_home.sh)
 #   MAX_JOBS               parallel compile jobs (default: all cores)
+#   RKD_WHEEL              a CUDA build of rkd_ext to carry in instead of compiling (see build)
 #   RKD_GIT_COMMIT         the commit to record when the tree carries no .git
 #   RKD_STAGE_TIMEOUT      seconds any stage may run (default 330)
 #   RKD_TEST_TIMEOUT       seconds one GPU test may run (default 90)
@@ -79,10 +87,18 @@ build() {
   local arch home
   arch=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" \
                                  2>/dev/null)}
+  if $PY scripts/carried_build.py ${RKD_WHEEL:+--wheel "$RKD_WHEEL"} --arch "${arch%%;*}" >"$out/build.log" 2>&1; then
+    cat "$out/build.log"
+    $PY -m rkd_ext.info | tee -a "$out/build.log"
+    [ "$gpu" = 1 ] || { echo "carried build in place; no GPU here to run it on" >"$out/build.note"; return 3; }
+    return 0
+  fi
+  cat "$out/build.log"
+  rm -f rkd_ext/_C.abi3.so
   [ -n "$arch" ] || { echo "needs a GPU (or TORCH_CUDA_ARCH_LIST) to choose the architecture"; return 3; }
   home=$(cuda_home) || { echo "no CUDA toolkit with nvcc and libcudart (set CUDA_HOME)"; return 1; }
   CUDA_HOME=$home TORCH_CUDA_ARCH_LIST=$arch FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    $PY -m pip install --no-build-isolation --no-deps -v -e . >"$out/build.log" 2>&1 &&
+    $PY -m pip install --no-build-isolation --no-deps -v -e . >>"$out/build.log" 2>&1 &&
   $PY -m rkd_ext.info | tee -a "$out/build.log" &&
   $PY -c "import rkd_ext, sys; sys.exit(0 if rkd_ext.build_info()['with_cuda'] else 'no CUDA kernels built')" ||
   { tail -n 30 "$out/build.log"; return 1; }

@@ -9,10 +9,9 @@
 // the point j: it writes column j of V and row j of Rm, so no two tasks write
 // the same element and the summation order is fixed. R = Rm + Rm^T is what
 // the op layer's AngleWeight takes.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "../rkd_math.h"
@@ -147,7 +146,7 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
   std::fill_n(Rm, N * N, 0.0);
   const double kappa = kappa_of(args), eps2 = clamp_eps2(args);
   // A point j is O(n N) work: small batches stay on one thread.
-  at::parallel_for(0, N, triplet_grain(n, N), [&](int64_t j0, int64_t j1) {
+  torch::stable::parallel_for(0, N, triplet_grain(n, N), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       double* rm_j = Rm + j * N;
       for (int64_t i = vertices.begin; i < vertices.end; ++i) {
@@ -171,7 +170,7 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
   });
   // R = Rm + Rm^T: the opposite-edge sums over Gs_ijk = G_ijk + G_ikj.
   double* R = be.scratch<double>(N * N);
-  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j)
       for (int64_t k = 0; k < N; ++k) R[j * N + k] = Rm[j * N + k] + Rm[k * N + j];
   });
@@ -182,15 +181,31 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
 // With `mask_degenerate`, the entries (i, i, k) and (i, j, i) are zeroed: the
 // cosines there are the constant 0, so their gradient must not flow (the
 // formulas of rkd_math.h only vanish there through l'(0) = 0 in a loss).
-std::pair<at::Tensor, at::Tensor> upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
-  // A view of the operand, copied only to be masked (the operand may be the caller's tensor).
-  at::Tensor g = at::from_blob(const_cast<double*>(up), {N, N, N}, at::kDouble);
-  if (mask_degenerate) {
-    g = g.clone();
-    g.diagonal(0, 0, 1).zero_();
-    g.diagonal(0, 0, 2).zero_();
-  }
-  return {g, (g + g.transpose(1, 2)).contiguous()};
+struct UpstreamPair {
+  const double* g;                       // the operand itself, or its masked copy
+  std::unique_ptr<double[]> masked, sym;  // sym[i][j][k] = g[i][j][k] + g[i][k][j]
+};
+
+UpstreamPair upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
+  // The operand is read in place (it may be the caller's tensor), copied only to be masked.
+  const size_t n3 = static_cast<size_t>(N) * N * N;
+  UpstreamPair p{up, mask_degenerate ? std::make_unique<double[]>(n3) : nullptr, std::make_unique<double[]>(n3)};
+  if (mask_degenerate) p.g = p.masked.get();
+  torch::stable::parallel_for(0, N, grain_for(N * N), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const double* src = up + i * N * N;
+      double* g = const_cast<double*>(p.g) + i * N * N;
+      if (mask_degenerate) {
+        for (int64_t l = 0; l < N * N; ++l) g[l] = src[l];
+        for (int64_t k = 0; k < N; ++k) g[i * N + k] = 0.0;  // (i, i, k)
+        for (int64_t j = 0; j < N; ++j) g[j * N + i] = 0.0;  // (i, j, i)
+      }
+      double* sym = p.sym.get() + i * N * N;
+      for (int64_t j = 0; j < N; ++j)
+        for (int64_t k = 0; k < N; ++k) sym[j * N + k] = g[j * N + k] + g[k * N + j];
+    }
+  });
+  return p;
 }
 
 }  // namespace
@@ -198,7 +213,7 @@ std::pair<at::Tensor, at::Tensor> upstream_pair(const double* up, int64_t N, boo
 template <>
 Edges<double> CpuBackend::edges<double>(const double* s, int64_t N, const AngleArgs& a) {
   double* u = scratch<double>(N * N);
-  at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
+  torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
     for (int64_t i = b; i < end; ++i)
       for (int64_t j = 0; j < N; ++j) u[i * N + j] = a.normalize ? inv_edge(s[i * N + j], a.eps) : 1.0;
   });
@@ -210,10 +225,10 @@ Edges<double> CpuBackend::edges<double>(const double* s, int64_t N, const AngleA
 void CpuBackend::angle_values(const Edges<double>& a, const Edges<double>* b, int64_t N, double beta,
                               const Buffer& out) {
   const Huber<double> h(beta);
-  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
     using T = decltype(t);
     T* o = static_cast<T*>(out.data);
-    at::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
+    torch::stable::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
       std::vector<double> row(static_cast<size_t>(N));
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t i = t / N, j = t % N;
@@ -235,7 +250,7 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
                                     double beta) {
   const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
-  at::parallel_for(vertices.begin, vertices.end, triplet_grain(N, N), [&](int64_t lo, int64_t hi) {
+  torch::stable::parallel_for(vertices.begin, vertices.end, triplet_grain(N, N), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       double acc = 0.0;
       for (int64_t j = 0; j < N; ++j) {
@@ -259,16 +274,14 @@ AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& 
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>& b, const TensorUpstream<double>& up,
                                    int64_t N, Rows vertices, const AngleArgs& args) {
-  const auto [g, gsym] = upstream_pair(up.up, N, false);
-  return vertex_and_opposite(*this, Upstream::LossTensor, a, b, N, vertices, 0.0, g.const_data_ptr<double>(),
-                             gsym.const_data_ptr<double>(), args);
+  const UpstreamPair g = upstream_pair(up.up, N, false);
+  return vertex_and_opposite(*this, Upstream::LossTensor, a, b, N, vertices, 0.0, g.g, g.sym.get(), args);
 }
 
 AngleGrad CpuBackend::angle_passes(const Edges<double>& a, const Edges<double>&, const RawUpstream<double>& up,
                                    int64_t N, Rows vertices, const AngleArgs& args) {
-  const auto [g, gsym] = upstream_pair(up.up, N, true);
-  return vertex_and_opposite(*this, Upstream::Raw, a, a, N, vertices, 0.0, g.const_data_ptr<double>(),
-                             gsym.const_data_ptr<double>(), args);
+  const UpstreamPair g = upstream_pair(up.up, N, true);
+  return vertex_and_opposite(*this, Upstream::Raw, a, a, N, vertices, 0.0, g.g, g.sym.get(), args);
 }
 
 }  // namespace rkd

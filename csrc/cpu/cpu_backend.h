@@ -1,5 +1,6 @@
 // The CPU backend of the op layer (csrc/core/*_op.h): the primitives every
-// op is sequenced from, on host memory, parallel over at::parallel_for.
+// op is sequenced from, on host memory, parallel over torch's intra-op thread
+// pool (torch::stable::parallel_for, the stable ABI's at::parallel_for).
 //
 // pair_matrix: the N x N float64 matrix of s_ij = ||x_i - x_j||^2 (or of
 //   max(s, eps), or sqrt(max(s, eps))), diagonal exactly 0, exactly
@@ -22,10 +23,6 @@
 // the thread count: results are bitwise reproducible.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <c10/core/Device.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <memory>
@@ -34,6 +31,7 @@
 
 #include "../core/angle_op.h"
 #include "../core/product_precision.h"
+#include "../torch_stable.h"
 #include "cpu_util.h"
 
 namespace rkd {
@@ -133,7 +131,7 @@ class CpuBackend {
   void reduce_group(const G& g, int64_t N) {
     constexpr int k = G::kSize;
     std::vector<double> rows(static_cast<size_t>(k * N));
-    at::parallel_for(0, N, grain_for(k * N), [&](int64_t b, int64_t e) {
+    torch::stable::parallel_for(0, N, grain_for(k * N), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         int m = 0;
         for_each(g, [&](const auto& st) { rows[m++ * N + i] = reduce_row(st.f, i, N); });
@@ -150,10 +148,10 @@ class CpuBackend {
 
   template <typename F>
   void map(const F& f, int64_t N, const Buffer& out) {
-    visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+    visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
       using T = decltype(t);
       T* o = static_cast<T*>(out.data);
-      at::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
           for (int64_t j = 0; j < N; ++j) o[i * N + j] = static_cast<T>(f(i, j));
       });
@@ -211,7 +209,7 @@ class CpuBackend {
   template <typename T, typename F>
   void fill_weights(const F& f, int64_t N, Rows rows, T* W, double* w) {
     if (f.rowwise() || rows.size() != N) {
-      at::parallel_for(0, rows.size(), grain_for(N), [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, rows.size(), grain_for(N), [&](int64_t b, int64_t e) {
         std::vector<double> v(static_cast<size_t>(N));
         for (int64_t l = b; l < e; ++l) {
           weights_row(f, rows.begin + l, N, v.data());
@@ -223,7 +221,7 @@ class CpuBackend {
     }
     constexpr int64_t B = 64;
     const int64_t nb = (N + B - 1) / B;
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    torch::stable::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
       double v[B];
       for (int64_t bi = b0; bi < b1; ++bi) {
         const int64_t i1 = std::min(N, bi * B + B);
@@ -255,7 +253,7 @@ extern template const double* CpuBackend::to<double>(const Operand&, int64_t);
 // The CPU side of the bindings (csrc/core/bind.h): no guard, a fresh backend per call.
 struct CpuCtx {
   template <typename F>
-  static void run(const c10::Device&, const F& f) {
+  static void run(const Tensor&, const F& f) {
     CpuBackend be;
     f(be);
   }

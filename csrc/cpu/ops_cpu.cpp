@@ -6,9 +6,7 @@
 // primitives they run on are cpu_backend.h (the O(N^2) passes),
 // pair_matrix_cpu.cpp (the O(N^2 D) products) and angle_cpu.cpp (the
 // triplet passes).
-#include <torch/library.h>
-
 #include "../core/bind.h"
 #include "cpu_backend.h"
 
-TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) { rkd::bind::register_ops<rkd::CpuCtx>(m); }
+STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CPU, m) { rkd::bind::register_ops<rkd::CpuCtx>(m); }

@@ -3,7 +3,6 @@
 // conversions the op layer asks for.
 #include "cpu_backend.h"
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -102,7 +101,7 @@ std::unique_ptr<T[]> pack_panels(const S* m, const double* shift, int64_t R, int
   constexpr int64_t W = cols<T>();
   const int64_t np = (C + W - 1) / W;
   std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * R * W, 1))]);
-  at::parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       T* panel = out.get() + p * R * W;
       const int64_t nc = std::min(W, C - p * W);
@@ -227,7 +226,7 @@ RKD_CPU_CLONES double centre_row(const T* x, const double* mean, int64_t D, doub
 // not null.
 template <typename T>
 void centre_rows(const T* x, int64_t N, int64_t D, Centred& c, double* xd) {
-  at::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) c.n[i] = centre_row(x + i * D, c.mean.data(), D, xd ? xd + i * D : nullptr);
   });
 }
@@ -244,7 +243,7 @@ RKD_CPU_CLONES double direct_sq(const T* a, const T* b, int64_t D) {
 
 double direct_sq(const Features& x, int64_t i, int64_t j) {
   double v = 0.0;
-  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
     const T* p = static_cast<const T*>(x.data);
     v = direct_sq(p + i * x.D, p + j * x.D, x.D);
@@ -254,10 +253,10 @@ double direct_sq(const Features& x, int64_t i, int64_t j) {
 
 // x in float32 (exact for float16 and bfloat16).
 void convert_rows(const Features& x, float* out) {
-  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
     const T* p = static_cast<const T*>(x.data);
-    at::parallel_for(0, x.N * x.D, 16384, [&](int64_t b, int64_t e) {
+    torch::stable::parallel_for(0, x.N * x.D, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) out[l] = static_cast<float>(p[l]);
     });
   });
@@ -379,7 +378,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
   // Tasks of at least ~512K multiply-adds (tens of microseconds): waking a
   // thread for less costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, 524288 / (kDot * kDot * std::min(D, kChunk) + 1));
-  at::parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t ch = t / nblk, k0 = ch * kChunk, len = std::max<int64_t>(0, std::min(kChunk, D - k0));
       const T* pa[kDot];
@@ -401,7 +400,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
     }
     norms = own.data();
   }
-  at::parallel_for(0, pairs, 256, [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, pairs, 256, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const auto [bi, bj] = blocks[t];
       for (int64_t r = 0; r < kDot; ++r)
@@ -435,7 +434,7 @@ void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, Pair
   const int64_t N = x.N, D = x.D;
   constexpr int64_t kCols = cols<T>();
   std::unique_ptr<T[]> packed;
-  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using S = decltype(t);
     packed = pack_panels<T>(static_cast<const S*>(x.data), c.mean.data(), D, N, 1, D);
   });
@@ -447,7 +446,7 @@ void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, Pair
   for (int64_t p = 0; p < np; ++p)
     for (int64_t rb = 0; rb < nrb && (!upper || rb * kRows < (p + 1) * kCols); ++rb) tiles.emplace_back(p, rb);
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(D * kRows, 1));
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
     double g[kRows * kCols];
     double v[kCols];
     for (int64_t t = b; t < e; ++t) {
@@ -483,7 +482,7 @@ void mirror_lower(double* s, int64_t N) {
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int64_t bi = 0; bi < nb; ++bi)
     for (int64_t bj = 0; bj <= bi; ++bj) blocks.emplace_back(bi, bj);
-  at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+  torch::stable::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
     for (int64_t t = b0; t < b1; ++t) {
       const auto [bi, bj] = blocks[t];
       for (int64_t i = bi * B; i < std::min(N, bi * B + B); ++i)
@@ -524,7 +523,7 @@ void grad_gemm(const In* x, const double* mean, int64_t N, int64_t D, Rows rows,
   const int64_t n = rows.size(), nrb = (n + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
   const int64_t ng = (nrb + kGroup - 1) / kGroup;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows * kGroup, 1));
-  at::parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
     std::unique_ptr<T[]> panel(new T[static_cast<size_t>(N * kCols)]);
     double blk[kRows * kCols];
     int64_t packed = -1;
@@ -565,10 +564,10 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
     constexpr int64_t kBlock = 256;
     const int64_t nblk = (x.D + kBlock - 1) / kBlock;
     std::vector<double> amax(static_cast<size_t>(nblk), 0.0);
-    visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+    visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
       using T = decltype(t);
       const T* p = static_cast<const T*>(x.data);
-      at::parallel_for(0, nblk, grain_for(x.N * kBlock), [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nblk, grain_for(x.N * kBlock), [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk)
           column_stats(p, x.N, x.D, blk * kBlock, std::min(x.D, blk * kBlock + kBlock), c->mean.data(),
                        &amax[blk]);
@@ -580,7 +579,7 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
   if (!want_d && !want_n) return *c;
   if (want_d) c->xd.reset(new double[static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1))]);
   c->n.resize(static_cast<size_t>(x.N));  // the same values whether or not the rows are kept
-  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
     centre_rows(static_cast<const T*>(x.data), x.N, x.D, *c, want_d ? c->xd.get() : nullptr);
   });
@@ -647,7 +646,7 @@ void CpuBackend::grad_from_weights(const Features& x, const CpuWeights& W, const
   if (x.D == 0 || W.rows.size() == 0) return;
   const Centred& c = centred(x, Keep::None);
   // dx has x's dtype (the op layer allocates it so).
-  visit_dtype<c10::Half, c10::BFloat16>(x.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
     const T* xp = static_cast<const T*>(x.data);
     T* out = static_cast<T*>(dx.data);
@@ -662,10 +661,10 @@ template <typename Acc>
 const Acc* CpuBackend::to(const Operand& op, int64_t n) {
   if (op.dtype == Dtype::Float64) return static_cast<const double*>(op.data);
   double* out = scratch<double>(n);
-  visit_dtype<c10::Half, c10::BFloat16>(op.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(op.dtype, [&](auto t) {
     using T = decltype(t);
     const T* in = static_cast<const T*>(op.data);
-    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    torch::stable::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) out[l] = static_cast<double>(in[l]);
     });
   });
@@ -674,17 +673,17 @@ const Acc* CpuBackend::to(const Operand& op, int64_t n) {
 template const double* CpuBackend::to<double>(const Operand&, int64_t);
 
 void CpuBackend::fill_zero(const Buffer& out, int64_t n) {
-  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
     using T = decltype(t);
     std::fill_n(static_cast<T*>(out.data), n, T(0));
   });
 }
 
 void CpuBackend::convert(const double* v, int64_t n, const Buffer& out) {
-  visit_dtype<c10::Half, c10::BFloat16>(out.dtype, [&](auto t) {
+  visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
     using T = decltype(t);
     T* o = static_cast<T*>(out.data);
-    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    torch::stable::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) o[l] = static_cast<T>(v[l]);
     });
   });

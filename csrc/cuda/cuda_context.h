@@ -1,52 +1,60 @@
 // The CUDA side of the bindings (csrc/core/bind.h): the device guard, scratch
 // memory from PyTorch's caching allocator, the current stream and the launch
-// check, handed to the GPU backend (gpu_backend.cuh).
+// check, handed to the GPU backend (gpu_backend.cuh). Stable ABI only
+// (../torch_stable.h).
 #pragma once
 
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../core/product_precision.h"
+#include "../torch_stable.h"
 #include "gpu_backend.cuh"
 
 namespace rkd {
 namespace gpu {
 
+inline void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("rkd_ext: ") + what + ": " + cudaGetErrorString(err));
+}
+
 // Scratch memory for the kernels of one op call, from PyTorch's caching
-// allocator on the current stream. That allocator is stream-ordered, so the
-// blocks may be released when the op returns, before its kernels have run.
+// allocator on the current stream (uint8 tensors on the operands' device).
+// That allocator is stream-ordered, so the blocks may be released when the op
+// returns, before its kernels have run.
 class Scratch {
  public:
-  explicit Scratch(const at::Device& device) : opts_(at::TensorOptions().device(device).dtype(at::kByte)) {}
+  explicit Scratch(const Tensor& like) : like_(like) {}
 
   void* bytes(size_t n) {
     if (n == 0) return nullptr;
-    held_.push_back(at::empty({static_cast<int64_t>(n)}, opts_));
+    held_.push_back(empty(like_, {static_cast<int64_t>(n)}, ScalarType::Byte));
     return held_.back().mutable_data_ptr();
   }
 
  private:
-  at::TensorOptions opts_;
-  std::vector<at::Tensor> held_;
+  Tensor like_;
+  std::vector<Tensor> held_;
 };
 
 struct LaunchCheck {
-  void operator()() const { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+  void operator()() const { cuda_check(cudaGetLastError(), "CUDA kernel launch failed"); }
 };
 
 // The device's float32 : float64 throughput ratio, queried once per device.
-inline int fp64_ratio(c10::DeviceIndex device) {
+inline int fp64_ratio(int device) {
   constexpr int kDevices = 64;
   static std::atomic<int> known[kDevices] = {};
   const bool cached = device >= 0 && device < kDevices;
   int ratio = cached ? known[device].load(std::memory_order_relaxed) : 0;
   if (ratio == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device));
+    cuda_check(cudaDeviceGetAttribute(&ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device),
+               "cudaDeviceGetAttribute");
     if (cached) known[device].store(ratio, std::memory_order_relaxed);
   }
   return ratio;
@@ -54,22 +62,21 @@ inline int fp64_ratio(c10::DeviceIndex device) {
 
 // Whether the distance family's products run in float32 on this device
 // (product_precision.h).
-inline bool float32_products(c10::DeviceIndex device) {
+inline bool float32_products(int device) {
   const ProductPrecision p = product_precision();
   if (p != ProductPrecision::Auto) return p == ProductPrecision::Float32;
   return gpu_float32_products(p, fp64_ratio(device));
 }
 
 struct CudaCtx {
-  // c10's getCurrentCUDAStream is the one at::cuda re-exports; this header
-  // avoids ATen/cuda/CUDAContext.h, which needs the cuBLAS and cuSPARSE headers.
   template <typename F>
-  static void run(const at::Device& device, const F& f) {
-    const c10::cuda::CUDAGuard guard(device);
-    Scratch scratch(device);
-    const c10::DeviceIndex index = guard.current_device().index();
-    GpuBackend<Scratch, LaunchCheck> be(scratch, c10::cuda::getCurrentCUDAStream().stream(), LaunchCheck{},
-                                        float32_products(index), fp64_ratio(index) >= kSlowFp64Ratio);
+  static void run(const Tensor& on, const F& f) {
+    const int device = on.get_device_index();
+    const torch::stable::accelerator::DeviceGuard guard(device);
+    Scratch scratch(on);
+    GpuBackend<Scratch, LaunchCheck> be(scratch, static_cast<cudaStream_t>(current_cuda_stream(device)),
+                                        LaunchCheck{}, float32_products(device),
+                                        fp64_ratio(device) >= kSlowFp64Ratio);
     f(be);
   }
 };

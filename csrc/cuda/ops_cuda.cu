@@ -3,9 +3,7 @@
 // host emulation; the bindings are csrc/core/bind.h. The GPU primitives they
 // run on are gpu_backend.cuh, launching the kernels of pair_matrix_kernel.cuh,
 // angle_kernel.cuh and common.cuh.
-#include <torch/library.h>
-
 #include "../core/bind.h"
 #include "cuda_context.h"
 
-TORCH_LIBRARY_IMPL(rkd_ext, CUDA, m) { rkd::bind::register_ops<rkd::gpu::CudaCtx>(m); }
+STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CUDA, m) { rkd::bind::register_ops<rkd::gpu::CudaCtx>(m); }
