@@ -33,11 +33,9 @@
 #if defined(__CUDACC__)
 #include <torch/csrc/stable/accelerator.h>
 #if TORCH_FEATURE_VERSION < TORCH_VERSION_2_13_0
-// aoti_torch_get_current_cuda_stream is declared only with USE_CUDA.
-#ifndef USE_CUDA
-#define USE_CUDA
-#endif
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+// Shim 2's function, exported by libtorch_cuda since the AOTI C shim began; its header declares it only when torch
+// itself is compiled (USE_CUDA), so it is declared here with the header's signature.
+extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret_stream);
 #endif
 #endif
 
