@@ -88,8 +88,10 @@ def build(path):
     if not os.path.exists(path):
         return None
     text = open(path, errors="replace").read()
-    ok = re.search(r"Successfully installed|Successfully built", text) is not None
-    return {"ok": ok, "log_tail": text.splitlines()[-15:] if not ok else []}
+    carried = re.search(r"^carried build: .*: used$", text, re.M) is not None
+    ok = carried or re.search(r"Successfully installed|Successfully built", text) is not None
+    return {"ok": ok, "how": "carried in" if carried else "compiled here",
+            "log_tail": text.splitlines()[-15:] if not ok else []}
 
 
 def markdown(s):
@@ -107,7 +109,8 @@ def markdown(s):
     b = s.get("build")
     if b is not None:
         cuda = env.get("rkd_ext_build", {}).get("with_cuda")
-        lines.append(f"| build | {'ok' if b['ok'] else 'FAILED'}; CUDA kernels: {cuda}, arch "
+        lines.append(f"| build | {'ok' if b['ok'] else 'FAILED'} ({b.get('how', 'compiled here')}); CUDA kernels: "
+                     f"{cuda}, arch "
                      f"{env.get('rkd_ext_build', {}).get('cuda_arch_list')} |")
     t = s.get("tests")
     if t is not None:
