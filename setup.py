@@ -2,7 +2,7 @@
 
 The extension uses only PyTorch's stable ABI and Python's limited API: one
 build (one wheel, tagged cp39-abi3) serves every torch from STABLE_ABI_FLOOR
-(rkd_ext/_ext.py) on and every CPython from 3.9 on. A CUDA build also needs a
+(rkd_ext/_floor.py) on and every CPython from 3.9 on. A CUDA build also needs a
 torch built for the same CUDA major version as the toolkit that compiled it.
 
 Environment variables:
@@ -14,7 +14,7 @@ Environment variables:
 """
 import glob
 import os
-import re
+import runpy
 import sys
 
 from setuptools import setup
@@ -27,19 +27,8 @@ except ImportError:
              "`pip install --no-build-isolation .`")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PY_LIMITED_API = "0x03090000"  # CPython 3.9, the oldest this package supports
-
-
-def stable_abi_floor():
-    """(major, minor) of the oldest torch the build targets, read from rkd_ext/_ext.py (one place)."""
-    text = open(os.path.join(HERE, "rkd_ext", "_ext.py")).read()
-    m = re.search(r"^STABLE_ABI_FLOOR = \((\d+), (\d+)\)", text, re.M)
-    return int(m.group(1)), int(m.group(2))
-
-
-def torch_target_version():
-    major, minor = stable_abi_floor()
-    return f"0x{major:02x}{minor:02x}000000000000"
+# The stable ABI's floor and the limited API, read by path: nothing is built yet.
+ABI_FLAGS = runpy.run_path(os.path.join(HERE, "rkd_ext", "_floor.py"))["compile_flags"]()
 
 
 def flag(name):
@@ -87,13 +76,12 @@ def get_extensions():
     fp = ["-fno-math-errno", "-fno-trapping-math"]
     # The stable ABI's floor and the limited API; the CPU kernels run on torch's own thread pool
     # (torch::stable::parallel_for), so no OpenMP here.
-    abi = [f"-DTORCH_TARGET_VERSION={torch_target_version()}", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
-    extra = {"cxx": opt + fp + abi + ["-Wall", "-Wno-psabi"]}
+    extra = {"cxx": opt + fp + ABI_FLAGS + ["-Wall", "-Wno-psabi"]}
     kind = CppExtension
     if cuda:
         kind = CUDAExtension
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = opt + abi + ["-lineinfo", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = opt + ABI_FLAGS + ["-lineinfo", "--expt-relaxed-constexpr"]
     return [kind("rkd_ext._C", sources, extra_compile_args=extra, py_limited_api=True)]
 
 

@@ -1,7 +1,8 @@
 """Two builds of rkd_ext against each other at training sizes: for showing that a change to the bindings or the
 build left the speed where it was.
 
-    python -m benchmarks.builds --a TREE_A --b TREE_B [--rounds 5] [--block-ms 50] [--cases REGEX] [--json OUT.json]
+    python -m benchmarks.builds --a TREE_A --b TREE_B [--rounds 5] [--block-ms 50] [--cases REGEX] [--sizes NxD,...]
+                                [--json OUT.json]
 
 TREE_A and TREE_B are source trees with their extension built in place (``python setup.py build_ext --inplace``
 or an editable install), e.g. a worktree of the old commit and this one. Each round runs one worker process per
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("pairwise_distance", "distance_loss", "angle_loss", "rkd_loss")
 
 
-def worker(block_s, tree, pattern=""):
+def worker(block_s, tree, pattern="", sizes=None):
     """Time every case (matching pattern) with the rkd_ext of tree (imported already); print {case: seconds}."""
     import re
     import time
@@ -40,7 +41,7 @@ def worker(block_s, tree, pattern=""):
     out = {}
     for op in OPS:
         for mode in MODES:
-            for n, d in common.TRAINING:
+            for n, d in sizes or common.TRAINING:
                 name = f"{op} {mode} N={n} D={d}"
                 if not re.search(pattern, name):
                     continue
@@ -62,11 +63,11 @@ def worker(block_s, tree, pattern=""):
     print(json.dumps(out))
 
 
-def run_worker(tree, block_s, pattern):
+def run_worker(tree, block_s, pattern, sizes):
     # rkd_ext from the tree, then this repository's benchmarks (the same harness for both builds).
     code = (f"import sys; sys.path.insert(0, {os.path.abspath(tree)!r}); import rkd_ext; "
             f"sys.path.insert(0, {ROOT!r}); from benchmarks.builds import worker; worker({block_s!r}, "
-            f"{os.path.abspath(tree)!r}, {pattern!r})")
+            f"{os.path.abspath(tree)!r}, {pattern!r}, {sizes!r})")
     env = dict(os.environ, RKD_EXT_REQUIRE_EXT="1", PYTHONPATH="")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree,
                          timeout=1800)
@@ -87,12 +88,15 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--block-ms", type=float, default=50.0)
     p.add_argument("--cases", default="", help="only the cases whose name matches this regular expression")
+    p.add_argument("--sizes", default="", help="N x D sizes instead of the training grid, e.g. 4x4 (the calls' "
+                   "own overhead) or 16x512,128x2048")
     p.add_argument("--json", help="write every round's times and the ratios here")
     a = p.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")] if a.sizes else None
     times = {"a": [], "b": []}
     for r in range(a.rounds):
         for which in (("a", "b") if r % 2 == 0 else ("b", "a")):
-            times[which].append(run_worker(getattr(a, which), a.block_ms / 1e3, a.cases))
+            times[which].append(run_worker(getattr(a, which), a.block_ms / 1e3, a.cases, sizes))
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     rows = []
     for case in times["a"][0]:

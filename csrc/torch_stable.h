@@ -3,7 +3,7 @@
 // lacks. Nothing here, nor anywhere in csrc/, includes ATen, c10 or pybind11:
 // the compiled extension calls torch only through the stable C shim, so one
 // build serves every torch from TORCH_TARGET_VERSION (set by setup.py from
-// rkd_ext/_ext.py's STABLE_ABI_FLOOR) on. python_tests/test_build.py checks
+// rkd_ext/_floor.py's STABLE_ABI_FLOOR) on. python_tests/test_build.py checks
 // the built library imports no C++ symbol of torch.
 //
 // The shims, each with why it is here and when it can go:

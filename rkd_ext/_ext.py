@@ -15,12 +15,9 @@ import warnings
 
 import torch
 
-__all__ = ["C", "reason", "available", "usable_for", "build_info", "STABLE_ABI_FLOOR"]
+from ._floor import STABLE_ABI_FLOOR
 
-# The oldest torch the compiled extension serves: setup.py compiles with
-# TORCH_TARGET_VERSION set from this line. torch::stable::parallel_for, the
-# CPU kernels' thread pool, arrived in 2.10.
-STABLE_ABI_FLOOR = (2, 10)
+__all__ = ["C", "reason", "available", "usable_for", "build_info", "STABLE_ABI_FLOOR"]
 
 
 def _release(version):

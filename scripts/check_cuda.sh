@@ -12,10 +12,9 @@
 #    together as the extension's .cu files are: a non-inline definition in a
 #    header would be a duplicate symbol.
 # 3. bindings: the torch bindings (csrc/cuda/*.cu) as one translation unit
-#    against the installed torch's headers (host code and PTX), when torch is
-#    importable. A CPU-only torch wheel ships the c10/cuda headers but not the
-#    one CMake generates, c10/cuda/impl/cuda_cmake_macros.h; a stand-in is
-#    supplied. RKD_CHECK_BINDINGS=0 skips this step.
+#    against the installed torch's headers (host code and PTX), with the
+#    stable ABI's flags, when torch is importable (a CPU-only torch's headers
+#    hold all of the stable ABI). RKD_CHECK_BINDINGS=0 skips this step.
 # 4. emulation: scripts/emulate_cuda.py, the op layer on the GPU backend with
 #    its kernels run on the host, against the CPU ops, on the quick case set, in
 #    four builds: with the detectors (racecheck, synccheck, initcheck,
@@ -63,18 +62,15 @@ if [ "${RKD_CHECK_BINDINGS:-1}" = 1 ] && torch_inc=$(python -c \
     "import torch.utils.cpp_extension as c; print('\n'.join(c.include_paths()))" 2>/dev/null); then
   incs=()
   while read -r dir; do incs+=(-isystem "$dir"); done <<<"$torch_inc"
-  if [ ! -f "$(head -n 1 <<<"$torch_inc")/c10/cuda/impl/cuda_cmake_macros.h" ]; then
-    mkdir -p "$out/stub/c10/cuda/impl"
-    printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
-    incs+=(-isystem "$out/stub")
-  fi
   incs+=(-isystem "$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')")
   for f in csrc/cuda/*.cu; do echo "#include \"$PWD/$f\""; done >"$out/bindings.cu"
   # The C++ standard torch builds extensions with.
   std=$(python -c "import inspect, re, torch.utils.cpp_extension as c; \
 print(max(re.findall(r'-std=c\+\+(\d+)', inspect.getsource(c)), key=int, default='17'))")
-  start bindings "$NVCC" -std=c++"$std" -O0 "${common[@]}" -DTORCH_EXTENSION_NAME=_C \
-    -DTORCH_API_INCLUDE_EXTENSION_H "${incs[@]}" -gencode arch=compute_90,code=compute_90 \
+  # setup.py's flags for the stable ABI (rkd_ext/_floor.py): with them torch's unstable headers refuse to compile.
+  read -r -a abi <<<"$(python -c "import runpy; print(' '.join(runpy.run_path('rkd_ext/_floor.py')['compile_flags']()))")"
+  start bindings "$NVCC" -std=c++"$std" -O0 "${common[@]}" "${abi[@]}" "${incs[@]}" \
+    -gencode arch=compute_90,code=compute_90 \
     -c "$out/bindings.cu" -o "$out/bindings.o"
 else
   echo "== bindings: skipped (RKD_CHECK_BINDINGS=0 or no importable torch)"
