@@ -407,26 +407,28 @@ std::tuple<Tensor, Tensor> angle_grad_rows(const Tensor& sq_a, const Tensor& sq_
 // Every op, for one backend's STABLE_TORCH_LIBRARY_IMPL block (the schemas are csrc/ops.cpp).
 // TORCH_BOX unboxes each argument from the stable ABI's stack and boxes the results.
 #define RKD_BIND_IMPL(name, ...) m.impl(name, TORCH_BOX((&__VA_ARGS__)))
+#define RKD_BIND(name) RKD_BIND_IMPL(#name, name<Ctx>)
 template <typename Ctx, typename M>
 void register_ops(M& m) {
   RKD_BIND_IMPL("pairwise_distance", distance_matrix<Ctx, false>);
   RKD_BIND_IMPL("pairwise_distance_backward", distance_matrix_backward<Ctx, false>);
   RKD_BIND_IMPL("normalized_distance", distance_matrix<Ctx, true>);
   RKD_BIND_IMPL("normalized_distance_backward", distance_matrix_backward<Ctx, true>);
-  RKD_BIND_IMPL("rkd_distance_loss", rkd_distance_loss<Ctx>);
-  RKD_BIND_IMPL("rkd_distance_loss_backward", rkd_distance_loss_backward<Ctx>);
-  RKD_BIND_IMPL("angle_tensor", angle_tensor<Ctx>);
-  RKD_BIND_IMPL("angle_tensor_backward", angle_tensor_backward<Ctx>);
-  RKD_BIND_IMPL("rkd_angle_loss", rkd_angle_loss<Ctx>);
-  RKD_BIND_IMPL("rkd_angle_loss_backward", rkd_angle_loss_backward<Ctx>);
-  RKD_BIND_IMPL("rkd_loss", rkd_loss<Ctx>);
-  RKD_BIND_IMPL("rkd_loss_backward", rkd_loss_backward<Ctx>);
-  RKD_BIND_IMPL("pair_matrix_rows", pair_matrix_rows<Ctx>);
-  RKD_BIND_IMPL("pair_matrix_rows_backward", pair_matrix_rows_backward<Ctx>);
-  RKD_BIND_IMPL("grad_rows", grad_rows<Ctx>);
-  RKD_BIND_IMPL("angle_loss_rows", angle_loss_rows<Ctx>);
-  RKD_BIND_IMPL("angle_grad_rows", angle_grad_rows<Ctx>);
+  RKD_BIND(rkd_distance_loss);
+  RKD_BIND(rkd_distance_loss_backward);
+  RKD_BIND(angle_tensor);
+  RKD_BIND(angle_tensor_backward);
+  RKD_BIND(rkd_angle_loss);
+  RKD_BIND(rkd_angle_loss_backward);
+  RKD_BIND(rkd_loss);
+  RKD_BIND(rkd_loss_backward);
+  RKD_BIND(pair_matrix_rows);
+  RKD_BIND(pair_matrix_rows_backward);
+  RKD_BIND(grad_rows);
+  RKD_BIND(angle_loss_rows);
+  RKD_BIND(angle_grad_rows);
 }
+#undef RKD_BIND
 #undef RKD_BIND_IMPL
 
 }  // namespace bind
