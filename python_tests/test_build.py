@@ -167,3 +167,16 @@ def test_build_info_reports_the_floor_and_the_running_torch():
     assert info["running_torch"] == torch.__version__
     out = subprocess.run([sys.executable, "-m", "rkd_ext.info"], capture_output=True, text=True, timeout=120)
     assert f"serves torch             >= {info['stable_abi_floor']} (stable ABI)" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("info, torch_cuda, refused", [
+    (dict(with_cuda=True, cuda_version="13.0"), "12.8", True),    # torch 2.10's CUDA beside a CUDA 13 build
+    (dict(with_cuda=True, cuda_version="13.0"), "13.2", False),   # torch 2.15's: the same major version
+    (dict(with_cuda=True, cuda_version="13.0"), None, False),     # a CPU torch: no CUDA tensors to serve
+    (dict(with_cuda=False, cuda_version=""), "12.8", False),      # a CPU-only build
+])
+def test_cuda_kernels_refuse_a_torch_of_another_cuda_major_version(info, torch_cuda, refused):
+    why = rkd_ext._ext.cuda_mismatch(info, "2.10.0+cu128", torch_cuda)
+    assert (why is not None) == refused
+    if refused:
+        assert "built for CUDA 13.0" in why and "uses CUDA 12.8" in why and "CUDA major version" in why

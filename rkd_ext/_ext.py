@@ -4,8 +4,9 @@
 build serves that torch and every later one, whatever torch it was compiled
 against. Importing rkd_ext under an older torch is an ImportError naming both
 versions. A CUDA build also needs a torch built for the same CUDA major version
-as the extension: elsewhere its CUDA runtime is missing and the extension is not
-used. Set ``RKD_EXT_REQUIRE_EXT=1`` to turn the fallback into an ImportError
+as the extension: where its CUDA runtime is missing the extension is not used at
+all, and where it loads beside a torch of another CUDA major version its CPU
+kernels are used and CUDA tensors take the pure-PyTorch reference. Set ``RKD_EXT_REQUIRE_EXT=1`` to turn the fallback into an ImportError
 (CI and benchmarks do, so a broken build cannot pass silently as the slow
 reference).
 """
@@ -40,12 +41,25 @@ def _parse_info(text):
     return info
 
 
+_CUDA_MAJOR = "a CUDA build of rkd_ext needs a torch built for the CUDA major version it was compiled with"
+
+
+def cuda_mismatch(info, torch_version, torch_cuda):
+    """Why the CUDA kernels of a loaded build cannot serve this torch (another CUDA major version), or None."""
+    if not info.get("with_cuda") or not torch_cuda:
+        return None
+    built, running = info["cuda_version"].split(".")[0], torch_cuda.split(".")[0]
+    if built == running:
+        return None
+    return (f"rkd_ext's CUDA kernels were built for CUDA {info['cuda_version']} but torch {torch_version} uses CUDA "
+            f"{torch_cuda}: {_CUDA_MAJOR}")
+
+
 def _load():
     try:
         from . import _C  # noqa: F401  (loading the library registers the operators)
     except (ImportError, OSError) as exc:
-        hint = (" (a CUDA build of rkd_ext needs a torch built for the CUDA major version it was compiled with)"
-                if "libcudart" in str(exc) else "")
+        hint = f" ({_CUDA_MAJOR})" if "libcudart" in str(exc) else ""
         return None, None, f"the compiled extension rkd_ext._C could not be loaded ({exc}){hint}"
     info = _parse_info(torch.ops.rkd_ext._build_info())
     return torch.ops.rkd_ext, info, None
@@ -54,10 +68,13 @@ def _load():
 _check_floor()
 C, _info, reason = _load()
 available = C is not None
-if reason is not None:
+cuda_reason = cuda_mismatch(_info, torch.__version__, torch.version.cuda) if available else None
+for _why, _what in ((reason, ""), (cuda_reason, " for CUDA tensors")):
+    if _why is None:
+        continue
     if os.environ.get("RKD_EXT_REQUIRE_EXT", "0") == "1":
-        raise ImportError(reason + " (RKD_EXT_REQUIRE_EXT=1 forbids the pure-PyTorch fallback)")
-    warnings.warn(reason + "; falling back to the pure-PyTorch reference implementation "
+        raise ImportError(_why + " (RKD_EXT_REQUIRE_EXT=1 forbids the pure-PyTorch fallback)")
+    warnings.warn(_why + f"; falling back to the pure-PyTorch reference implementation{_what} "
                   "(same values, slower, O(N^3 D) memory for the angle loss)", RuntimeWarning, stacklevel=2)
 
 
@@ -67,7 +84,7 @@ def usable_for(x):
         return False
     if x.device.type == "cpu":
         return True
-    return x.device.type == "cuda" and bool(_info["with_cuda"])
+    return x.device.type == "cuda" and bool(_info["with_cuda"]) and cuda_reason is None
 
 
 def build_info():
@@ -76,6 +93,7 @@ def build_info():
     info.update(
         extension_loaded=available,
         fallback_reason=reason,
+        cuda_fallback_reason=cuda_reason,
         running_torch=torch.__version__,
         running_cuda=torch.version.cuda,
         matches_running_torch=available,

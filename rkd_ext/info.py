@@ -17,7 +17,8 @@ def main():
             ("built against torch", info["torch_full_version"]),
             ("serves torch", f">= {info['stable_abi_floor']} (stable ABI)"),
             ("compiler", info["compiler"]),
-            ("CUDA kernels", f"yes, CUDA {info['cuda_version']}, archs {info['cuda_arch_list']}"
+            ("CUDA kernels", (f"yes, CUDA {info['cuda_version']}, archs {info['cuda_arch_list']}"
+                              + (" (not used with this torch)" if info["cuda_fallback_reason"] else ""))
              if info["with_cuda"] else "no (CPU-only build)"),
         ]
     rows += [
@@ -29,6 +30,9 @@ def main():
         print(f"{k:<{width}}  {v}")
     if info["fallback_reason"]:
         print(f"\nfalling back to the pure-PyTorch reference because {info['fallback_reason']}")
+        return 1
+    if info["cuda_fallback_reason"]:
+        print(f"\nCUDA tensors fall back to the pure-PyTorch reference because {info['cuda_fallback_reason']}")
         return 1
     if info.get("with_cuda") is False and torch.version.cuda:
         print("\nnote: this torch has CUDA but the extension was built without it; "
