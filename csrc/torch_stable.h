@@ -16,6 +16,10 @@
 //    one, and the message is only ours. No standard exception becomes a
 //    TypeError: an unsupported dtype handed to a raw operator is a ValueError
 //    (the public Python API checks dtypes first and raises TypeError).
+//    torch 2.15 turns every exception a stable-ABI kernel throws into a
+//    RuntimeError with the same message; rkd_ext/ops.py's value_errors puts
+//    the ValueError back for messages that start with the operator's name,
+//    as every argument check's does.
 //    Can go when the stable ABI throws typed errors.
 // 2. The current CUDA stream as a cudaStream_t (cuda/cuda_context.h):
 //    torch::stable::accelerator::Stream::nativeHandle() arrived in torch

@@ -180,3 +180,21 @@ def test_cuda_kernels_refuse_a_torch_of_another_cuda_major_version(info, torch_c
     assert (why is not None) == refused
     if refused:
         assert "built for CUDA 13.0" in why and "uses CUDA 12.8" in why and "CUDA major version" in why
+
+
+def test_argument_errors_are_value_errors_whatever_torch_does_with_the_kernel_exception():
+    """torch 2.15 hands a stable kernel's std::invalid_argument on as a RuntimeError: it becomes a ValueError again."""
+    from rkd_ext.ops import value_errors
+
+    def raising(exc):
+        def op(*args):
+            raise exc
+        return op
+
+    with pytest.raises(ValueError, match="^rkd_loss: eps must be"):
+        value_errors("rkd_loss", raising(RuntimeError("rkd_loss: eps must be a positive finite number, got 0")))()
+    for exc in (RuntimeError("rkd_ext: CUDA kernel launch failed"), RuntimeError("rkd_loss_backward: grad"),
+                NotImplementedError("rkd_loss: not here")):
+        with pytest.raises(type(exc), match=str(exc)):
+            value_errors("rkd_loss", raising(exc))()
+    assert value_errors("rkd_loss", lambda *a: sum(a))(1, 2) == 3

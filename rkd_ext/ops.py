@@ -209,6 +209,28 @@ _NO_FORWARD_AD = (
     "forward-mode derivatives")
 
 
+def value_errors(name, op):
+    """op, raising ValueError for a bad argument on every torch.
+
+    The kernels report a bad argument as std::invalid_argument with a message
+    that starts with the operator's name (csrc/torch_stable.h). Up to torch 2.14
+    that arrives as a ValueError; torch 2.15 turns every exception thrown by a
+    stable-ABI kernel into a RuntimeError with the same message, which is put
+    back here.
+    """
+    prefix = name + ": "
+
+    def call(*args):
+        try:
+            return op(*args)
+        except RuntimeError as exc:
+            if type(exc) is RuntimeError and str(exc).startswith(prefix):
+                raise ValueError(str(exc)) from None
+            raise
+
+    return call
+
+
 def _register_autograd_formula(name, backward, setup_context):
     """Autograd for ``rkd_ext::name``: its Autograd kernel applies an autograd.Function.
 
@@ -221,7 +243,7 @@ def _register_autograd_formula(name, backward, setup_context):
     generates for an autograd.Function. Its ``jvp`` says forward mode is
     unsupported.
     """
-    op = getattr(torch.ops.rkd_ext, name).default
+    op = value_errors(name, getattr(torch.ops.rkd_ext, name).default)
 
     def forward(*args):
         # The Function runs forward with gradients off; turned back on, the
