@@ -108,6 +108,8 @@ def main(argv=None):
         print(f"{row['case']:<48} A {row['a_s'] * 1e3:9.3f} ms  B {row['b_s'] * 1e3:9.3f} ms  "
               f"B/A {row['ratio']:.3f} [{row['p10']:.3f}-{row['p90']:.3f}]")
     ratios = [row["ratio"] for row in rows]
+    if not ratios:
+        raise SystemExit("no case matched --cases and --sizes")
     print(f"{len(rows)} cases, {a.rounds} rounds: B/A median {statistics.median(ratios):.3f}, "
           f"min {min(ratios):.3f}, max {max(ratios):.3f}")
     if a.json:
