@@ -61,6 +61,23 @@ def test_gate_reports_shared_memory_past_the_limit_and_unbuilt_launches(planted)
     assert any("_Z7missingv is launched but not compiled" in p for p in problems), problems
 
 
+def test_gate_fails_on_a_triplet_kernel_below_16_warps(planted):
+    # The roomy planted kernel posing as each triplet kernel: at 129 registers (8 warps) the gate fails, at 128
+    # (16 warps) it passes; the named float64 'none'-reduction instantiation is allowed fewer.
+    roomy = next(r for r in planted if r["kernel"] == ROOMY)
+    for template in K.MIN_WARPS:
+        name = f"void {template}<float, rkd::ScalarUpstream<float>>(...)"
+        for regs, fails in ((129, True), (128, False)):
+            row = dict(roomy, template=template, demangled=name, regs=regs,
+                       warps=K.occupancy(90, regs, roomy["smem"], 256))
+            problems = K.check([row], [row], {})
+            assert bool(problems) == fails and all("resident warps" in p for p in problems), problems
+        exempt = dict(roomy, template=template, demangled=name.replace("ScalarUpstream<float>", K.MIN_WARPS_EXEMPT),
+                      regs=188, warps=K.occupancy(90, 188, 0, 256))
+        assert K.check([exempt], [exempt], {}) == []
+        assert K.check([dict(exempt, arch=80)], [dict(exempt, arch=80)], {}) == []
+
+
 @pytest.mark.parametrize("arch,regs,smem,threads,warps", [
     (90, 255, 0, 256, 8),       # 8160 -> 8192 registers a warp: 8 warps, one block
     (90, 128, 0, 256, 16),      # 4096 a warp: 16 warps, two blocks

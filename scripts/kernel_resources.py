@@ -11,8 +11,9 @@ calculator's rules).
   --write    regenerate docs/gpu.md's resource table and its data,
              docs/gpu_kernel_resources.json (launches from the full emulated case set)
   --check    fail on a spill the data does not have (a kernel that did not
-             spill, or more bytes than it), or static shared memory past the
-             48 KiB a launch may use without an opt-in
+             spill, or more bytes than it), static shared memory past the
+             48 KiB a launch may use without an opt-in, or a triplet kernel
+             below 16 resident warps per SM on sm_90 (MIN_WARPS)
   --so LIB   also check a built extension (cuobjdump): SASS for each
              architecture and every kernel the emulated case set launches, with
              the registers and shared memory of this table (the table
@@ -47,6 +48,12 @@ NVCC_FLAGS = ["-std=c++17", "-O3", *EXTENSION_FLAGS]
 WARNINGS = ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra"]
 # A launch may use 48 KiB of shared memory (static plus dynamic) without cudaFuncSetAttribute.
 SMEM_NO_OPT_IN = 48 * 1024
+# Resident warps per SM the triplet kernels must reach on sm_90 (at 256 threads: at most 128 registers), so that
+# enough warps hide the latency of their shared loads and float64 additions; the one instantiation allowed fewer
+# (angle_kernel.cuh's passes_min_blocks: the float64 loss with an (N, N, N) upstream gradient) is named.
+MIN_WARPS = {"rkd::gpu::angle_loss_sum_kernel": 16, "rkd::gpu::angle_passes_kernel": 16}
+MIN_WARPS_ARCH = 90
+MIN_WARPS_EXEMPT = "CubeUpstream<double, true>"
 
 # Per architecture, for the theoretical occupancy (CUDA occupancy calculator, compute capability 8.0
 # and 9.0): warps and blocks an SM holds, its 32-bit registers (allocated per warp in units of 256),
@@ -158,8 +165,8 @@ def table(archs, logs, launches):
 
 
 def check(rows, baseline, launches):
-    """Problems: new or larger spills against the baseline, shared memory past the limit, launched kernels
-    missing from the compiled set."""
+    """Problems: new or larger spills against the baseline, a triplet kernel below its resident warps, shared
+    memory past the limit, launched kernels missing from the compiled set."""
     base = {(r["arch"], r["kernel"]): r for r in baseline}
     problems = []
     for r in rows:
@@ -171,6 +178,11 @@ def check(rows, baseline, launches):
                 os.path.relpath(DATA, ROOT)
             problems.append(f"sm_{r['arch']} {r['demangled'][:160]}: spills {spill} bytes "
                             f"({r['spill_stores']} stored, {r['spill_loads']} loaded; was {was})")
+        need = MIN_WARPS.get(r.get("template"))
+        if (need and r["arch"] == MIN_WARPS_ARCH and MIN_WARPS_EXEMPT not in r["demangled"]
+                and (r.get("warps") or 0) < need):
+            problems.append(f"sm_{r['arch']} {r['demangled'][:160]}: {r.get('warps')} resident warps per SM "
+                            f"({r['regs']} registers), below the {need} a triplet kernel must reach")
         if r["smem"] > SMEM_NO_OPT_IN:
             problems.append(f"sm_{r['arch']} {r['demangled'][:160]}: {r['smem']} bytes of static shared memory, "
                             f"above the {SMEM_NO_OPT_IN} a launch may use without an opt-in")

@@ -55,11 +55,15 @@ struct ScalarUpstream {
   static constexpr bool kLoss = true;
   LossUpstream up;  // the upstream gradient: one element in backend memory
   double div;       // N^3 for 'mean', 1 for 'sum'
+  // kUniform: G is one factor times d, so a backend may sum d-weighted terms
+  // and apply the factor to the sums (factor()), a multiply per triplet less.
   struct Eval {
-    Acc c;
-    RKD_HD Acc gsym(int64_t, int64_t, int64_t, Acc d) const { return Acc(2) * (c * d); }
+    static constexpr bool kUniform = true;
+    Acc c2;  // 2 c: (2 c) d is 2 (c d) bit for bit (a power-of-two scaling)
+    RKD_HD Acc gsym(int64_t, int64_t, int64_t, Acc d) const { return c2 * d; }
+    RKD_HD Acc factor() const { return c2; }
   };
-  RKD_HD Eval eval() const { return {static_cast<Acc>(up[0] / div)}; }
+  RKD_HD Eval eval() const { return {Acc(2) * static_cast<Acc>(up[0] / div)}; }
 };
 
 // An (N, N, N) upstream gradient. Of a loss with reduction 'none' (kLoss):
@@ -70,7 +74,9 @@ struct CubeUpstream {
   static constexpr bool kLoss = kLossTerm;
   const Acc* up;
   int64_t N;
+  static constexpr bool kUniform = false;
   RKD_HD CubeUpstream eval() const { return *this; }
+  RKD_HD Acc factor() const { return Acc(1); }
   RKD_HD Acc gsym(int64_t i, int64_t j, int64_t k, Acc d) const {
     const Acc g = up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
     if (kLoss) return g * d;

@@ -11,12 +11,22 @@
 // terms go into float64 every kChunk steps.
 //
 // The triplet kernels are tiled like a GEMM: a block owns a tile of two of
-// the three indices, each thread a kRows x kCols micro-tile of it, and the
-// third index is the sequential loop, staged kChunk rows at a time in shared
-// memory. s and u are symmetric, so the row of the loop index holds every
-// operand: s_ik = s[k][i]. Each output element is one thread's sum in a fixed
-// order; partial results over index ranges are summed in a fixed order after:
-// no atomics, bitwise reproducible.
+// the three indices, each thread a micro-tile of it (2 x 4 in the loss, 2 x 2
+// in the backward passes), and the third index is the sequential loop, staged
+// kChunk rows at a time in shared memory, both sides' operands of an index
+// side by side (one vector load). s and u are symmetric, so the row of the
+// loop index holds every operand: s_ik = s[k][i]. Each output element is one
+// thread's sum in a fixed order; partial results over index ranges are summed
+// in a fixed order after: no atomics, bitwise reproducible.
+//
+// What the inner loops keep out: the cosine's half (folded into one edge's u,
+// cosine_half), the smooth-L1 constants (0.5 / beta, 0.5 beta), the loss's
+// pair weights (a tile wholly above the diagonal weighs every triplet 2), and
+// a scalar upstream factor (applied to each chunk's sums). Every triplet
+// kernel fits 128 registers at 256 threads (16 warps per SM) but the float64
+// loss with an (N, N, N) upstream (passes_min_blocks), and none spills:
+// scripts/kernel_resources.py gates both, scripts/kernel_loops.py counts the
+// instructions per triplet (docs/gpu.md).
 //
 // Loss forward (sum over all triplets): a block owns (j, k) with k >= j
 // (A_ijk = A_ikj: k > j counts twice, k == j once) and loops over the vertex i.
@@ -31,6 +41,8 @@
 // side that launches these kernels is gpu_backend.cuh.
 #pragma once
 
+#include <type_traits>
+
 #include "../core/angle_op.h"
 #include "common.cuh"
 
@@ -38,12 +50,19 @@ namespace rkd {
 namespace gpu {
 
 // Triplet tiling: 16 x 16 threads, each a kRows x kCols micro-tile (first
-// tile index ty + 16 r, second tx + 16 c), kChunk loop steps per stage.
+// tile index ty + 16 r, second tx + 16 c), kChunk loop steps per stage. The
+// vertex pass, which keeps four float64 values per element in registers,
+// takes kVertexCols columns per thread (a 32 x 32 tile) so that every triplet
+// kernel fits 128 registers: two blocks, 16 warps, per SM.
 constexpr int kTri = 16;
 constexpr int kRows = 2;
 constexpr int kCols = 4;
+constexpr int kVertexCols = 2;
+constexpr int kOppositeCols = 2;
 constexpr int kTA = kTri * kRows;  // tile extent along the first index
 constexpr int kTB = kTri * kCols;  // along the second
+constexpr int kTV = kTri * kVertexCols;  // the vertex pass's, along its second
+constexpr int kTO = kTri * kOppositeCols;  // the opposite pass's
 constexpr int kChunk = 8;
 constexpr int kTriThreads = kTri * kTri;
 
@@ -57,25 +76,67 @@ struct VertexSplit {
   }
 };
 
-// s[l][c] and, where the destination is not null, u[l][c] and
-// w[l][c] = active_inv_edge(s, u) for rows r0 + l and columns c0 + c of one
-// side; 0 outside the matrix.
-template <int W, typename Acc>
-RKD_DEV void stage(double (*s)[W], Acc (*u)[W], Acc (*w)[W], const Edges<Acc>& e, int64_t N, int64_t r0, int64_t c0,
-                   double eps2, int t) {
+// The staged operands of one index of a triplet, both sides side by side so
+// that one (vector) shared load fetches them: s of sides a and b, and u of
+// both, the half of the cosine folded in where the index is the cosine's
+// u_ij (cosine_half), with w of side a where a pass needs it (EdgeW).
+template <typename T>
+struct alignas(2 * sizeof(T)) Two {
+  T a, b;
+};
+template <typename T>
+struct alignas(4 * sizeof(T)) EdgeW {
+  T ua, wa, ub, unused;
+};
+
+template <typename Acc>
+RKD_DEV void put(Two<Acc>& d, Acc half, Acc ua, Acc ub, Acc) {
+  d = {half * ua, half * ub};
+}
+template <typename Acc>
+RKD_DEV void put(EdgeW<Acc>& d, Acc half, Acc ua, Acc ub, Acc wa) {
+  d = {half * ua, wa, half * ub, Acc(0)};
+}
+
+// Rows r0 + l, columns c0 + c of s and u of sides a and b (b where kB; else
+// 0), into s[l][c] and e[l][c] (u times `half`, 1 or 0.5, and w_a =
+// active_inv_edge(s_a, u_a)); 0 outside the matrix.
+template <bool kB, int W, typename Acc, typename E>
+RKD_DEV void stage(Two<double> (*s)[W], E (*e)[W], const Edges<Acc>& a, const Edges<Acc>& b, int64_t N, int64_t r0,
+                   int64_t c0, Acc half, double eps2, int t) {
   for (int idx = t; idx < kChunk * W; idx += kTriThreads) {
     const int l = idx / W, c = idx % W;
     const int64_t r = r0 + l, col = c0 + c;
     const bool in = r < N && col < N;
-    const double sv = in ? e.s[r * N + col] : 0.0;
-    const Acc uv = in ? e.u[r * N + col] : Acc(0);
-    s[l][c] = sv;
-    if (u != nullptr) u[l][c] = uv;
-    if (w != nullptr) w[l][c] = static_cast<Acc>(active_inv_edge(sv, static_cast<double>(uv), eps2));
+    const double sa = in ? a.s[r * N + col] : 0.0, sb = kB && in ? b.s[r * N + col] : 0.0;
+    const Acc ua = in ? a.u[r * N + col] : Acc(0), ub = kB && in ? b.u[r * N + col] : Acc(0);
+    s[l][c] = {sa, sb};
+    if (e != nullptr) put(e[l][c], half, ua, ub, static_cast<Acc>(active_inv_edge(sa, static_cast<double>(ua), eps2)));
   }
 }
 
 RKD_DEV int64_t clamp_dev(int64_t v, int64_t N) { return v < N ? v : N - 1; }
+
+// The loop steps of a stage unrolled by two in float32 on sm_90 (half the
+// loop's overhead per triplet). Float64, which holds twice the registers,
+// would spill at 128 registers, and so would sm_80's float32 loss sum.
+template <typename Acc>
+constexpr int steps_unrolled() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  return 1;
+#else
+  return sizeof(Acc) == 4 ? 2 : 1;
+#endif
+}
+
+// A chunk's Acc sum into the float64 accumulators, times the upstream's
+// uniform factor where the loop left it out (exact: a product of two floats
+// fits a double; of two doubles, one rounding).
+template <typename G, typename Acc>
+RKD_DEV double flush(const G& g, Acc sum) {
+  if constexpr (G::kUniform) return static_cast<double>(g.factor()) * static_cast<double>(sum);
+  return static_cast<double>(sum);
+}
 
 // ---- kernels ---------------------------------------------------------------------------
 
@@ -98,22 +159,26 @@ __global__ void __launch_bounds__(kBlock) angle_values_kernel(Edges<Acc> a, Edge
 
 // Blocks own (j, k) tiles; blockIdx.z takes the vertex rows split.range(z).
 // Writes one partial sum per block (0 for tiles below the diagonal).
+// A tile wholly above the diagonal and inside the matrix (kInterior) weighs
+// every triplet 2: it sums the values and doubles the chunk's sum, the same
+// bits as summing the doubled values (a power-of-two scaling is exact).
 template <typename Acc>
-__global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
-                                                                     Huber<Acc> huber, VertexSplit split,
-                                                                     double* __restrict__ partial) {
-  __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
-  __shared__ Acc uJa[kChunk][kTA], uKa[kChunk][kTB], uJb[kChunk][kTA], uKb[kChunk][kTB];
-  __shared__ double red[kTriThreads];
+struct LossSumStage {
+  Two<double> sJ[kChunk][kTA], sK[kChunk][kTB];
+  Two<Acc> uJ[kChunk][kTA], uK[kChunk][kTB];
+};
+
+template <bool kInterior, typename Acc>
+RKD_DEV double loss_sum_tile(LossSumStage<Acc>& st, const Edges<Acc>& a, const Edges<Acc>& b, int64_t N,
+                             const Huber<Acc>& huber, Rows range, int64_t j0, int64_t k0) {
+  auto& sJ = st.sJ;
+  auto& sK = st.sK;
+  auto& uJ = st.uJ;
+  auto& uK = st.uK;
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t block = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
-  if (k0 + kTB - 1 < j0) {
-    if (t == 0) partial[block] = 0.0;
-    return;
-  }
   double sa_jk[kRows][kCols], sb_jk[kRows][kCols];
-  Acc weight[kRows][kCols];
+  // Each element's weight, 0, 1 (k == j) or 2 (k > j), in 2 bits of one register.
+  unsigned weights = 0;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
@@ -122,104 +187,143 @@ __global__ void __launch_bounds__(kTriThreads) angle_loss_sum_kernel(Edges<Acc> 
       const bool in = j < N && k < N;
       sa_jk[r][c] = in ? a.s[j * N + k] : 0.0;
       sb_jk[r][c] = in ? b.s[j * N + k] : 0.0;
-      weight[r][c] = !in || k < j ? Acc(0) : (k == j ? Acc(1) : Acc(2));
+      weights |= (!in || k < j ? 0u : (k == j ? 1u : 2u)) << (2 * (r * kCols + c));
     }
   }
-  const Rows range = split.range(blockIdx.z);
-  const int64_t i_begin = range.begin, i_end = range.end;
   double total = 0.0;
-  for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
-    stage<kTA, Acc>(sJa, uJa, nullptr, a, N, i0, j0, 0.0, t);
-    stage<kTB, Acc>(sKa, uKa, nullptr, a, N, i0, k0, 0.0, t);
-    stage<kTA, Acc>(sJb, uJb, nullptr, b, N, i0, j0, 0.0, t);
-    stage<kTB, Acc>(sKb, uKb, nullptr, b, N, i0, k0, 0.0, t);
+  for (int64_t i0 = range.begin; i0 < range.end; i0 += kChunk) {
+    stage<true>(sJ, uJ, a, b, N, i0, j0, Acc(0.5), 0.0, t);
+    stage<true>(sK, uK, a, b, N, i0, k0, Acc(1), 0.0, t);
     __syncthreads();
-    const int n = i_end - i0 < kChunk ? static_cast<int>(i_end - i0) : kChunk;
     Acc part = Acc(0);
+    const int n = range.end - i0 < kChunk ? static_cast<int>(range.end - i0) : kChunk;
+#pragma unroll(steps_unrolled<Acc>())
     for (int l = 0; l < n; ++l) {
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const int jl = ty + kTri * r;
-        const double sa_ij = sJa[l][jl], sb_ij = sJb[l][jl];
-        const Acc ua_ij = uJa[l][jl], ub_ij = uJb[l][jl];
+        const Two<double> s_ij = sJ[l][ty + kTri * r];
+        const Two<Acc> hu_ij = uJ[l][ty + kTri * r];
 #pragma unroll
         for (int c = 0; c < kCols; ++c) {
-          const int kl = tx + kTri * c;
-          const Acc A = cosine(sa_ij, sKa[l][kl], sa_jk[r][c], ua_ij, uKa[l][kl]);
-          const Acc B = cosine(sb_ij, sKb[l][kl], sb_jk[r][c], ub_ij, uKb[l][kl]);
-          // A select, not a product: padding entries must not turn a 0 weight into NaN.
+          const Two<double> s_ik = sK[l][tx + kTri * c];
+          const Two<Acc> u_ik = uK[l][tx + kTri * c];
+          const Acc A = cosine_half(s_ij.a, s_ik.a, sa_jk[r][c], hu_ij.a, u_ik.a);
+          const Acc B = cosine_half(s_ij.b, s_ik.b, sb_jk[r][c], hu_ij.b, u_ik.b);
           const Acc v = smooth_l1(A - B, huber);
-          part += weight[r][c] > Acc(0) ? weight[r][c] * v : Acc(0);
+          if constexpr (kInterior)
+            part += v;
+          else {  // a select, not a product: padding entries must not turn a 0 weight into NaN
+            const Acc weight = static_cast<Acc>((weights >> (2 * (r * kCols + c))) & 3u);
+            part += weight > Acc(0) ? weight * v : Acc(0);
+          }
         }
       }
     }
-    total += static_cast<double>(part);
+    total += kInterior ? 2.0 * static_cast<double>(part) : static_cast<double>(part);
     __syncthreads();
   }
+  return total;
+}
+
+template <typename Acc>
+__global__ void __launch_bounds__(kTriThreads, 2) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
+                                                                        Huber<Acc> huber, VertexSplit split,
+                                                                        double* __restrict__ partial) {
+  __shared__ LossSumStage<Acc> st;
+  __shared__ double red[kTriThreads];
+  const int t = threadIdx.y * kTri + threadIdx.x;
+  const int64_t block = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTA, k0 = static_cast<int64_t>(blockIdx.x) * kTB;
+  if (k0 + kTB - 1 < j0) {
+    if (t == 0) partial[block] = 0.0;
+    return;
+  }
+  const Rows range = split.range(blockIdx.z);
+  const bool interior = j0 + kTA - 1 < k0 && k0 + kTB <= N;  // uniform over the block
+  double total = interior ? loss_sum_tile<true>(st, a, b, N, huber, range, j0, k0)
+                          : loss_sum_tile<false>(st, a, b, N, huber, range, j0, k0);
   total = block_sum<kTriThreads>(total, red, t);
   if (t == 0) partial[block] = total;
 }
 
-// Vertex pass (block blk of its grid): a block owns an (i, j) tile, i in the vertices, and loops over
-// k in ks.range(z), z = blk.z. Writes slice z of the rows of V for the
-// vertices, (vertices.size(), N): V is linear in p and q, so the slices'
-// sum is V.
+// The staged operands of the two backward passes (one or the other per block:
+// angle_passes_kernel holds them in one union).
+template <typename Acc>
+struct VertexStage {
+  Two<double> sI[kChunk][kTA], sJ[kChunk][kTV];
+  EdgeW<Acc> eI[kChunk][kTA];
+};
+template <typename Acc>
+struct OppositeStage {
+  Two<double> sJ[kChunk][kTA], sK[kChunk][kTO];
+  EdgeW<Acc> eJ[kChunk][kTA], eK[kChunk][kTO];
+};
+template <typename Acc>
+union PassStage {
+  VertexStage<Acc> vertex;
+  OppositeStage<Acc> opposite;
+};
+
+// Vertex pass (block blk of its grid): a block owns an (i, j) tile of kTA x
+// kTV, i in the vertices, and loops over k in ks.range(z), z = blk.z. Writes
+// slice z of the rows of V for the vertices, (vertices.size(), N): V is
+// linear in p and q, so the slices' sum is V.
 template <typename Acc, typename Up>
-RKD_DEV void angle_vertex_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
-                                Rows vertices, const Huber<Acc>& huber, double eps2, double kappa,
-                                const VertexSplit& ks, double* __restrict__ V) {
-  __shared__ double sIa[kChunk][kTA], sJa[kChunk][kTB], sIb[kChunk][kTA], sJb[kChunk][kTB];
-  __shared__ Acc uIa[kChunk][kTA], wIa[kChunk][kTA], uIb[kChunk][kTA];
+RKD_DEV void angle_vertex_block(VertexStage<Acc>& st, uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b,
+                                const Up& up, int64_t N, Rows vertices, const Huber<Acc>& huber, double eps2,
+                                double kappa, const VertexSplit& ks, double* __restrict__ V) {
+  constexpr int kC = kVertexCols;
+  auto& sI = st.sI;
+  auto& sJ = st.sJ;
+  auto& eI = st.eI;
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
   const int64_t i0 = vertices.begin + static_cast<int64_t>(blk.y) * kTA;
-  const int64_t j0 = static_cast<int64_t>(blk.x) * kTB;
+  const int64_t j0 = static_cast<int64_t>(blk.x) * kTV;
   const auto g = up.eval();
   // Elements past the edge compute on clamped indices (every read stays in
-  // bounds) and are not stored.
-  double sa_ij[kRows][kCols], sb_ij[kRows][kCols], p[kRows][kCols], q[kRows][kCols];
-  Acc ua_ij[kRows][kCols], ub_ij[kRows][kCols];
+  // bounds) and are not stored. hu = 0.5 u_ij (cosine_half).
+  double sa_ij[kRows][kC], sb_ij[kRows][kC], p[kRows][kC], q[kRows][kC];
+  Acc hua_ij[kRows][kC], hub_ij[kRows][kC];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const int64_t i = clamp_dev(i0 + ty + kTri * r, N), j = clamp_dev(j0 + tx + kTri * c, N);
       sa_ij[r][c] = a.s[i * N + j];
-      sb_ij[r][c] = b.s[i * N + j];
-      ua_ij[r][c] = a.u[i * N + j];
-      ub_ij[r][c] = b.u[i * N + j];
+      sb_ij[r][c] = Up::kLoss ? b.s[i * N + j] : 0.0;
+      hua_ij[r][c] = Acc(0.5) * a.u[i * N + j];
+      hub_ij[r][c] = Up::kLoss ? Acc(0.5) * b.u[i * N + j] : Acc(0);
       p[r][c] = 0.0;
       q[r][c] = 0.0;
     }
   }
   const Rows range = ks.range(blk.z);
   for (int64_t k0 = range.begin; k0 < range.end; k0 += kChunk) {
-    stage<kTA, Acc>(sIa, uIa, wIa, a, N, k0, i0, eps2, t);
-    stage<kTB, Acc>(sJa, nullptr, nullptr, a, N, k0, j0, eps2, t);
-    if constexpr (Up::kLoss) {
-      stage<kTA, Acc>(sIb, uIb, nullptr, b, N, k0, i0, eps2, t);
-      stage<kTB, Acc>(sJb, nullptr, nullptr, b, N, k0, j0, eps2, t);
-    }
+    stage<Up::kLoss>(sI, eI, a, b, N, k0, i0, Acc(1), eps2, t);
+    stage<Up::kLoss>(sJ, static_cast<Two<Acc>(*)[kTV]>(nullptr), a, b, N, k0, j0, Acc(1), eps2, t);
     __syncthreads();
+    Acc pp[kRows][kC] = {}, qq[kRows][kC] = {};
     const int n = range.end - k0 < kChunk ? static_cast<int>(range.end - k0) : kChunk;
-    Acc pp[kRows][kCols] = {}, qq[kRows][kCols] = {};
+#pragma unroll(steps_unrolled<Acc>())
     for (int l = 0; l < n; ++l) {
       const int64_t k = k0 + l;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int il = ty + kTri * r;
         const int64_t i = clamp_dev(i0 + il, N);
-        const double sa_ik = sIa[l][il];
-        const Acc ua_ik = uIa[l][il], w_ik = wIa[l][il];
+        const Two<double> s_ik = sI[l][il];
+        const EdgeW<Acc> e_ik = eI[l][il];
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) {
+        for (int c = 0; c < kC; ++c) {
           const int jl = tx + kTri * c;
           const int64_t j = clamp_dev(j0 + jl, N);
-          const Acc A = cosine(sa_ij[r][c], sa_ik, sJa[l][jl], ua_ij[r][c], ua_ik);
+          const Two<double> s_jk = sJ[l][jl];
+          const Acc A = cosine_half(sa_ij[r][c], s_ik.a, s_jk.a, hua_ij[r][c], e_ik.ua);
           Acc d = Acc(0);
           if constexpr (Up::kLoss)
-            d = smooth_l1_grad(A - cosine(sb_ij[r][c], sIb[l][il], sJb[l][jl], ub_ij[r][c], uIb[l][il]), huber);
-          const Acc gs = g.gsym(i, j, k, d);
-          pp[r][c] += gs * w_ik;
+            d = smooth_l1_grad(A - cosine_half(sb_ij[r][c], s_ik.b, s_jk.b, hub_ij[r][c], e_ik.ub), huber);
+          const Acc gs = decltype(g)::kUniform ? d : g.gsym(i, j, k, d);  // uniform: the factor at the flush
+          pp[r][c] += gs * e_ik.wa;
           qq[r][c] += gs * A;
         }
       }
@@ -227,19 +331,19 @@ RKD_DEV void angle_vertex_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) {
-        p[r][c] += static_cast<double>(pp[r][c]);
-        q[r][c] += static_cast<double>(qq[r][c]);
+      for (int c = 0; c < kC; ++c) {
+        p[r][c] += flush(g, pp[r][c]);
+        q[r][c] += flush(g, qq[r][c]);
       }
     __syncthreads();
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const int64_t i = i0 + ty + kTri * r, j = j0 + tx + kTri * c;
       if (i >= vertices.end || j >= N) continue;
-      const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(ua_ij[r][c]), eps2);
+      const double w_ij = active_inv_edge(sa_ij[r][c], static_cast<double>(a.u[i * N + j]), eps2);
       V[(static_cast<int64_t>(blk.z) * (vertices.end - vertices.begin) + i - vertices.begin) * N + j] =
           i == j ? 0.0 : vertex_edge_grad(p[r][c], q[r][c], w_ij, kappa);
     }
@@ -250,70 +354,72 @@ RKD_DEV void angle_vertex_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>
 // below it return at once) and loops over the vertex rows split.range(z),
 // z = blk.z. Writes slice z of R: R[z] (N, N), symmetric.
 template <typename Acc, typename Up>
-RKD_DEV void angle_opposite_block(uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b, const Up& up, int64_t N,
-                                  const Huber<Acc>& huber, double eps2, const VertexSplit& split,
-                                  double* __restrict__ R) {
-  __shared__ double sJa[kChunk][kTA], sKa[kChunk][kTB], sJb[kChunk][kTA], sKb[kChunk][kTB];
-  __shared__ Acc uJa[kChunk][kTA], wJa[kChunk][kTA], uKa[kChunk][kTB], wKa[kChunk][kTB];
-  __shared__ Acc uJb[kChunk][kTA], uKb[kChunk][kTB];
+RKD_DEV void angle_opposite_block(OppositeStage<Acc>& st, uint3 blk, const Edges<Acc>& a, const Edges<Acc>& b,
+                                  const Up& up, int64_t N, const Huber<Acc>& huber, double eps2,
+                                  const VertexSplit& split, double* __restrict__ R) {
+  auto& sJ = st.sJ;
+  auto& sK = st.sK;
+  auto& eJ = st.eJ;
+  auto& eK = st.eK;
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * kTri + tx;
-  const int64_t j0 = static_cast<int64_t>(blk.y) * kTA, k0 = static_cast<int64_t>(blk.x) * kTB;
-  if (k0 + kTB - 1 < j0) return;
+  constexpr int kC = kOppositeCols;
+  const int64_t j0 = static_cast<int64_t>(blk.y) * kTA, k0 = static_cast<int64_t>(blk.x) * kTO;
+  if (k0 + kTO - 1 < j0) return;
   const auto g = up.eval();
-  double sa_jk[kRows][kCols], sb_jk[kRows][kCols], acc[kRows][kCols];
+  double sa_jk[kRows][kC], sb_jk[kRows][kC], acc[kRows][kC];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const int64_t j = clamp_dev(j0 + ty + kTri * r, N), k = clamp_dev(k0 + tx + kTri * c, N);
       sa_jk[r][c] = a.s[j * N + k];
-      sb_jk[r][c] = b.s[j * N + k];
+      sb_jk[r][c] = Up::kLoss ? b.s[j * N + k] : 0.0;
       acc[r][c] = 0.0;
     }
   }
   const Rows range = split.range(blk.z);
-  const int64_t i_begin = range.begin, i_end = range.end;
-  for (int64_t i0 = i_begin; i0 < i_end; i0 += kChunk) {
-    stage<kTA, Acc>(sJa, uJa, wJa, a, N, i0, j0, eps2, t);
-    stage<kTB, Acc>(sKa, uKa, wKa, a, N, i0, k0, eps2, t);
-    if constexpr (Up::kLoss) {
-      stage<kTA, Acc>(sJb, uJb, nullptr, b, N, i0, j0, eps2, t);
-      stage<kTB, Acc>(sKb, uKb, nullptr, b, N, i0, k0, eps2, t);
-    }
+  for (int64_t i0 = range.begin; i0 < range.end; i0 += kChunk) {
+    // The j side carries the cosines' halves: u_ij is the cosine's first edge.
+    stage<Up::kLoss>(sJ, eJ, a, b, N, i0, j0, Acc(0.5), eps2, t);
+    stage<Up::kLoss>(sK, eK, a, b, N, i0, k0, Acc(1), eps2, t);
     __syncthreads();
-    const int n = i_end - i0 < kChunk ? static_cast<int>(i_end - i0) : kChunk;
-    Acc part[kRows][kCols] = {};
+    Acc part[kRows][kC] = {};
+    const int n = range.end - i0 < kChunk ? static_cast<int>(range.end - i0) : kChunk;
+#pragma unroll(steps_unrolled<Acc>())
     for (int l = 0; l < n; ++l) {
       const int64_t i = i0 + l;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int jl = ty + kTri * r;
         const int64_t j = clamp_dev(j0 + jl, N);
-        const double sa_ij = sJa[l][jl];
-        const Acc ua_ij = uJa[l][jl], w_ij = wJa[l][jl];
+        const Two<double> s_ij = sJ[l][jl];
+        const EdgeW<Acc> e_ij = eJ[l][jl];
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) {
+        for (int c = 0; c < kC; ++c) {
           const int kl = tx + kTri * c;
           const int64_t k = clamp_dev(k0 + kl, N);
-          const Acc A = cosine(sa_ij, sKa[l][kl], sa_jk[r][c], ua_ij, uKa[l][kl]);
+          const Two<double> s_ik = sK[l][kl];
+          const EdgeW<Acc> e_ik = eK[l][kl];
+          const Acc A = cosine_half(s_ij.a, s_ik.a, sa_jk[r][c], e_ij.ua, e_ik.ua);
           Acc d = Acc(0);
           if constexpr (Up::kLoss)
-            d = smooth_l1_grad(A - cosine(sJb[l][jl], sKb[l][kl], sb_jk[r][c], uJb[l][jl], uKb[l][kl]), huber);
-          part[r][c] += g.gsym(i, j, k, d) * w_ij * wKa[l][kl];
+            d = smooth_l1_grad(A - cosine_half(s_ij.b, s_ik.b, sb_jk[r][c], e_ij.ub, e_ik.ub), huber);
+          const Acc gs = decltype(g)::kUniform ? d : g.gsym(i, j, k, d);  // uniform: the factor at the flush
+          part[r][c] += gs * e_ij.wa * e_ik.wa;
         }
       }
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) acc[r][c] += static_cast<double>(part[r][c]);
+      for (int c = 0; c < kC; ++c) acc[r][c] += flush(g, part[r][c]);
     __syncthreads();
   }
   double* out = R + static_cast<int64_t>(blk.z) * N * N;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const int64_t j = j0 + ty + kTri * r, k = k0 + tx + kTri * c;
       if (j >= N || k >= N || k < j) continue;
       out[j * N + k] = acc[r][c];
@@ -331,17 +437,28 @@ RKD_DEV uint3 unflatten(int64_t f, const dim3& g) {
 // Both backward passes in one launch (they read the same operands and write
 // different outputs): the vertex pass's grid vgrid, then the opposite pass's
 // ogrid, flattened.
+//
+// Two blocks (16 warps) per SM, which caps a thread at 128 registers, for all
+// but the float64 loss with an (N, N, N) upstream gradient (reduction
+// 'none'): its upstream's two 64-bit addresses per element do not fit beside
+// the float64 accumulators without spilling, so it takes what it needs.
 template <typename Acc, typename Up>
-__global__ void __launch_bounds__(kTriThreads) angle_passes_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
+constexpr int passes_min_blocks() {
+  return sizeof(Acc) == 8 && Up::kLoss && !std::is_same<Up, ScalarUpstream<Acc>>::value ? 1 : 2;
+}
+
+template <typename Acc, typename Up>
+__global__ void __launch_bounds__(kTriThreads, passes_min_blocks<Acc, Up>()) angle_passes_kernel(Edges<Acc> a, Edges<Acc> b, Up up, int64_t N,
                                                                    Rows vertices, Huber<Acc> huber, double eps2,
                                                                    double kappa, VertexSplit ks, double* V,
                                                                    VertexSplit split, double* R, dim3 vgrid,
                                                                    dim3 ogrid) {
+  __shared__ PassStage<Acc> st;
   const int64_t f = blockIdx.x, nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
   if (f < nv)
-    angle_vertex_block(unflatten(f, vgrid), a, b, up, N, vertices, huber, eps2, kappa, ks, V);
+    angle_vertex_block(st.vertex, unflatten(f, vgrid), a, b, up, N, vertices, huber, eps2, kappa, ks, V);
   else
-    angle_opposite_block(unflatten(f - nv, ogrid), a, b, up, N, huber, eps2, split, R);
+    angle_opposite_block(st.opposite, unflatten(f - nv, ogrid), a, b, up, N, huber, eps2, split, R);
 }
 
 // ---- launch geometry ----------------------------------------------------------------------------
@@ -394,11 +511,12 @@ double upstream_bytes(const CubeUpstream<Acc, kLossTerm>&, int64_t N) {
   return static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(N) * sizeof(Acc);
 }
 
-// Tiles of the (kTA, kTB) grid that reach on or above the diagonal.
-inline int64_t upper_tiles(int64_t N) {
-  const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, kTB);
+// Tiles of the (kTA, tb) grid that reach on or above the diagonal (kTA a
+// multiple of tb, or tb of kTA).
+inline int64_t upper_tiles(int64_t N, int64_t tb = kTB) {
+  const int64_t na = ceil_div(N, kTA), nb = ceil_div(N, tb);
   int64_t n = 0;
-  for (int64_t ta = 0; ta < na; ++ta) n += nb - ta * kTA / kTB;
+  for (int64_t ta = 0; ta < na; ++ta) n += nb - ta * kTA / tb;
   return n;
 }
 

@@ -248,8 +248,10 @@ class GpuBackend {
                          const AngleArgs& args) {
     const double eps2 = clamp_eps2(args);
     const Huber<Acc> huber(static_cast<Acc>(args.beta));
-    const int64_t vertex_tiles = ceil_div(N, kTB) * ceil_div(vertices.size(), kTA);
-    const VertexSplit ks = split_k(N, vertices, vertex_tiles);
+    const int64_t vertex_tiles = ceil_div(N, kTV) * ceil_div(vertices.size(), kTA);
+    // The k loop's split, a function of the sizes alone, counts tiles of kTA x kTB as it did before the
+    // vertex pass's tile narrowed to kTV: the same slices, the same bits.
+    const VertexSplit ks = split_k(N, vertices, ceil_div(N, kTB) * ceil_div(vertices.size(), kTA));
     double* V = scratch<double>(ks.splits * vertices.size() * N);
     // Per triplet: A (and B, d for a loss), the upstream, two accumulations.
     const int sides = Up::kLoss ? 2 : 1;
@@ -258,16 +260,16 @@ class GpuBackend {
     const VertexSplit split = split_vertices(N, vertices);
     double* R = scratch<double>(split.splits * N * N);
     // One launch: the vertex pass's blocks, then the opposite pass's.
-    const dim3 vgrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits));
-    const dim3 ogrid(grid_dim(ceil_div(N, kTB)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits));
+    const dim3 vgrid(grid_dim(ceil_div(N, kTV)), grid_dim(ceil_div(vertices.size(), kTA)), grid_dim(ks.splits));
+    const dim3 ogrid(grid_dim(ceil_div(N, kTO)), grid_dim(ceil_div(N, kTA)), grid_dim(split.splits));
     const int64_t nv = static_cast<int64_t>(vgrid.x) * vgrid.y * vgrid.z;
     const int64_t no = static_cast<int64_t>(ogrid.x) * ogrid.y * ogrid.z;
-    const double vertex = static_cast<double>(vertex_tiles) * kTA * kTB * n;
-    const double opposite = static_cast<double>(upper_tiles(N)) * kTA * kTB * static_cast<double>(vertices.size());
+    const double vertex = static_cast<double>(vertex_tiles) * kTA * kTV * n;
+    const double opposite = static_cast<double>(upper_tiles(N, kTO)) * kTA * kTO * static_cast<double>(vertices.size());
     const Cost cost = triplet_cost<Acc>(
         vertex + opposite, f64, acc,
         edge_bytes<Acc>(N, sides) + up_bytes + 8.0 * (ks.splits * vertices.size() * n + split.splits * n * n),
-        static_cast<double>(nv + upper_tiles(N) * split.splits));
+        static_cast<double>(nv + upper_tiles(N, kTO) * split.splits));
     launch(check_, cost, angle_passes_kernel<Acc, Up>, dim3(grid_dim(nv + no)), dim3(kTri, kTri), stream_, a, b, up,
            N, vertices, huber, eps2, kappa_of(args), ks, V, split, R, vgrid, ogrid);
     return {V, R, split.splits, ks.splits};
