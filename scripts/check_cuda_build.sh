@@ -19,7 +19,8 @@
 #   sass     the .so holds SASS for each architecture and every kernel the op
 #            layer launches on the emulated case set, with the registers and
 #            shared memory of docs/gpu.md's table (scripts/kernel_resources.py
-#            --so).
+#            --so), and the float32 triplet loops no dearer per triplet than
+#            docs/gpu_triplet_loops.json (scripts/kernel_loops.py --check).
 #   abi      the library imports nothing outside the stable ABI and the limited
 #            API (scripts/abi_check.py).
 #   tests    the whole test suite in that environment, against the installed
@@ -122,7 +123,8 @@ sass() {
   (cd "$suite" && CUDA_HOME=$(cuda_home) "$py" scripts/emulate_cuda.py --quick --build plain --kernels "$work/kernels.json" |
      tail -n 1 &&
    NVCC=$(cuda_home)/bin/nvcc "$py" scripts/kernel_resources.py --archs "$archs" --launches "$work/kernels.json" \
-     --so "$(library)" --check | grep -v '^|')
+     --so "$(library)" --check | grep -v '^|' &&
+   if [[ ",$archs," == *",90,"* ]]; then "$py" scripts/kernel_loops.py --arch 90 --obj "$(library)" --check; fi)
 }
 
 tests() {

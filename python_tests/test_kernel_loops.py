@@ -1,0 +1,49 @@
+"""scripts/kernel_loops.py: the triplet loops found in a SASS listing and counted, and its gate caught on a planted
+dearer loop.
+
+The listing is written here in cuobjdump's format: a staging loop (global loads, shared stores) that must not
+count, and a triplet loop of one loss triplet (two cosines: two F2F.F32.F64) whose instructions are known.
+"""
+from conftest import load_script
+
+L = load_script("scripts/kernel_loops.py")
+
+LOSS = "void rkd::gpu::angle_loss_sum_kernel<float>(...)"
+RAW = "void rkd::gpu::angle_passes_kernel<float, rkd::CubeUpstream<float, false> >(...)"
+
+
+def listing(extra=()):
+    body = ["LDS.128 R4, [R2]", "DADD R8, R4, R6", "DADD R8, -R10, R8", "F2F.F32.F64 R12, R8",
+            "DADD R14, R4, R16", "DADD R14, -R18, R14", "F2F.F32.F64 R13, R14", "FMUL R12, R12, R20",
+            "FFMA R21, R13, R22, -R12", *extra, "ISETP.NE.AND P0, PT, R3, RZ, PT", "@P0 BRA 0x{top:04x}"]
+    code = ["MOV R1, c[0x0][0x28]",
+            "LDG.E.64 R4, desc[UR4][R2.64]", "STS.64 [R3], R4", "@P1 BRA 0x0010",  # the staging loop
+            *body, "EXIT"]
+    top = 0x10 * 4
+    lines = [f"        /*{0x10 * i:04x}*/                   {c.format(top=top)} ;   /* 0x000000000000 */"
+             for i, c in enumerate(code)]
+    return "\n".join(lines)
+
+
+def test_one_triplet_loop_counted():
+    rows = L.loops_of(listing(), LOSS)
+    assert len(rows) == 1, rows
+    r = rows[0]
+    assert r["triplets"] == 1 and r["instructions"] == 11 and r["per_triplet"] == 11
+    assert r["classes"] == {"convert": 2, "float32": 2, "float64": 4, "other": 2, "shared load": 1}
+
+
+def test_cosines_per_triplet():
+    # The angle tensor's backward has one cosine per triplet: the same loop is two triplets.
+    assert L.loops_of(listing(), RAW)[0]["triplets"] == 2
+
+
+def test_gate_fails_on_a_dearer_or_missing_loop():
+    base = L.loops_of(listing(), LOSS)
+    assert L.check(base, base) == []
+    dearer = L.loops_of(listing(["FMUL R23, R21, R24", "FMUL R25, R23, R24"]), LOSS)
+    problems = L.check(dearer, base)
+    assert len(problems) == 1 and "13.0 instructions per triplet, was 11.0" in problems[0], problems
+    assert L.check(L.loops_of(listing(["FMUL R23, R21, R24"]), LOSS), dearer) == []  # cheaper passes
+    problems = L.check([], base)
+    assert len(problems) == 1 and "not found" in problems[0], problems
