@@ -47,3 +47,11 @@ def test_gate_fails_on_a_dearer_or_missing_loop():
     assert L.check(L.loops_of(listing(["FMUL R23, R21, R24"]), LOSS), dearer) == []  # cheaper passes
     problems = L.check([], base)
     assert len(problems) == 1 and "not found" in problems[0], problems
+
+
+def test_one_architecture_of_a_library():
+    # A library's listing holds each architecture's code: only the asked one's loops count.
+    both = f"\narch = sm_80\n{listing(['FMUL R23, R21, R24'])}\narch = sm_90\n{listing()}\n"
+    assert L.loops_of(L.arch_section(both, 90), LOSS)[0]["instructions"] == 11
+    assert L.loops_of(L.arch_section(both, 80), LOSS)[0]["instructions"] == 12
+    assert L.arch_section(both, 75) == ""

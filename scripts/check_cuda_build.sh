@@ -4,7 +4,8 @@
 #
 #   env      a virtual environment of its own (never the one the README's
 #            commands use) with the CUDA build of torch from the package
-#            registry, torchvision, torchdistill, the test tools and cuobjdump.
+#            registry, torchvision, torchdistill, the test tools, cuobjdump and
+#            nvdisasm.
 #            pip's configuration files are ignored: a machine's may point
 #            torch at a local CPU wheel.
 #   build    `pip wheel --no-build-isolation` of a copy of this tree, FORCE_CUDA=1,
@@ -44,7 +45,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Pinned: the CUDA torch this stage proves, and the framework stack that installs beside it.
 TORCH=torch==2.13.0
 STACK=(torchvision==0.28.0 torchdistill==1.1.5)
-TOOLS=("nvidia-cuda-cuobjdump>=13.0,<14" ninja setuptools wheel)
+TOOLS=("nvidia-cuda-cuobjdump>=13.0,<14" "nvidia-cuda-nvdisasm>=13.0,<14" ninja setuptools wheel)
 # shellcheck source=torch_env.sh
 source "$root/scripts/torch_env.sh"
 

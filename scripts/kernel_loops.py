@@ -22,7 +22,8 @@ only with enough warps).
   --check   fail on a triplet loop missing from, or dearer per triplet than, the committed data
 
 Usage: python scripts/kernel_loops.py [--arch 90] [--obj FILE] [--cuobjdump BIN] [--json OUT] [--write] [--check]
-Needs nvcc (unless --obj) and cuobjdump (on PATH, CUDA_HOME/bin, or the nvidia-cuda-cuobjdump package).
+Needs nvcc (unless --obj) and cuobjdump (on PATH, CUDA_HOME/bin, or the nvidia-cuda-cuobjdump package), with
+nvdisasm beside it or on PATH (the nvidia-cuda-nvdisasm package) for cuobjdump 13.2 and later.
 """
 import argparse
 import collections
@@ -100,18 +101,33 @@ def loops_of(sass, demangled, name=None):
     return rows
 
 
+def arch_section(listing, arch):
+    """The part of a cuobjdump listing for sm_<arch> (a library holds every architecture's code; cuobjdump's own
+    -arch filter fails on some releases when another architecture lacks the function)."""
+    parts = re.split(r"^\s*arch = sm_(\d+)\s*$", listing, flags=re.M)
+    for a, text in zip(parts[1::2], parts[2::2]):
+        if int(a) == arch:
+            return text
+    return listing if len(parts) == 1 else ""
+
+
 def analyse(obj, tool, arch):
-    only = ["-arch", f"sm_{arch}"]  # a library holds every architecture's code
-    names = subprocess.run([tool, "-symbols", obj], capture_output=True, text=True).stdout
+    # cuobjdump 13.2 and later disassemble through nvdisasm, which the registry's nvidia-cuda-nvdisasm puts beside
+    # nvidia-cuda-cuobjdump's cuobjdump.
+    env = dict(os.environ, PATH=os.path.dirname(os.path.abspath(tool)) + os.pathsep + os.environ.get("PATH", ""))
+    names = subprocess.run([tool, "-symbols", obj], capture_output=True, text=True, env=env).stdout
     mangled = sorted(set(re.findall(r"(_ZN3rkd3gpu\d+(?:angle_loss_sum_kernel|angle_passes_kernel)If\w*)", names)))
     if not mangled:  # older cuobjdump: the names from the SASS listing
-        listing = subprocess.run([tool, "-sass", *only, obj], capture_output=True, text=True).stdout
+        listing = subprocess.run([tool, "-sass", obj], capture_output=True, text=True, env=env).stdout
         mangled = sorted(set(re.findall(r"Function : (_ZN3rkd3gpu\d+(?:angle_loss_sum_kernel|angle_passes_kernel)If\w*)",
                                         listing)))
     pretty = K.demangle(mangled)
     rows = []
     for name in mangled:
-        sass = subprocess.run([tool, "-sass", *only, "-fun", name, obj], capture_output=True, text=True, check=True).stdout
+        run = subprocess.run([tool, "-sass", "-fun", name, obj], capture_output=True, text=True, env=env)
+        sass = arch_section(run.stdout, arch)
+        if not instructions(sass):
+            raise RuntimeError(f"cuobjdump gave no sm_{arch} SASS for {name} in {obj}: {run.stderr.strip()[:300]}")
         rows += loops_of(sass, pretty[name], name)
     return rows
 
