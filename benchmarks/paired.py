@@ -3,7 +3,7 @@ one implementation, then of the other, so that both see the same moment of a sha
 
     python -m benchmarks.paired [--grid training|global|all] [--ops OP,...] [--modes M,...]
                                 [--impl ours] [--base reference] [--rounds 15] [--block-ms 20] [--max-case-s 20]
-                                [--json OUT.json] [--md OUT.md] [--min-speedup X]
+                                [--gap-ms MS] [--busy K] [--json OUT.json] [--md OUT.md] [--min-speedup X]
     python -m benchmarks.paired --table OUT.json     (a saved run's speed-up tables, one column per op)
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
@@ -16,10 +16,13 @@ its time the median call; every round after the first runs on fresh copies of th
 (`--same-inputs`: not). A round's speed-up is base / impl from that round; the case's speed-up is
 the median over rounds, printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
 before any timing and the skips are the suites' (benchmarks/common.py; RKD_BENCH_N, RKD_BENCH_D and
-RKD_BENCH_QUICK apply). A case whose rounds would take over `--max-case-s` gets fewer of them (at
+RKD_BENCH_QUICK apply). --gap-ms sleeps before every timed call (the way a training loop calls a loss, with
+other work between: worker threads have gone idle); --busy runs that many busy processes beside each case's rounds
+(a data-loading worker, a second job). A case whose rounds would take over `--max-case-s` gets fewer of them (at
 least 3). --min-speedup exits with 1 when a case's median is below it.
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -45,20 +48,47 @@ def _percentile(values, q):
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _block(run, calls, device):
-    """The median of `calls` timed calls of run."""
+def _block(run, calls, device, gap_s=0.0):
+    """The median of `calls` timed calls of run, each after `gap_s` seconds of sleep (not timed): a loop that
+    does other work between calls, during which idle worker threads go to sleep."""
     times = []
     for _ in range(calls):
+        if gap_s > 0:
+            time.sleep(gap_s)
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+# Calls per block in the idle-gap mode: each costs its gap, so blocks are a few calls, not --block-ms of them.
+GAP_CALLS = 5
+
+
+@contextlib.contextmanager
+def _busy(count):
+    """`count` processes that each keep a core busy (a data-loading worker, a second job) while the block runs;
+    stopped and reaped on the way out, whatever happened."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+             for _ in range(count)]
+    try:
+        time.sleep(0.2)  # running before the first call
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True,
-            max_case_s=20.0):
-    """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason."""
+            max_case_s=20.0, gap_s=0.0, busy=0):
+    """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason.
+    gap_s: each timed call after that much sleep; busy: that many busy processes beside the timed rounds."""
     case = dict(op=op, impl=impl, base=base, mode=mode, n=n, d=d, device=device, dtype=dtype)
+    if gap_s > 0:
+        case["gap_ms"] = gap_s * 1e3
+    if busy:
+        case["busy"] = busy
     tdtype = getattr(torch, dtype)
     budget = common.memory_budget(device)
     held = costs.input_bytes(op, mode, n, d, tdtype)
@@ -88,9 +118,17 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
         run()
         runs[which] = (run, time.perf_counter() - start)
     calls = {w: max(1, min(1000, int(block_s / max(t, 1e-9)))) for w, (_, t) in runs.items()}
+    if gap_s > 0:
+        calls = {w: min(c, GAP_CALLS) for w, c in calls.items()}
     # Cases of seconds per call (the reference's N^2 D or N^3 D temporaries): fewer rounds, at least 3.
-    per_round = sum(calls[w] * runs[w][1] for w in runs)
+    per_round = sum(calls[w] * (runs[w][1] + gap_s) for w in runs)
     rounds = max(min(rounds, 3), min(rounds, int(max_case_s / max(per_round, 1e-9))))
+    with _busy(busy):
+        return dict(case, **_rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh,
+                                    gap_s))
+
+
+def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh, gap_s):
     medians = {impl: [], base: []}
     ratios = []
     rng = random.Random(0)
@@ -109,9 +147,9 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
                     runs[w][0]()
         order = (impl, base) if r % 2 == 0 else (base, impl)
         for which in order:
-            medians[which].append(_block(runs[which][0], calls[which], device))
+            medians[which].append(_block(runs[which][0], calls[which], device, gap_s))
         ratios.append(medians[base][-1] / medians[impl][-1])
-    return dict(case, rounds=rounds, calls={impl: calls[impl], base: calls[base]},
+    return dict(rounds=rounds, calls={impl: calls[impl], base: calls[base]},
                 impl_s=statistics.median(medians[impl]), base_s=statistics.median(medians[base]),
                 speedup=statistics.median(ratios), p10=_percentile(ratios, 0.1), p90=_percentile(ratios, 0.9))
 
@@ -132,7 +170,11 @@ def markdown(results, meta):
              "the order alternating, " + ("every round after the first on fresh copies of the inputs"
                                           if meta["fresh"] else "every round on the same inputs") +
              ") and takes the ratio of the blocks' medians; the speed-up is the median round, beside the "
-             "10th-90th percentile of the rounds and their number.", ""]
+             "10th-90th percentile of the rounds and their number." +
+             (f" Each timed call follows {meta['gap_ms']:g} ms of sleep (blocks of up to {GAP_CALLS} calls)."
+              if meta.get("gap_ms") else "") +
+             (f" {meta['busy']} busy process(es) (a Python loop, one core each) ran beside every case's rounds."
+              if meta.get("busy") else ""), ""]
     for op in dict.fromkeys(r["op"] for r in results):
         for mode in MODES:
             sel = [r for r in results if r["op"] == op and r["mode"] == mode]
@@ -194,6 +236,11 @@ def main(argv=None):
                    help="fewer rounds (at least 3) where --rounds would time a case for longer than this")
     p.add_argument("--same-inputs", action="store_true",
                    help="time every round on the same input tensors (default: fresh copies each round)")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="sleep this long before each timed call (not timed), as a loop with other work between "
+                        "calls does; blocks are then a few calls each")
+    p.add_argument("--busy", type=int, default=0,
+                   help="run this many busy processes (one core each) beside every case's timed rounds")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--min-speedup", type=float, default=None,
@@ -217,6 +264,8 @@ def main(argv=None):
             p.error(f"--modes: unknown mode {m!r} (have {', '.join(MODES)})")
     if a.rounds < 1 or a.block_ms <= 0 or a.max_case_s <= 0:
         p.error("--rounds must be at least 1, --block-ms and --max-case-s positive")
+    if a.gap_ms < 0 or a.busy < 0:
+        p.error("--gap-ms and --busy must not be negative")
     sizes = common.GRIDS[a.grid] if a.grid is not None else common.select_sizes("training")
     load = os.getloadavg()
     results = []
@@ -224,7 +273,7 @@ def main(argv=None):
         for mode in modes:
             for n, d in sizes:
                 r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3,
-                            fresh=not a.same_inputs, max_case_s=a.max_case_s)
+                            fresh=not a.same_inputs, max_case_s=a.max_case_s, gap_s=a.gap_ms / 1e3, busy=a.busy)
                 results.append(r)
                 if "skipped" in r:
                     print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} skipped: {r['skipped']}", flush=True)
@@ -234,7 +283,7 @@ def main(argv=None):
                           f"[{r['p10']:.2f}-{r['p90']:.2f}]", flush=True)
     meta = dict(command="python -m benchmarks.paired " + " ".join(sys.argv[1:] if argv is None else argv),
                 impl=a.impl, base=a.base, dtype=a.dtype, rounds=a.rounds, block_ms=a.block_ms,
-                max_case_s=a.max_case_s, fresh=not a.same_inputs,
+                max_case_s=a.max_case_s, fresh=not a.same_inputs, gap_ms=a.gap_ms, busy=a.busy,
                 threads=torch.get_num_threads(), torch=torch.__version__, build=rkd_ext.build_info(),
                 hardware=_hardware(a.device), commit=_commit(), load=load, load_end=os.getloadavg(),
                 date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))

@@ -55,7 +55,7 @@ def test_every_case_measured_with_consistent_statistics(tmp_path, monkeypatch, c
 def test_speedup_is_the_median_round(monkeypatch):
     # Blocks with known medians: the base takes 3 units, ours 1, 2, 4 in turn -> rounds 3, 1.5, 0.75.
     times = iter([1.0, 3.0, 3.0, 2.0, 4.0, 3.0])  # round 0: ours, base; round 1: base, ours; round 2: ours, base
-    monkeypatch.setattr(paired, "_block", lambda run, calls, device: next(times))
+    monkeypatch.setattr(paired, "_block", lambda run, calls, device, gap_s=0.0: next(times))
     r = paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3)
     assert r["speedup"] == pytest.approx(1.5)
     assert r["p10"] == pytest.approx(0.75) and r["p90"] == pytest.approx(3.0)
@@ -75,3 +75,69 @@ def test_bad_arguments_are_named():
         paired.main(["--ops", "pairwise_distance", "--impl", "ours_separate"])
     with pytest.raises(SystemExit):
         paired.main(["--rounds", "0"])
+
+
+def test_idle_gap_sleeps_before_every_call_untimed(monkeypatch):
+    # A fake clock: a call takes 1 unit, a sleep 10; the block's median must be the call's alone, and a sleep
+    # must precede every call.
+    clock, events = [0.0], []
+
+    def sleep(s):
+        events.append("sleep")
+        clock[0] += 10 * s
+
+    def run():
+        events.append("call")
+        clock[0] += 1.0
+
+    monkeypatch.setattr(paired.time, "sleep", sleep)
+    monkeypatch.setattr(paired.time, "perf_counter", lambda: clock[0])
+    assert paired._block(run, 4, "cpu", gap_s=0.01) == pytest.approx(1.0)
+    assert events == ["sleep", "call"] * 4
+    events.clear()
+    assert paired._block(run, 3, "cpu") == pytest.approx(1.0) and events == ["call"] * 3
+
+
+def test_gap_and_busy_cases_are_labelled_and_the_busy_process_is_gone(monkeypatch):
+    started = []
+    real = paired._busy
+
+    @paired.contextlib.contextmanager
+    def spy(count):
+        with real(count) as procs:
+            started.extend(procs)
+            assert all(p.poll() is None for p in procs)  # running during the rounds
+            yield procs
+
+    monkeypatch.setattr(paired, "_busy", spy)
+    r = paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3, gap_s=0.001, busy=1)
+    assert r["gap_ms"] == pytest.approx(1.0) and r["busy"] == 1 and r["rounds"] == 3
+    assert max(r["calls"].values()) <= paired.GAP_CALLS
+    assert len(started) == 1 and started[0].poll() is not None  # stopped and reaped
+
+
+def test_busy_process_stopped_when_a_round_fails(monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("planted")
+
+    started = []
+    real = paired._busy
+
+    @paired.contextlib.contextmanager
+    def spy(count):
+        with real(count) as procs:
+            started.extend(procs)
+            yield procs
+
+    monkeypatch.setattr(paired, "_busy", spy)
+    monkeypatch.setattr(paired, "_block", boom)
+    with pytest.raises(RuntimeError, match="planted"):
+        paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3, busy=1)
+    assert len(started) == 1 and started[0].poll() is not None
+
+
+def test_negative_gap_or_busy_refused():
+    with pytest.raises(SystemExit):
+        paired.main(["--gap-ms", "-1"])
+    with pytest.raises(SystemExit):
+        paired.main(["--busy", "-2"])
