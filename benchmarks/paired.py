@@ -5,6 +5,7 @@ one implementation, then of the other, so that both see the same moment of a sha
                                 [--impl ours] [--base reference] [--rounds 15] [--block-ms 20] [--max-case-s 20]
                                 [--gap-ms MS] [--busy K] [--json OUT.json] [--md OUT.md] [--min-speedup X]
     python -m benchmarks.paired --table OUT.json     (a saved run's speed-up tables, one column per op)
+    python -m benchmarks.paired --slowdown IDLE.json LOADED.json   (each side's slowdown under --busy/--gap-ms)
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
 after the other: on a machine whose speed drifts over seconds (other tenants, a second vCPU that
@@ -208,6 +209,24 @@ def speedup_tables(saved):
     return report.speedups(rows, skipped, saved["meta"]["impl"])
 
 
+def slowdown_table(idle, loaded):
+    """Each case of two saved runs (--json), one with nothing beside it, one with --busy or --gap-ms: both
+    implementations' times in each and their slowdowns (loaded / idle), and the loaded speed-up."""
+    impl, base = idle["meta"]["impl"], idle["meta"]["base"]
+    key = lambda r: (r["op"], r["mode"], r["n"], r["d"])  # noqa: E731
+    after = {key(r): r for r in loaded["results"] if "speedup" in r}
+    lines = [f"| op | N | D | {impl} idle | {impl} loaded | {impl} slowdown | {base} idle | {base} loaded | "
+             f"{base} slowdown | loaded speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in idle["results"]:
+        b = after.get(key(r))
+        if "speedup" not in r or b is None:
+            continue
+        lines.append(f"| {r['op']} | {r['n']} | {r['d']} | {_fmt_s(r['impl_s'])} | {_fmt_s(b['impl_s'])} | "
+                     f"{b['impl_s'] / r['impl_s']:.2f}x | {_fmt_s(r['base_s'])} | {_fmt_s(b['base_s'])} | "
+                     f"{b['base_s'] / r['base_s']:.2f}x | {b['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
 def _commit():
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,10 +265,20 @@ def main(argv=None):
     p.add_argument("--min-speedup", type=float, default=None,
                    help="exit with 1 when a case's median speed-up is below this")
     p.add_argument("--table", metavar="JSON", help="print the speed-up tables of a saved run (--json) and exit")
+    p.add_argument("--slowdown", nargs=2, metavar=("IDLE_JSON", "LOADED_JSON"),
+                   help="print each implementation's slowdown from a run with nothing beside it to one with --busy "
+                        "or --gap-ms, and exit")
     a = p.parse_args(argv)
     if a.table:
         with open(a.table) as f:
             print(speedup_tables(json.load(f)))
+        return 0
+    if a.slowdown:
+        runs = []
+        for path in a.slowdown:
+            with open(path) as f:
+                runs.append(json.load(f))
+        print(slowdown_table(*runs))
         return 0
     ops = [o for o in a.ops.split(",") if o]
     modes = [m for m in a.modes.split(",") if m]

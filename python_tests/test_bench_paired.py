@@ -141,3 +141,15 @@ def test_negative_gap_or_busy_refused():
         paired.main(["--gap-ms", "-1"])
     with pytest.raises(SystemExit):
         paired.main(["--busy", "-2"])
+
+
+def test_slowdown_table_pairs_the_cases_of_two_runs():
+    meta = {"impl": "ours", "base": "reference"}
+    case = dict(op="distance_loss", mode=impls.FORWARD_BACKWARD, n=16, d=512)
+    idle = dict(meta=meta, results=[dict(case, impl_s=1e-3, base_s=4e-3, speedup=4.0),
+                                    dict(case, n=32, skipped="memory")])
+    loaded = dict(meta=meta, results=[dict(case, impl_s=3e-3, base_s=6e-3, speedup=2.0)])
+    lines = paired.slowdown_table(idle, loaded).splitlines()
+    assert len(lines) == 3  # header, rule, the one case both runs measured
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == ["distance_loss", "16", "512", "1 ms", "3 ms", "3.00x", "4 ms", "6 ms", "1.50x", "2.00x"]
