@@ -98,7 +98,8 @@ def test_idle_gap_sleeps_before_every_call_untimed(monkeypatch):
     assert paired._block(run, 3, "cpu") == pytest.approx(1.0) and events == ["call"] * 3
 
 
-def test_gap_and_busy_cases_are_labelled_and_the_busy_process_is_gone(monkeypatch):
+def spy_on_busy(monkeypatch):
+    """The busy processes each case starts, recorded (and checked running while the rounds run)."""
     started = []
     real = paired._busy
 
@@ -106,10 +107,15 @@ def test_gap_and_busy_cases_are_labelled_and_the_busy_process_is_gone(monkeypatc
     def spy(count):
         with real(count) as procs:
             started.extend(procs)
-            assert all(p.poll() is None for p in procs)  # running during the rounds
+            assert all(p.poll() is None for p in procs)
             yield procs
 
     monkeypatch.setattr(paired, "_busy", spy)
+    return started
+
+
+def test_gap_and_busy_cases_are_labelled_and_the_busy_process_is_gone(monkeypatch):
+    started = spy_on_busy(monkeypatch)
     r = paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3, gap_s=0.001, busy=1)
     assert r["gap_ms"] == pytest.approx(1.0) and r["busy"] == 1 and r["rounds"] == 3
     assert max(r["calls"].values()) <= paired.GAP_CALLS
@@ -120,16 +126,7 @@ def test_busy_process_stopped_when_a_round_fails(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("planted")
 
-    started = []
-    real = paired._busy
-
-    @paired.contextlib.contextmanager
-    def spy(count):
-        with real(count) as procs:
-            started.extend(procs)
-            yield procs
-
-    monkeypatch.setattr(paired, "_busy", spy)
+    started = spy_on_busy(monkeypatch)
     monkeypatch.setattr(paired, "_block", boom)
     with pytest.raises(RuntimeError, match="planted"):
         paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=3, busy=1)
