@@ -76,7 +76,6 @@ struct CubeUpstream {
   int64_t N;
   static constexpr bool kUniform = false;
   RKD_HD CubeUpstream eval() const { return *this; }
-  RKD_HD Acc factor() const { return Acc(1); }
   RKD_HD Acc gsym(int64_t i, int64_t j, int64_t k, Acc d) const {
     const Acc g = up[(i * N + j) * N + k] + up[(i * N + k) * N + j];
     if (kLoss) return g * d;

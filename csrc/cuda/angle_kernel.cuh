@@ -157,17 +157,17 @@ __global__ void __launch_bounds__(kBlock) angle_values_kernel(Edges<Acc> a, Edge
   }
 }
 
-// Blocks own (j, k) tiles; blockIdx.z takes the vertex rows split.range(z).
-// Writes one partial sum per block (0 for tiles below the diagonal).
-// A tile wholly above the diagonal and inside the matrix (kInterior) weighs
-// every triplet 2: it sums the values and doubles the chunk's sum, the same
-// bits as summing the doubled values (a power-of-two scaling is exact).
+// The staged operands of the loss sum.
 template <typename Acc>
 struct LossSumStage {
   Two<double> sJ[kChunk][kTA], sK[kChunk][kTB];
   Two<Acc> uJ[kChunk][kTA], uK[kChunk][kTB];
 };
 
+// One (j, k) tile's sum over the vertex rows `range`. A tile wholly above the
+// diagonal and inside the matrix (kInterior) weighs every triplet 2: it sums
+// the values and doubles the chunk's sum, the same bits as summing the doubled
+// values (a power-of-two scaling is exact).
 template <bool kInterior, typename Acc>
 RKD_DEV double loss_sum_tile(LossSumStage<Acc>& st, const Edges<Acc>& a, const Edges<Acc>& b, int64_t N,
                              const Huber<Acc>& huber, Rows range, int64_t j0, int64_t k0) {
@@ -225,6 +225,8 @@ RKD_DEV double loss_sum_tile(LossSumStage<Acc>& st, const Edges<Acc>& a, const E
   return total;
 }
 
+// Blocks own (j, k) tiles; blockIdx.z takes the vertex rows split.range(z).
+// Writes one partial sum per block (0 for tiles below the diagonal).
 template <typename Acc>
 __global__ void __launch_bounds__(kTriThreads, 2) angle_loss_sum_kernel(Edges<Acc> a, Edges<Acc> b, int64_t N,
                                                                         Huber<Acc> huber, VertexSplit split,
