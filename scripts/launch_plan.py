@@ -15,11 +15,31 @@ student's gradient is asked for. Inputs are
 float32, student and teacher (N, D); losses use reduction 'mean'.
 
 THE TIMES ARE ESTIMATES FROM A MODEL, NOT MEASUREMENTS. Per launch:
-    time = launch + max(bytes / bandwidth, flops32 / fp32 + flops64 / fp64) / share
-    share = min(1, working blocks / SMs)   (a kernel with few blocks gets that part of the machine)
-with the profile's rates below. Kernels torch itself launches around the
-ops (autograd's gradient accumulation, say) are not counted; nor are the
-close pairs a pair matrix recomputes (they depend on the data).
+    time = launch + max(bytes / bandwidth, compute)
+For the kernels whose inner loops scripts/kernel_loops.py counts in the
+compiled code (the triplet kernels, the products: docs/gpu_kernel_loops.json,
+or --loops from another build), compute comes from that loop:
+    clocks per unit = max(instructions / issue rate, each instruction class / its rate,
+                          shared-memory wavefronts / 32)
+    compute = units / SMs used * clocks per unit / hide / clock
+    hide = min(1, resident warps / 16)
+The units (triplets, multiply-adds) come from the launch's Cost; the rates
+are the profile's, per SM and clock (an SM issues one warp instruction per
+scheduler per clock: 128 thread instructions); a kernel with two loops is
+priced at its dearer one; resident warps are what the kernel's registers and
+shared memory allow on sm_90 (docs/gpu_kernel_resources.json), or what its
+blocks fill when there are fewer than that per SM. The latency term
+assumes a scheduler needs four warps to issue every clock (a shared load
+takes about 29 clocks; the loops interleave two to four independent chains);
+that figure is an assumption, not a measurement. The other kernels are priced
+from the flops written beside their launch:
+    compute = (flops32 / fp32 + flops64 / fp64) / min(1, working blocks / SMs)
+What the model ignores: everything outside the counted loops of the counted
+kernels (staging per chunk, epilogues), bank conflicts, memory latency, the tail of
+a grid that does not fill its last wave, kernels torch itself launches
+around the ops (autograd's gradient accumulation, say), and the close pairs
+a pair matrix recomputes (they depend on the data). The instruction counts
+are sm_90's, used for every profile.
 
 A launch is flagged when its estimated work (the time less the launch
 overhead) exceeds 10 us while its grid has fewer working blocks than the
@@ -27,7 +47,8 @@ GPU has SMs.
 
 Usage:
   python scripts/launch_plan.py [--profile NAME] [--detail | --compact] [--ops A,B] [--sizes typical|large|all]
-                                [--products auto|float64|float32] [--check]
+                                [--products auto|float64|float32] [--loops JSON] [--check]
+--loops: the loop counts of another build (python scripts/kernel_loops.py --obj LIB --json JSON).
 --compact: one row per op and N, one column per D (what the README shows).
 --check: exit 1 when, at N <= 256, a launch count exceeds its target (TARGETS) or a flagged launch appears at the
 typical sizes. Needs g++ and the CUDA headers (CUDA_HOME, default /usr/local/cuda); no GPU, no torch.
@@ -35,6 +56,8 @@ typical sizes. Needs g++ and the CUDA headers (CUDA_HOME, default /usr/local/cud
 import argparse
 import ctypes
 import hashlib
+import json
+import math
 import os
 import re
 import subprocess
@@ -48,30 +71,93 @@ PRODUCTS = {"auto": 0, "float64": 1, "float32": 2}  # rkd::ProductPrecision
 FLAG_WORK_US = 10.0
 
 
+# Rates per SM and clock, in thread results, by scripts/kernel_loops.py's instruction class (CUDA C++
+# Programming Guide, arithmetic instruction throughput: compute capability 9.0 for the H200, 8.9 for the slow
+# one); "issue" every instruction (four schedulers of one warp instruction per clock); "shared": warp loads'
+# wavefronts (128 bytes of shared memory, 32 banks of 4 bytes, per clock). Classes not listed ("other": moves,
+# branches, predicates) cost issue alone.
+SM90_RATES = {"issue": 128, "float32": 128, "float64": 64, "convert": 16, "integer": 64, "special": 16,
+              "shared": 1}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     sms: int
-    fp32: float        # FLOP/s, plain (non-tensor) arithmetic: our kernels use no tensor cores
-    fp64: float
+    clock: float       # Hz (boost)
+    rates: dict        # per SM and clock (SM90_RATES's keys)
     bandwidth: float   # bytes/s
     launch: float      # s per launch
 
     @property
+    def fp32(self):
+        """FLOP/s of plain (non-tensor) float32 FMAs: our kernels use no tensor cores."""
+        return 2 * self.rates["float32"] * self.sms * self.clock
+
+    @property
+    def fp64(self):
+        return 2 * self.rates["float64"] * self.sms * self.clock
+
+    @property
     def fp64_ratio(self):
         """cudaDevAttrSingleToDoublePrecisionPerfRatio of such a GPU."""
-        return round(self.fp32 / self.fp64)
+        return round(self.rates["float32"] / self.rates["float64"])
 
 
 PROFILES = {
-    # Hopper SXM datasheet rates: fp32 67 TFLOP/s; fp64 34 TFLOP/s on the CUDA cores (the 67 TFLOP/s fp64
-    # figure is the tensor cores', which our float64 FMAs do not use); H200: HBM3e 4.8 TB/s.
-    "h200": Profile("H200 (132 SMs, fp32 67 TFLOP/s, fp64 34 TFLOP/s, 4.8 TB/s, 3 us/launch)",
-                    132, 67e12, 34e12, 4.8e12, 3e-6),
-    # An RTX 4090-class GPU: fp32 83 TFLOP/s, fp64 at 1/64 of it, about 1 TB/s.
-    "slow-fp64": Profile("slow fp64 (128 SMs, fp32 83 TFLOP/s, fp64 1.3 TFLOP/s, 1.0 TB/s, 3 us/launch)",
-                         128, 83e12, 83e12 / 64, 1.0e12, 3e-6),
+    # H200 SXM: 132 SMs at 1.98 GHz (the H100's die): fp32 67 TFLOP/s, fp64 33 on the CUDA cores (the 67 TFLOP/s
+    # fp64 figure is the tensor cores', which our kernels do not use); HBM3e 4.8 TB/s.
+    "h200": Profile("H200 (132 SMs at 1.98 GHz, fp32 67 TFLOP/s, fp64 33 TFLOP/s, 4.8 TB/s, 3 us/launch)",
+                    132, 1.98e9, SM90_RATES, 4.8e12, 3e-6),
+    # An RTX 4090-class GPU (compute capability 8.9): 128 SMs at 2.52 GHz, fp32 83 TFLOP/s, fp64 and conversions
+    # to and from 64-bit types at 2 per SM and clock (1/64 of float32), about 1 TB/s.
+    "slow-fp64": Profile("slow fp64 (128 SMs at 2.52 GHz, fp32 83 TFLOP/s, fp64 1.3 TFLOP/s, 1.0 TB/s, 3 us/launch)",
+                         128, 2.52e9, dict(SM90_RATES, float64=2, convert=2), 1.0e12, 3e-6),
 }
+HIDE_WARPS = 16  # resident warps per SM that issue every clock (the latency term's assumption)
+LOOPS = os.path.join(ROOT, "docs", "gpu_kernel_loops.json")
+RESOURCES = os.path.join(ROOT, "docs", "gpu_kernel_resources.json")
+
+
+@dataclass(frozen=True)
+class LoopCost:
+    """One kernel's counted inner loop (scripts/kernel_loops.py): per unit of work."""
+    unit: str
+    instructions: float
+    classes: dict
+    shared: float      # shared-memory pipe clocks of one warp's loads per unit (per 32 units of the SM)
+    warps: int         # resident warps per SM its resources allow
+
+    def clocks(self, p):
+        """SM clocks per unit, and what bounds them."""
+        terms = {"issue": self.instructions / p.rates["issue"], "shared": self.shared / 32 / p.rates["shared"]}
+        terms.update({c: v / p.rates[c] for c, v in self.classes.items() if c in p.rates})
+        bound = max(terms, key=terms.get)
+        return terms[bound], bound
+
+    def seconds(self, units, blocks, threads, p):
+        resident = min(self.warps, math.ceil(blocks / p.sms) * max(1, threads // 32))
+        clocks, _ = self.clocks(p)
+        return units / min(p.sms, blocks) * clocks / min(1.0, resident / HIDE_WARPS) / p.clock
+
+
+def loop_costs(loops=LOOPS, resources=RESOURCES):
+    """{kernel's short name: LoopCost} from kernel_loops' data and the resource table (warps on the loops' arch)."""
+    with open(loops) as f:
+        data = json.load(f)
+    with open(resources) as f:
+        warps = {(r["kernel"], r["arch"]): r["warps"] for r in json.load(f)["kernels"]}
+    out = {}
+    for r in data["rows"]:
+        name = short_name(r["demangled"])
+        if name in out and out[name].instructions >= r["per_unit"]:
+            continue  # the dearer loop prices the kernel
+        w = warps.get((r["kernel"], data["arch"]))
+        if w is None:
+            raise SystemExit(f"launch_plan: {name} has no sm_{data['arch']} row in {os.path.relpath(resources, ROOT)}")
+        out[name] = LoopCost(r["unit"], r["per_unit"], r["classes"], r["shared_wavefronts"], w)
+    return out
+
 
 TYPICAL = [(n, d) for n in (16, 32, 64, 128, 256) for d in (512, 2048, 25088)]
 LARGE = [(n, d) for n in (1024, 4096) for d in (512, 2048)]
@@ -117,11 +203,24 @@ class Launch:
     flops32: float
     flops64: float
     blocks: float      # working blocks
+    units: float = 0.0
+    loop: LoopCost = None
+
+    def compute(self, p):
+        """Estimated seconds of arithmetic, and what bounds it."""
+        if self.loop is not None and self.units:
+            threads = self.block[0] * self.block[1] * self.block[2]
+            return self.loop.seconds(self.units, self.blocks, threads, p), self.loop.clocks(p)[1]
+        share = min(1.0, self.blocks / p.sms)
+        return (self.flops32 / p.fp32 + self.flops64 / p.fp64) / share, "flops"
 
     def work(self, p):
         """Estimated seconds of work, launch overhead excluded."""
-        share = min(1.0, self.blocks / p.sms)
-        return max(self.bytes / p.bandwidth, self.flops32 / p.fp32 + self.flops64 / p.fp64) / share
+        return max(self.bytes / p.bandwidth, self.compute(p)[0])
+
+    def bound(self, p):
+        compute, what = self.compute(p)
+        return "memory" if self.bytes / p.bandwidth >= compute else what
 
     def time(self, p):
         return p.launch + self.work(p)
@@ -151,8 +250,9 @@ def short_name(name):
 
 
 class Recorder:
-    def __init__(self, lib):
+    def __init__(self, lib, loops):
         self.lib = lib
+        self.loops = loops
         lib.rkd_plan_size.restype = ctypes.c_int64
         self._next = 0x1000
 
@@ -169,13 +269,14 @@ class Recorder:
         OPS[op](self, n, d)
         name = ctypes.create_string_buffer(4096)
         dims = (ctypes.c_uint * 6)()
-        cost = (ctypes.c_double * 4)()
+        cost = (ctypes.c_double * 5)()
         out = []
         for i in range(self.lib.rkd_plan_size()):
             self.lib.rkd_plan_get(ctypes.c_int64(i), name, ctypes.c_int64(len(name)), dims, cost)
             grid, block = tuple(dims[:3]), tuple(dims[3:])
             blocks = cost[3] or grid[0] * grid[1] * grid[2]
-            out.append(Launch(short_name(name.value.decode()), grid, block, cost[0], cost[1], cost[2], blocks))
+            kernel = short_name(name.value.decode())
+            out.append(Launch(kernel, grid, block, cost[0], cost[1], cost[2], blocks, cost[4], self.loops.get(kernel)))
         return out
 
 
@@ -264,6 +365,19 @@ def fmt_us(seconds):
     return f"{us:.0f}" if us >= 100 else f"{us:.1f}"
 
 
+def fp64_share(launches, p):
+    """The share of the estimate spent in float64 arithmetic: counted kernels bound by float64 operations or
+    conversions to and from them, and the other kernels' float64 flops."""
+    f64 = 0.0
+    for l in launches:
+        compute, what = l.compute(p)
+        if what == "flops":
+            f64 += l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms)
+        elif what in ("float64", "convert") and compute >= l.bytes / p.bandwidth:
+            f64 += compute
+    return f64 / sum(l.time(p) for l in launches)
+
+
 def table(rows, profiles):
     """rows: (op, N, D, {profile: launches}), each profile's plan made with its own float64 ratio."""
     p0 = profiles[0]
@@ -275,8 +389,7 @@ def table(rows, profiles):
         total = [sum(l.time(PROFILES[p]) for l in plans[p]) for p in profiles]
         share = []
         for p in profiles[1:]:
-            f64 = sum(l.flops64 / PROFILES[p].fp64 / min(1.0, l.blocks / PROFILES[p].sms) for l in plans[p])
-            share.append(f"{100 * f64 / sum(l.time(PROFILES[p]) for l in plans[p]):.0f}%")
+            share.append(f"{100 * fp64_share(plans[p], PROFILES[p]):.0f}%")
         flagged = [f"{l.kernel} {l.grid}: {fmt_us(l.work(ps[0]))} us" for l in plans[p0] if l.flagged(ps[0])]
         lines.append("| " + " | ".join([op, str(n), str(d), _counts(plans, profiles)] +
                                         [fmt_us(t) for t in total] + share + ["; ".join(flagged) or "-"]) + " |")
@@ -301,9 +414,7 @@ def compact(rows, profiles):
         times = [sum(l.time(PROFILES[p]) for l in plans[p]) for p in profiles]
         text = f"{_counts(plans, profiles)} · " + " · ".join(f"{fmt_us(t)} µs" for t in times)
         if len(ps) > 1:
-            p = ps[-1]
-            f64 = sum(l.flops64 / p.fp64 / min(1.0, l.blocks / p.sms) for l in plans[profiles[-1]])
-            text += f" ({100 * f64 / times[-1]:.0f}% fp64)"
+            text += f" ({100 * fp64_share(plans[profiles[-1]], ps[-1]):.0f}% fp64)"
         flagged = sum(l.flagged(ps[0]) for l in plans[profiles[0]])
         cells[(op, n)][d] = text + (f" · {flagged} flagged" if flagged else "")
     head = ["op", "N"] + [f"D = {d}" for d in ds]
@@ -321,12 +432,12 @@ def detail(op, n, d, plans, profiles):
     for name in profiles:
         p = PROFILES[name]
         lines = [f"### {op}, N = {n}, D = {d}, {name}", "",
-                 "| # | kernel | grid | block | MB | fp32 MFLOP | fp64 MFLOP | blocks | est. (us) | flag |",
-                 "|" + "---|" * 10]
+                 "| # | kernel | grid | block | MB | fp32 MFLOP | fp64 MFLOP | units | blocks | est. (us) | bound | flag |",
+                 "|" + "---|" * 12]
         for i, l in enumerate(plans[name], 1):
             lines.append(f"| {i} | {l.kernel} | {l.grid} | {l.block} | {l.bytes / 1e6:.3f} | {l.flops32 / 1e6:.2f} | "
-                         f"{l.flops64 / 1e6:.2f} | {l.blocks:.0f} | {fmt_us(l.time(p))} | "
-                         f"{'FLAG' if l.flagged(p) else ''} |")
+                         f"{l.flops64 / 1e6:.2f} | {f'{l.units:.3g} {l.loop.unit}s' if l.loop and l.units else '-'} | "
+                         f"{l.blocks:.0f} | {fmt_us(l.time(p))} | {l.bound(p)} | {'FLAG' if l.flagged(p) else ''} |")
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)
 
@@ -352,11 +463,13 @@ def main(argv=None):
     ap.add_argument("--compact", action="store_true", help="one row per op and N, one column per D")
     ap.add_argument("--products", choices=sorted(PRODUCTS), default="auto",
                     help="the product precision (rkd_ext.set_product_precision) the plans are made with")
+    ap.add_argument("--loops", default=LOOPS, help="scripts/kernel_loops.py's counts of a build (--json) to price with "
+                    f"(default: {os.path.relpath(LOOPS, ROOT)})")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed (see TARGETS)")
     args = ap.parse_args(argv)
     profiles = args.profile or ["h200", "slow-fp64"]
     sizes = {"typical": TYPICAL, "large": LARGE, "all": TYPICAL + LARGE}[args.sizes]
-    rec = Recorder(build())
+    rec = Recorder(build(), loop_costs(args.loops))
     planned = sorted(set(profiles) | {"h200"})  # --check judges the h200 plan
     rows = [(op, n, d, {p: rec.run(op, n, d, args.products, PROFILES[p].fp64_ratio) for p in planned})
             for op in args.ops.split(",") for n, d in sizes]

@@ -493,6 +493,7 @@ Cost triplet_cost(double triplets, double f64, double acc, double bytes, double 
   c.flops64 += triplets * f64;
   c.bytes = bytes;
   c.blocks = blocks;
+  c.units = triplets;
   return c;
 }
 

@@ -47,9 +47,11 @@ T* take(Alloc& alloc, int64_t n) {
 // that several blocks read counts once: it is assumed to stay in L2);
 // flops32, flops64: arithmetic in float32 and in float64 (a fused
 // multiply-add is two); blocks: the blocks that do work, when some of the
-// grid returns at once (0: all of it).
+// grid returns at once (0: all of it); units: the units of work of a kernel
+// whose inner loop scripts/kernel_loops.py counts (a triplet kernel's
+// triplets, a product's multiply-adds), from which the plan prices it.
 struct Cost {
-  double bytes = 0, flops32 = 0, flops64 = 0, blocks = 0;
+  double bytes = 0, flops32 = 0, flops64 = 0, blocks = 0, units = 0;
 };
 
 // The flops of `n` operations in the arithmetic type T.
@@ -198,6 +200,9 @@ __global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t
   __shared__ double red[kBlock];
   const int64_t l = blockIdx.x, i = begin + l;
   double acc = 0.0, m = 0.0;
+  // Not unrolled: the float64 divisions of some f call a slow path, and the
+  // values an unrolled loop holds across those calls spilled (12 bytes).
+#pragma unroll 1
   for (int64_t j = threadIdx.x; j < N; j += kBlock) {
     const double v = j == i ? 0.0 : f(i, j);
     W[l * N + j] = v;
@@ -323,6 +328,7 @@ __global__ void __launch_bounds__(kBlock) group_row_sums_kernel(Prev prev, const
   const int k = static_cast<int>(blockIdx.x / N);
   const int64_t i = blockIdx.x % N;
   double acc = 0.0;
+#pragma unroll 1  // as weights_kernel's loop: no spill around the division's slow path
   for (int64_t j = threadIdx.x; j < N; j += kBlock) acc += g.f(k, i, j);
   const double row = block_sum<kBlock>(acc, red, threadIdx.x);
   if (threadIdx.x == 0) rows[blockIdx.x] = row;

@@ -54,6 +54,19 @@ constexpr int kTk = 16;
 constexpr int kMicro = 4;
 constexpr int kGemmThreads = 256;
 
+// A thread's micro-tile: kMR x kMC elements, so that a block's output tile is
+// kRows x kCols. Square: the kTile x kTile tiles every product uses. Slim:
+// the W x X product's tile when its square tiles are fewer than an H200's
+// SMs (N = 128-256 with D = 512: 16-32 blocks), eight times as many blocks at
+// the price of more shared loads per multiply-add. Each output element sums
+// the same terms in the same order whatever the shape: the same bits.
+template <int kMR_, int kMC_>
+struct Micro {
+  static constexpr int kMR = kMR_, kMC = kMC_, kRows = 16 * kMR, kCols = 16 * kMC;
+};
+using Square = Micro<kMicro, kMicro>;
+using Slim = Micro<2, 1>;
+
 // The blocks a product split over its reduction aims for (about two per SM
 // of an H200): a constant, so that how a product is split, and with it its
 // rounding, depends on the sizes alone, not on the device.
@@ -68,23 +81,26 @@ constexpr int kFlushSteps = 8;
 // acc[r][c] += sum_k A(row0 + ty + 16 r, k) B(k, col0 + tx + 16 c) over k < K,
 // in S (double, or float with float32 FMAs): A read as aload(row, k) for its
 // M rows, B (Nc columns) as bload(k, n); kBT: B is the transpose of a
-// row-major matrix (the Gram product), so its k run along memory. Entries
-// outside the matrices read as 0. In float, each thread's products go to
-// partial sums of kFlushSteps steps, added to acc. Called by all threads of
-// a (16, 16) block.
-template <bool kBT, typename S, typename ALoad, typename BLoad>
+// row-major matrix (the Gram product, square tiles), so its k run along
+// memory. Entries outside the matrices read as 0. In float, each thread's
+// products go to partial sums of kFlushSteps steps, added to acc. Called by
+// all threads of a (16, 16) block.
+template <bool kBT, typename S, typename Shape = Square, typename ALoad, typename BLoad>
 RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64_t Nc, int64_t K, int64_t row0,
-                        int64_t col0, S (&acc)[kMicro][kMicro]) {
+                        int64_t col0, S (&acc)[Shape::kMR][Shape::kMC]) {
   constexpr bool kF32 = sizeof(S) == sizeof(float);
-  __shared__ S As[kTk][kTile + 1];
-  __shared__ S Bs[kTk][kTile + 1];
+  constexpr int kMR = Shape::kMR, kMC = Shape::kMC, kRows = Shape::kRows, kCols = Shape::kCols;
+  static_assert(!kBT || kRows == kCols, "the Gram product's tiles are square");
+  __shared__ S As[kTk][kRows + 1];
+  __shared__ S Bs[kTk][kCols + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
-  S part[kMicro][kMicro] = {};
+  S part[kMR][kMC] = {};
   int steps = 0;
   for (int64_t k0 = 0; k0 < K; k0 += kTk) {
-    // kTile x kTk elements per operand, kTile * kTk / kGemmThreads per thread;
-    // runs of 16 consecutive threads read 16 consecutive k of one row.
-    for (int l = 0; l < kTile * kTk / kGemmThreads; ++l) {
+    // kRows (kCols) x kTk elements per operand, kRows * kTk / kGemmThreads
+    // per thread; runs of 16 consecutive threads read 16 consecutive k of
+    // one row (of A, and of B transposed).
+    for (int l = 0; l < kRows * kTk / kGemmThreads; ++l) {
       const int e = t + l * kGemmThreads;
       const int m = e / kTk, kk = e % kTk;
       const int64_t k = k0 + kk;
@@ -93,8 +109,12 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
       if (kBT) {
         const int64_t col = col0 + m;
         Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : S(0);
-      } else {
-        const int n = e % kTile, kb = e / kTile;
+      }
+    }
+    if (!kBT) {
+      for (int l = 0; l < kCols * kTk / kGemmThreads; ++l) {
+        const int e = t + l * kGemmThreads;
+        const int n = e % kCols, kb = e / kCols;
         const int64_t col = col0 + n, kr = k0 + kb;
         Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : S(0);
       }
@@ -102,15 +122,15 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTk; ++kk) {
-      S av[kMicro], bv[kMicro];
+      S av[kMR], bv[kMC];
 #pragma unroll
-      for (int r = 0; r < kMicro; ++r) av[r] = As[kk][ty + 16 * r];
+      for (int r = 0; r < kMR; ++r) av[r] = As[kk][ty + 16 * r];
 #pragma unroll
-      for (int c = 0; c < kMicro; ++c) bv[c] = Bs[kk][tx + 16 * c];
+      for (int c = 0; c < kMC; ++c) bv[c] = Bs[kk][tx + 16 * c];
 #pragma unroll
-      for (int r = 0; r < kMicro; ++r)
+      for (int r = 0; r < kMR; ++r)
 #pragma unroll
-        for (int c = 0; c < kMicro; ++c) {
+        for (int c = 0; c < kMC; ++c) {
           if constexpr (kF32)
             part[r][c] = fmaf(av[r], bv[c], part[r][c]);
           else
@@ -122,9 +142,9 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
       if (++steps == kFlushSteps || k0 + kTk >= K) {
         steps = 0;
 #pragma unroll
-        for (int r = 0; r < kMicro; ++r)
+        for (int r = 0; r < kMR; ++r)
 #pragma unroll
-          for (int c = 0; c < kMicro; ++c) acc[r][c] += part[r][c], part[r][c] = 0.0f;
+          for (int c = 0; c < kMC; ++c) acc[r][c] += part[r][c], part[r][c] = 0.0f;
       }
     }
   }
@@ -132,12 +152,12 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
 
 // epi(i, j, acc[r][c]) for the output elements (i, j) = (row0 + ty + 16 r,
 // col0 + tx + 16 c) of a thread's micro-tile.
-template <typename Epi>
-RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[kMicro][kMicro], const Epi& epi) {
+template <typename Shape = Square, typename Epi>
+RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[Shape::kMR][Shape::kMC], const Epi& epi) {
 #pragma unroll
-  for (int r = 0; r < kMicro; ++r)
+  for (int r = 0; r < Shape::kMR; ++r)
 #pragma unroll
-    for (int c = 0; c < kMicro; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
+    for (int c = 0; c < Shape::kMC; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
 }
 
 // The W x X product's reduction over the N samples, split when its output
@@ -152,6 +172,12 @@ struct GradSplit {
 
 // At least kMinGradSplit samples per split; about kSplitBlocks blocks in all.
 constexpr int64_t kMinGradSplit = 256;
+
+// Slim tiles for an unsplit W x X product whose square tiles are fewer than
+// an H200's SMs (a constant, as kSplitBlocks).
+inline bool narrow_grad(int64_t tiles, const GradSplit& split) {
+  return split.splits == 1 && tiles < kSplitBlocks / 2;
+}
 
 inline GradSplit grad_split(int64_t tiles, int64_t N) {
   const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles), most = N / kMinGradSplit;  // D = 0: none
@@ -181,13 +207,14 @@ RKD_DEV S tile_column_mean(const T* x, int64_t N, int64_t D, int64_t col0, S (&p
 }
 
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
-// rows, and dx's, at i - begin): one kTile (rows) x kTile (features) block.
-// The block centres its kTile features itself: it reads all N rows of them
-// for the product anyway, so xc costs no launch and no memory. Split (split
-// z = blockIdx.z over the samples of its range): the block stores its
-// partial product, and the blocks of split 0 and the first row tile the
-// means, for grad_finish_kernel.
-template <typename T>
+// rows, and dx's, at i - begin): one Shape::kRows (rows) x Shape::kCols
+// (features) block. The block centres its features itself: it reads all N
+// rows of them for the product anyway, so xc costs no launch and no memory
+// (the kTile columns from its first, whatever its shape: each column's mean
+// is the same sum in the same order). Split (split z = blockIdx.z over the
+// samples of its range): the block stores its partial product, and the
+// blocks of split 0 and the first row tile the means, for grad_finish_kernel.
+template <typename T, typename Shape>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
                                                                  const T* __restrict__ x, int64_t N, int64_t D,
@@ -196,27 +223,28 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   __shared__ double part[kSlices][kTile];
   __shared__ double mean[kTile];
   const int64_t n = rows.end - rows.begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * Shape::kRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * Shape::kCols;
   const int t = threadIdx.y * 16 + threadIdx.x;
   const double mu = tile_column_mean<double>(x, N, D, col0, part);
   if (t < kTile) mean[t] = mu;
   __syncthreads();
   auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
-  double acc[kMicro][kMicro] = {};
+  double acc[Shape::kMR][Shape::kMC] = {};
   const int64_t j0 = static_cast<int64_t>(blockIdx.z) * split.per_split;
   const int64_t j1 = j0 + split.per_split < N ? j0 + split.per_split : N;
   auto xc_from = [&](int64_t j, int64_t k) { return xc(j0 + j, k); };
   auto w_at = [&](int64_t l, int64_t j) { return W[l * N + j0 + j]; };
-  if (j1 > j0) gemm_tiles<false>(w_at, n, xc_from, D, j1 - j0, row0, col0, acc);
+  if (j1 > j0) gemm_tiles<false, double, Shape>(w_at, n, xc_from, D, j1 - j0, row0, col0, acc);
   if (split.splits > 1) {
     double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
-    for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
+    for_micro_tile<Shape>(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
       if (l < n && k < D) part_z[l * D + k] = wx;
     });
-    if (blockIdx.z == 0 && blockIdx.y == 0 && t < kTile && col0 + t < D) split.mean[col0 + t] = mean[t];
+    if (blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D) split.mean[col0 + t] = mean[t];
     return;
   }
-  for_micro_tile(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
+  for_micro_tile<Shape>(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
     if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), wx));
   });
 }
@@ -235,13 +263,15 @@ __global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __res
   dx[e] = narrow<T>(grad_epilogue(w[l], xc, wx));
 }
 
-// A float64 gemm_tiles over `tiles` kTile x kTile output tiles and K steps (padding
+// A float64 gemm_tiles over `tiles` output tiles of Shape and K steps (padding
 // included: the threads compute it), plus `epilogue` float64 operations, and
 // the distinct bytes the launch moves.
-inline Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
+template <typename Shape = Square>
+Cost gemm_cost(int64_t tiles, int64_t K, double epilogue, double bytes) {
   Cost c;
   c.bytes = bytes;
-  c.flops64 = 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(K) + epilogue;
+  c.units = static_cast<double>(Shape::kRows) * Shape::kCols * static_cast<double>(tiles) * static_cast<double>(K);
+  c.flops64 = 2.0 * c.units + epilogue;
   c.blocks = static_cast<double>(tiles);
   return c;
 }
@@ -601,6 +631,7 @@ void pair_matrices(const T* const* x, const int64_t* D, int count, int64_t N, Pa
     const double nd = static_cast<double>(N) * static_cast<double>(D[c]), splits = static_cast<double>(ks.splits);
     partial_grid += tiles * ks.splits;
     pc.bytes += 8.0 * (nd + splits * n2);
+    pc.units += static_cast<double>(kTile) * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
     pc.flops64 += 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
     if (!part.whole) {  // the norms, from the first row tile's blocks
       pc.bytes += 8.0 * splits * static_cast<double>(N);
@@ -639,11 +670,18 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
   }
   // W, w and x read, dx written (or the partials and the means); the means and the centring on the fly.
   const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
-  Cost cost = gemm_cost(tiles * split.splits, ceil_div(N, split.splits), 3.0 * nd + 2.0 * xd,
-                        8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out);
-  launch(check, cost, grad_gemm_kernel<T>,
-         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
-         stream, W, w, x, N, D, rows, split, dx);
+  auto product = [&](auto shape) {
+    using Shape = decltype(shape);
+    const dim3 grid(grid_dim(ceil_div(D, Shape::kCols)), grid_dim(ceil_div(n, Shape::kRows)), grid_dim(split.splits));
+    const double bytes = 8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out;
+    const Cost cost = gemm_cost<Shape>(static_cast<int64_t>(grid.x) * grid.y * grid.z, ceil_div(N, split.splits),
+                                       3.0 * nd + 2.0 * xd, bytes);
+    launch(check, cost, grad_gemm_kernel<T, Shape>, grid, dim3(16, 16), stream, W, w, x, N, D, rows, split, dx);
+  };
+  if (narrow_grad(tiles, split))
+    product(Slim{});
+  else
+    product(Square{});
   if (split.splits == 1) return;
   Cost fin;
   fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
@@ -796,6 +834,7 @@ void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, 
     // operand, the exact rescaling.
     pc.bytes += nd * sizeof(T) + 4.0 * static_cast<double>(D[c]) + 8.0 * splits * n2 +
                 (part.whole ? 0.0 : 8.0 * splits * static_cast<double>(N));
+    pc.units += static_cast<double>(kTile) * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
     pc.flops32 += 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]) +
                   4.0 * kTile * static_cast<double>(tiles) * static_cast<double>(D[c]);
     // The rescaling, the scale's reduction, the norms.
@@ -815,7 +854,7 @@ void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, 
 // features centred on their float32 column means (any shift gives the same
 // gradient, since w_i is W's row sum; the mean cancels the offset) and
 // scaled by their own powers of two.
-template <typename T>
+template <typename T, typename Shape>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* __restrict__ Wf,
                                                                    const int* __restrict__ rexp,
                                                                    const double* __restrict__ w,
@@ -827,7 +866,8 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
   __shared__ float scale[kTile];
   __shared__ int cexp[kTile];
   const int64_t n = rows.end - rows.begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * Shape::kRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * Shape::kCols;
   const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
   const float mu = tile_column_mean<float>(x, N, D, col0, part);
   if (t < kTile) shift[t] = mu;
@@ -851,13 +891,13 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
   auto xload = [&](int64_t j, int64_t k) {
     return (as_float(x[(j0 + j) * D + k]) - shift[k - col0]) * scale[k - col0];
   };
-  float acc[kMicro][kMicro] = {};
-  if (j1 > j0) gemm_tiles<false>(wload, n, xload, D, j1 - j0, row0, col0, acc);
+  float acc[Shape::kMR][Shape::kMC] = {};
+  if (j1 > j0) gemm_tiles<false, float, Shape>(wload, n, xload, D, j1 - j0, row0, col0, acc);
   double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
 #pragma unroll
-  for (int rr = 0; rr < kMicro; ++rr)
+  for (int rr = 0; rr < Shape::kMR; ++rr)
 #pragma unroll
-    for (int cc = 0; cc < kMicro; ++cc) {
+    for (int cc = 0; cc < Shape::kMC; ++cc) {
       const int64_t l = row0 + threadIdx.y + 16 * rr, k = col0 + threadIdx.x + 16 * cc;
       if (l >= n || k >= D) continue;
       const double wx = ldexp(static_cast<double>(acc[rr][cc]), rexp[l] + cexp[k - col0]);
@@ -866,7 +906,7 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
       else
         dx[l * D + k] = narrow<T>(grad_epilogue(w[l], widen(x[(rows.begin + l) * D + k]) - shift[k - col0], wx));
     }
-  if (split.splits > 1 && blockIdx.z == 0 && blockIdx.y == 0 && t < kTile && col0 + t < D)
+  if (split.splits > 1 && blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D)
     split.mean[col0 + t] = shift[t];
 }
 
@@ -884,19 +924,28 @@ void grad_from_weights32(const T* x, int64_t N, int64_t D, Rows rows, const floa
     split.mean = take<double>(alloc, D);
   }
   const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
-  const double blocks = static_cast<double>(tiles * split.splits);
-  Cost cost;
-  cost.bytes = 4.0 * nn + 8.0 * static_cast<double>(n) + xd * sizeof(T) + out;
-  // The product, each block's column shifts and magnitudes over all N rows,
-  // the centring and scaling of each loaded operand.
-  cost.flops32 = 2.0 * kTile * kTile * static_cast<double>(tiles) * static_cast<double>(ceil_div(N, kTk) * kTk) +
-                 blocks * 3.0 * kTile * static_cast<double>(N) +
-                 2.0 * kTile * static_cast<double>(tiles) * static_cast<double>(N);
-  cost.flops64 = (split.splits > 1 ? 1.0 : 5.0) * nd * static_cast<double>(split.splits);
-  cost.blocks = blocks;
-  launch(check, cost, grad_gemm32_kernel<T>,
-         dim3(grid_dim(ceil_div(D, kTile)), grid_dim(ceil_div(n, kTile)), grid_dim(split.splits)), dim3(16, 16),
-         stream, Wf, rexp, w, x, N, D, rows, split, dx);
+  auto product = [&](auto shape) {
+    using Shape = decltype(shape);
+    const dim3 grid(grid_dim(ceil_div(D, Shape::kCols)), grid_dim(ceil_div(n, Shape::kRows)), grid_dim(split.splits));
+    const double blocks = static_cast<double>(grid.x) * grid.y * grid.z;
+    Cost cost;
+    cost.bytes = 4.0 * nn + 8.0 * static_cast<double>(n) + xd * sizeof(T) + out;
+    // The product, each block's column shifts and magnitudes (of kTile
+    // columns) over all N rows, the centring and scaling of each loaded
+    // operand.
+    cost.units = static_cast<double>(Shape::kRows) * Shape::kCols * static_cast<double>(grid.x) * grid.y *
+                 static_cast<double>(ceil_div(N, kTk) * kTk);
+    cost.flops32 = 2.0 * cost.units + blocks * 3.0 * kTile * static_cast<double>(N) +
+                   2.0 * Shape::kCols * static_cast<double>(grid.x) * grid.y * static_cast<double>(N);
+    cost.flops64 = (split.splits > 1 ? 1.0 : 5.0) * nd * static_cast<double>(split.splits);
+    cost.blocks = blocks;
+    launch(check, cost, grad_gemm32_kernel<T, Shape>, grid, dim3(16, 16), stream, Wf, rexp, w, x, N, D, rows, split,
+           dx);
+  };
+  if (narrow_grad(tiles, split))
+    product(Slim{});
+  else
+    product(Square{});
   if (split.splits == 1) return;
   Cost fin;
   fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);

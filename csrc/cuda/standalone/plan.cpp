@@ -83,14 +83,15 @@ void rkd_plan_clear() { plan().clear(); }
 int64_t rkd_plan_size() { return static_cast<int64_t>(plan().size()); }
 
 // Launch i: its kernel's name (truncated to cap - 1 characters), grid and
-// block (x, y, z each), and cost (bytes, flops32, flops64, working blocks).
+// block (x, y, z each), and cost (bytes, flops32, flops64, working blocks,
+// units).
 void rkd_plan_get(int64_t i, char* name, int64_t cap, unsigned* dims, double* cost) {
   const Launch& l = plan().at(static_cast<size_t>(i));
   std::strncpy(name, l.kernel.c_str(), static_cast<size_t>(cap - 1));
   name[cap - 1] = '\0';
   const unsigned d[6] = {l.grid.x, l.grid.y, l.grid.z, l.block.x, l.block.y, l.block.z};
   std::memcpy(dims, d, sizeof(d));
-  const double c[4] = {l.cost.bytes, l.cost.flops32, l.cost.flops64, l.cost.blocks};
+  const double c[5] = {l.cost.bytes, l.cost.flops32, l.cost.flops64, l.cost.blocks, l.cost.units};
   std::memcpy(cost, c, sizeof(c));
 }
 
