@@ -47,25 +47,43 @@ namespace rkd {
 namespace gpu {
 
 // GEMM tiling: a 16 x 16 thread block computes a kTile x kTile block of the
-// output, kMicro x kMicro elements per thread (rows ty + 16 r, columns
-// tx + 16 c), stepping through K by kTk.
+// output, kMicro x kMicro elements per thread, stepping through K by kTk
+// (which rows and columns: micro_index).
 constexpr int kTile = 64;
 constexpr int kTk = 16;
 constexpr int kMicro = 4;
 constexpr int kGemmThreads = 256;
 
 // A thread's micro-tile: kMR x kMC elements, so that a block's output tile is
-// kRows x kCols. Square: the kTile x kTile tiles every product uses. Slim:
-// the W x X product's tile when its square tiles are fewer than an H200's
-// SMs (N = 128-256 with D = 512: 16-32 blocks), eight times as many blocks at
-// the price of more shared loads per multiply-add. Each output element sums
-// the same terms in the same order whatever the shape: the same bits.
-template <int kMR_, int kMC_>
+// kRows x kCols. Square: the kTile x kTile tiles every product uses, its
+// operands read from shared memory 16 bytes at a time (vec: 4 floats or 2
+// doubles per load). Slim: the W x X product's tile when its square tiles
+// are fewer than an H200's SMs (N = 128-256 with D = 512: 16-32 blocks),
+// eight times as many blocks at the price of more shared loads per
+// multiply-add (scalar). Each output element sums the same terms in the same
+// order whatever the shape: the same bits.
+template <int kMR_, int kMC_, bool kVector>
 struct Micro {
   static constexpr int kMR = kMR_, kMC = kMC_, kRows = 16 * kMR, kCols = 16 * kMC;
+  template <typename S>
+  static constexpr int vec = kVector ? static_cast<int>(16 / sizeof(S)) : 1;
 };
-using Square = Micro<kMicro, kMicro>;
-using Slim = Micro<2, 1>;
+using Square = Micro<kMicro, kMicro, true>;
+using Slim = Micro<2, 1, false>;
+
+// The row (column) within its tile of element r (c) of the micro-tile of
+// thread ty (tx): runs of kV consecutive rows, the 16 threads' runs side by
+// side, then the next run 16 kV rows on. kV = 1: rows ty + 16 r.
+template <int kV>
+RKD_DEV int micro_index(int thread, int r) {
+  return r / kV * 16 * kV + thread * kV + r % kV;
+}
+
+// kN elements of S that one shared load reads.
+template <typename S, int kN>
+struct alignas(kN * sizeof(S)) Vec {
+  S v[kN];
+};
 
 // The blocks a product split over its reduction aims for (about two per SM
 // of an H200): a constant, so that how a product is split, and with it its
@@ -90,9 +108,12 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
                         int64_t col0, S (&acc)[Shape::kMR][Shape::kMC]) {
   constexpr bool kF32 = sizeof(S) == sizeof(float);
   constexpr int kMR = Shape::kMR, kMC = Shape::kMC, kRows = Shape::kRows, kCols = Shape::kCols;
+  constexpr int kV = Shape::template vec<S>;
   static_assert(!kBT || kRows == kCols, "the Gram product's tiles are square");
-  __shared__ S As[kTk][kRows + 1];
-  __shared__ S Bs[kTk][kCols + 1];
+  static_assert(kMR % kV == 0 && kMC % kV == 0, "whole vectors per micro-tile");
+  // Each row of the staged operands padded by one vector.
+  __shared__ Vec<S, kV> As[kTk][kRows / kV + 1];
+  __shared__ Vec<S, kV> Bs[kTk][kCols / kV + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
   S part[kMR][kMC] = {};
   int steps = 0;
@@ -105,10 +126,10 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
       const int m = e / kTk, kk = e % kTk;
       const int64_t k = k0 + kk;
       const int64_t row = row0 + m;
-      As[kk][m] = (row < M && k < K) ? aload(row, k) : S(0);
+      As[kk][m / kV].v[m % kV] = (row < M && k < K) ? aload(row, k) : S(0);
       if (kBT) {
         const int64_t col = col0 + m;
-        Bs[kk][m] = (col < Nc && k < K) ? bload(k, col) : S(0);
+        Bs[kk][m / kV].v[m % kV] = (col < Nc && k < K) ? bload(k, col) : S(0);
       }
     }
     if (!kBT) {
@@ -116,7 +137,7 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
         const int e = t + l * kGemmThreads;
         const int n = e % kCols, kb = e / kCols;
         const int64_t col = col0 + n, kr = k0 + kb;
-        Bs[kb][n] = (col < Nc && kr < K) ? bload(kr, col) : S(0);
+        Bs[kb][n / kV].v[n % kV] = (col < Nc && kr < K) ? bload(kr, col) : S(0);
       }
     }
     __syncthreads();
@@ -124,9 +145,17 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
     for (int kk = 0; kk < kTk; ++kk) {
       S av[kMR], bv[kMC];
 #pragma unroll
-      for (int r = 0; r < kMR; ++r) av[r] = As[kk][ty + 16 * r];
+      for (int g = 0; g < kMR / kV; ++g) {
+        const Vec<S, kV> a = As[kk][16 * g + ty];
 #pragma unroll
-      for (int c = 0; c < kMC; ++c) bv[c] = Bs[kk][tx + 16 * c];
+        for (int v = 0; v < kV; ++v) av[g * kV + v] = a.v[v];
+      }
+#pragma unroll
+      for (int g = 0; g < kMC / kV; ++g) {
+        const Vec<S, kV> b = Bs[kk][16 * g + tx];
+#pragma unroll
+        for (int v = 0; v < kV; ++v) bv[g * kV + v] = b.v[v];
+      }
 #pragma unroll
       for (int r = 0; r < kMR; ++r)
 #pragma unroll
@@ -150,14 +179,16 @@ RKD_DEV void gemm_tiles(const ALoad& aload, int64_t M, const BLoad& bload, int64
   }
 }
 
-// epi(i, j, acc[r][c]) for the output elements (i, j) = (row0 + ty + 16 r,
-// col0 + tx + 16 c) of a thread's micro-tile.
-template <typename Shape = Square, typename Epi>
-RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const double (&acc)[Shape::kMR][Shape::kMC], const Epi& epi) {
+// epi(i, j, r, c) for the output elements (i, j) of a thread's micro-tile of
+// a gemm_tiles in S, (r, c) in the micro-tile.
+template <typename Shape, typename S, typename Epi>
+RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const Epi& epi) {
+  constexpr int kV = Shape::template vec<S>;
 #pragma unroll
   for (int r = 0; r < Shape::kMR; ++r)
 #pragma unroll
-    for (int c = 0; c < Shape::kMC; ++c) epi(row0 + threadIdx.y + 16 * r, col0 + threadIdx.x + 16 * c, acc[r][c]);
+    for (int c = 0; c < Shape::kMC; ++c)
+      epi(row0 + micro_index<kV>(threadIdx.y, r), col0 + micro_index<kV>(threadIdx.x, c), r, c);
 }
 
 // The W x X product's reduction over the N samples, split when its output
@@ -238,14 +269,14 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
   if (j1 > j0) gemm_tiles<false, double, Shape>(w_at, n, xc_from, D, j1 - j0, row0, col0, acc);
   if (split.splits > 1) {
     double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
-    for_micro_tile<Shape>(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
-      if (l < n && k < D) part_z[l * D + k] = wx;
+    for_micro_tile<Shape, double>(row0, col0, [&](int64_t l, int64_t k, int r, int c) {
+      if (l < n && k < D) part_z[l * D + k] = acc[r][c];
     });
     if (blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D) split.mean[col0 + t] = mean[t];
     return;
   }
-  for_micro_tile<Shape>(row0, col0, acc, [&](int64_t l, int64_t k, double wx) {
-    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), wx));
+  for_micro_tile<Shape, double>(row0, col0, [&](int64_t l, int64_t k, int r, int c) {
+    if (l < n && k < D) dx[l * D + k] = narrow<T>(grad_epilogue(w[l], xc(rows.begin + l, k), acc[r][c]));
   });
 }
 
@@ -474,25 +505,22 @@ RKD_DEV const S& gram_block(const Sides<S>& in, int64_t& z, int64_t& row0, int64
 // Stores a tile's slice of G: for the whole matrix the upper part at (i, j)
 // and (j, i) (the diagonal with `diagonal`), every element of the rows of a
 // row range.
-template <typename S, typename V>
+// Acc: the gemm_tiles' arithmetic type.
+template <typename Acc, typename S, typename V>
 RKD_DEV void store_gram_tile(const S& g, int64_t N, int64_t z, int64_t row0, int64_t col0, bool diagonal,
                              const V& value) {
   const int64_t n = g.part.n(), b = g.part.rows.begin;
   double* slice = g.slices + z * n * N;
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r)
-#pragma unroll
-    for (int c = 0; c < kMicro; ++c) {
-      const int64_t i = row0 + threadIdx.y + 16 * r, j = col0 + threadIdx.x + 16 * c;
-      if (i >= g.part.rows.end || j >= N) continue;
-      if (!g.part.whole) {
-        slice[(i - b) * N + j] = value(r, c);
-      } else if (j > i || (diagonal && j == i)) {
-        const double v = value(r, c);
-        slice[i * N + j] = v;
-        slice[j * N + i] = v;
-      }
+  for_micro_tile<Square, Acc>(row0, col0, [&](int64_t i, int64_t j, int r, int c) {
+    if (i >= g.part.rows.end || j >= N) return;
+    if (!g.part.whole) {
+      slice[(i - b) * N + j] = value(r, c);
+    } else if (j > i || (diagonal && j == i)) {
+      const double v = value(r, c);
+      slice[i * N + j] = v;
+      slice[j * N + i] = v;
     }
+  });
 }
 
 // The squared norms of the kTile rows [r0, r0 + kTile) of an N-row operand
@@ -532,7 +560,7 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
   auto xk_at = [&](int64_t r, int64_t k) { return xk[r * g.D + k]; };
   auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
   if (k1 > k0) gemm_tiles<true>(xk_at, g.part.rows.end, xk_t, N, k1 - k0, row0, col0, acc);
-  store_gram_tile(g, N, z, row0, col0, true, [&](int r, int c) { return acc[r][c]; });
+  store_gram_tile<double>(g, N, z, row0, col0, true, [&](int r, int c) { return acc[r][c]; });
   // A row range's norms (the whole matrix has them on its diagonal).
   if (!g.part.whole && g.part.norm_tile(row0, col0))
     tile_norms(xk_at, col0, N, k1 - k0, red, [&](int64_t i, double v) { g.part.norm_slices[z * N + i] = v; });
@@ -787,8 +815,8 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
   float acc[kMicro][kMicro] = {};
   if (k1 > k0) gemm_tiles<true>(load, g.part.rows.end, load_t, N, k1 - k0, row0, col0, acc);
   // (The whole matrix's diagonal is the norms', below.)
-  store_gram_tile(g, N, z, row0, col0, false,
-                  [&](int r, int c) { return ldexp(static_cast<double>(acc[r][c]), 2 * e); });
+  store_gram_tile<float>(g, N, z, row0, col0, false,
+                         [&](int r, int c) { return ldexp(static_cast<double>(acc[r][c]), 2 * e); });
   if (!g.part.norm_tile(row0, col0)) return;
   // The norms of rows [col0, col0 + kTile) (G's diagonal for the whole
   // matrix): the float32 operands' squares summed in float64. A float32 sum
@@ -894,18 +922,14 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
   float acc[Shape::kMR][Shape::kMC] = {};
   if (j1 > j0) gemm_tiles<false, float, Shape>(wload, n, xload, D, j1 - j0, row0, col0, acc);
   double* part_z = split.partial + static_cast<int64_t>(blockIdx.z) * n * D;
-#pragma unroll
-  for (int rr = 0; rr < Shape::kMR; ++rr)
-#pragma unroll
-    for (int cc = 0; cc < Shape::kMC; ++cc) {
-      const int64_t l = row0 + threadIdx.y + 16 * rr, k = col0 + threadIdx.x + 16 * cc;
-      if (l >= n || k >= D) continue;
-      const double wx = ldexp(static_cast<double>(acc[rr][cc]), rexp[l] + cexp[k - col0]);
-      if (split.splits > 1)
-        part_z[l * D + k] = wx;
-      else
-        dx[l * D + k] = narrow<T>(grad_epilogue(w[l], widen(x[(rows.begin + l) * D + k]) - shift[k - col0], wx));
-    }
+  for_micro_tile<Shape, float>(row0, col0, [&](int64_t l, int64_t k, int rr, int cc) {
+    if (l >= n || k >= D) return;
+    const double wx = ldexp(static_cast<double>(acc[rr][cc]), rexp[l] + cexp[k - col0]);
+    if (split.splits > 1)
+      part_z[l * D + k] = wx;
+    else
+      dx[l * D + k] = narrow<T>(grad_epilogue(w[l], widen(x[(rows.begin + l) * D + k]) - shift[k - col0], wx));
+  });
   if (split.splits > 1 && blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D)
     split.mean[col0 + t] = shift[t];
 }
