@@ -3,7 +3,8 @@
 The plan dry-runs the GPU backend's op sequences (no GPU needed, only g++ and
 the CUDA headers). The facts: the op layer's sequences, which launches they
 are made of and how composed ops add up; each kernel's grid from the sizes;
-the flops of a product from its shape; the time model from its formula.
+the flops of a product from its shape; the time model from its formula, and
+the loop model on a planted loop.
 """
 import pytest
 from conftest import load_script, needs_host_cuda
@@ -18,7 +19,7 @@ def lp():
 
 @pytest.fixture(scope="module")
 def rec(lp):
-    return lp.Recorder(lp.build())
+    return lp.Recorder(lp.build(), lp.loop_costs())
 
 
 def kernels(launches):
@@ -97,12 +98,15 @@ def test_gram_split_k(rec):
     assert 132 <= g.blocks <= 25088 / 128
 
 
-def test_grad_gemm_covers_the_gradient(rec):
-    n, d = 70, 200
+@pytest.mark.parametrize("n, d, rows, cols", [(70, 200, 32, 16), (1100, 2048, 64, 64)])
+def test_grad_gemm_covers_the_gradient(rec, n, d, rows, cols):
+    # Few square tiles (8 at N = 70, D = 200): slim 32 x 16 tiles; 18 x 32 square tiles: square.
     gemm = [l for l in rec.run("normalized_distance", n, d) if l.kernel.startswith("grad_gemm")]
     assert len(gemm) == 1
     gx, gy, _ = gemm[0].grid
-    assert gx * 64 >= d > (gx - 1) * 64 and gy * 64 >= n > (gy - 1) * 64
+    assert gx * cols >= d > (gx - 1) * cols and gy * rows >= n > (gy - 1) * rows
+    assert ("Micro<2, 1" in gemm[0].kernel) == (rows == 32)
+    assert gemm[0].units == rows * cols * gx * gy * -(-n // 16) * 16  # multiply-adds, K padded to 16
 
 
 def test_angle_loss_float32_triplets(rec):
@@ -124,6 +128,38 @@ def test_time_model(lp):
     assert l.work(p) == pytest.approx((67e6 / p.fp32 + 34e6 / p.fp64) * p.sms)
     assert l.flagged(p)  # about 264 us of work on one block
     assert not lp.Launch("k", (132, 1, 1), (256, 1, 1), 0.0, 0.0, 34e6 * 132, 132).flagged(p)
+
+
+def test_loop_model(lp):
+    # A planted loop: per unit 2 float64 operations, 1 conversion, 6 instructions in all, 1 shared wavefront.
+    p = lp.PROFILES["h200"]
+    loop = lp.LoopCost("triplet", 6.0, {"float64": 2.0, "convert": 1.0, "other": 3.0}, 1.0, 64)
+    # Clocks per unit per SM: issue 6/128, float64 2/64, conversions 1/16, shared 1/32: the conversions bound it.
+    assert loop.clocks(p) == (pytest.approx(1 / 16), "convert")
+    slow = lp.PROFILES["slow-fp64"]
+    assert loop.clocks(slow) == (pytest.approx(1.0), "float64")  # 2 float64 operations at 2 per clock
+    # 264 blocks of 256 threads on 132 SMs: 16 warps resident, latency hidden.
+    units = 1e9
+    assert loop.seconds(units, 264, 256, p) == pytest.approx(units / 132 / 16 / p.clock)
+    # 132 blocks: 8 warps each SM, half the issue rate; 66 blocks: half the SMs as well.
+    assert loop.seconds(units, 132, 256, p) == pytest.approx(2 * units / 132 / 16 / p.clock)
+    assert loop.seconds(units, 66, 256, p) == pytest.approx(4 * units / 132 / 16 / p.clock)
+    # A kernel whose registers allow 8 warps stays at half rate however many blocks it has.
+    few = lp.LoopCost("triplet", 6.0, {"convert": 1.0}, 1.0, 8)
+    assert few.seconds(units, 1000, 256, p) == pytest.approx(2 * units / 132 / 16 / p.clock)
+    # A launch with units and a loop is priced by the loop (and the memory bound), not by its flops.
+    l = lp.Launch("k", (264, 1, 1), (16, 16, 1), 0.0, 1e15, 1e15, 264, units, loop)
+    assert l.work(p) == pytest.approx(units / 132 / 16 / p.clock) and l.bound(p) == "convert"
+    assert lp.Launch("k", (264, 1, 1), (16, 16, 1), 1e12, 0.0, 0.0, 264, units, loop).bound(p) == "memory"
+
+
+def test_priced_kernels_have_counted_loops(rec):
+    # Every triplet kernel and product of the training ops' float32 plans is priced from its counted loop.
+    for op in ("rkd_distance_loss", "rkd_angle_loss", "RKDLoss"):
+        for products in ("float64", "float32"):
+            for l in rec.run(op, 128, 512, products):
+                if l.kernel.startswith(("angle_loss_sum", "angle_passes", "gram_partial", "grad_gemm")):
+                    assert l.loop is not None and l.units > 0, (op, products, l.kernel)
 
 
 def test_check_targets(lp):
@@ -148,8 +184,9 @@ def test_grad_split(rec):
     # finish launch sums the halves; at N = 1024 its 128 tiles go unsplit.
     grad = [l for l in rec.run("pairwise_distance", 512, 512) if l.kernel.startswith("grad_")]
     assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 8, 2)), ("grad_finish", (1024, 1, 1))]
+    # At N = 1024 its 128 tiles go unsplit, in slim tiles (fewer than 132).
     grad = [l for l in rec.run("pairwise_distance", 1024, 512) if l.kernel.startswith("grad_")]
-    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 16, 1))]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (32, 32, 1))]
 
 
 def test_slow_fp64_reductions_leave_one_block_sooner(rec):

@@ -702,7 +702,7 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
     using Shape = decltype(shape);
     const dim3 grid(grid_dim(ceil_div(D, Shape::kCols)), grid_dim(ceil_div(n, Shape::kRows)), grid_dim(split.splits));
     const double bytes = 8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out;
-    const Cost cost = gemm_cost<Shape>(static_cast<int64_t>(grid.x) * grid.y * grid.z, ceil_div(N, split.splits),
+    const Cost cost = gemm_cost<Shape>(static_cast<int64_t>(grid.x) * grid.y * grid.z, split.per_split,
                                        3.0 * nd + 2.0 * xd, bytes);
     launch(check, cost, grad_gemm_kernel<T, Shape>, grid, dim3(16, 16), stream, W, w, x, N, D, rows, split, dx);
   };
