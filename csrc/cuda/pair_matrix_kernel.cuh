@@ -556,9 +556,12 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
   const S& g = gram_block(in, z, row0, col0);
   const int64_t k0 = z * g.per_split, k1 = k0 + g.per_split < g.D ? k0 + g.per_split : g.D;
   double acc[kMicro][kMicro] = {};
+  // The loaders hold copies (registers), not the side's fields in parameter
+  // space, so that each staged row's address is formed once, not per step.
   const double* xk = g.xc + k0;
-  auto xk_at = [&](int64_t r, int64_t k) { return xk[r * g.D + k]; };
-  auto xk_t = [&](int64_t k, int64_t c) { return xk[c * g.D + k]; };  // xc's transpose over the split
+  const int64_t D = g.D;
+  auto xk_at = [=](int64_t r, int64_t k) { return xk[r * D + k]; };
+  auto xk_t = [=](int64_t k, int64_t c) { return xk[c * D + k]; };  // xc's transpose over the split
   if (k1 > k0) gemm_tiles<true>(xk_at, g.part.rows.end, xk_t, N, k1 - k0, row0, col0, acc);
   store_gram_tile<double>(g, N, z, row0, col0, true, [&](int r, int c) { return acc[r][c]; });
   // A row range's norms (the whole matrix has them on its diagonal).
@@ -810,8 +813,12 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial32_kernel(Sides<Gram
   for (int64_t l = tid; l < g.nb; l += kGemmThreads) m = nan_max(m, g.bmax[l]);
   const int e = scale_exponent(block_max<kGemmThreads>(m, red, tid));
   const float scale = ldexpf(1.0f, -e);
-  auto load = [&](int64_t row, int64_t k) { return (as_float(g.x[row * g.D + k0 + k]) - g.meanf[k0 + k]) * scale; };
-  auto load_t = [&](int64_t k, int64_t col) { return load(col, k); };
+  // Copies in registers, as gram_partial_kernel's.
+  const T* xk = g.x + k0;
+  const float* meank = g.meanf + k0;
+  const int64_t D = g.D;
+  auto load = [=](int64_t row, int64_t k) { return (as_float(xk[row * D + k]) - meank[k]) * scale; };
+  auto load_t = [=](int64_t k, int64_t col) { return load(col, k); };
   float acc[kMicro][kMicro] = {};
   if (k1 > k0) gemm_tiles<true>(load, g.part.rows.end, load_t, N, k1 - k0, row0, col0, acc);
   // (The whole matrix's diagonal is the norms', below.)
