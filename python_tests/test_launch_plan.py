@@ -82,20 +82,20 @@ def test_rkd_loss_fuses_both_terms(rec):
 
 def test_gram_split_k(rec):
     # N = 130: 3 x 3 tiles of 64, of which the 6 on or above the diagonal work.
-    # D = 300 in 128-feature splits: 3 of them (the most D allows, as 6 tiles
+    # D = 300 in 64-feature splits: 5 of them (the most D allows, as 6 tiles
     # are far from a few hundred blocks).
     n, d = 130, 300
     gram = [l for l in rec.run("pairwise_distance", n, d) if l.kernel.startswith("gram_partial")]
     assert len(gram) == 1
     g = gram[0]
-    assert g.grid == (6 * 3, 1, 1) and g.block == (16, 16, 1)
+    assert g.grid == (6 * 5, 1, 1) and g.block == (16, 16, 1)
     assert g.flops64 == 6 * 64 * 64 * 2 * d
     assert g.flops32 == 0
-    # xc read, 3 slices of the N x N Gram matrix written.
-    assert g.bytes == 8 * (n * d + 3 * n * n)
+    # xc read, 5 slices of the N x N Gram matrix written.
+    assert g.bytes == 8 * (n * d + 5 * n * n)
     # N = 32, D = 25088: one tile, split until the grid has a few hundred blocks.
     g = [l for l in rec.run("pairwise_distance", 32, 25088) if l.kernel.startswith("gram_partial")][0]
-    assert 132 <= g.blocks <= 25088 / 128
+    assert 132 <= g.blocks <= 25088 / 64
 
 
 @pytest.mark.parametrize("n, d, rows, cols", [(70, 200, 32, 16), (1100, 2048, 64, 64)])
@@ -128,6 +128,11 @@ def test_time_model(lp):
     assert l.work(p) == pytest.approx((67e6 / p.fp32 + 34e6 / p.fp64) * p.sms)
     assert l.flagged(p)  # about 264 us of work on one block
     assert not lp.Launch("k", (132, 1, 1), (256, 1, 1), 0.0, 0.0, 34e6 * 132, 132).flagged(p)
+    # Flagged when the idle SMs' share of the work exceeds 5 us: 8 blocks for 8 us is (7.5 us idle), 128 blocks
+    # for 20 us is not (0.6 us), nor is 8 blocks for 5 us.
+    def launch(blocks, us):
+        return lp.Launch("k", (blocks, 1, 1), (256, 1, 1), us * 1e-6 * p.bandwidth, 0.0, 0.0, blocks)
+    assert launch(8, 8).flagged(p) and not launch(128, 20).flagged(p) and not launch(8, 5).flagged(p)
 
 
 def test_loop_model(lp):
@@ -184,9 +189,9 @@ def test_grad_split(rec):
     # finish launch sums the halves; at N = 1024 its 128 tiles go unsplit.
     grad = [l for l in rec.run("pairwise_distance", 512, 512) if l.kernel.startswith("grad_")]
     assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 8, 2)), ("grad_finish", (1024, 1, 1))]
-    # At N = 1024 its 128 tiles go unsplit, in slim tiles (fewer than 132).
+    # At N = 1024 its 128 tiles go unsplit, square (more than half an H200: slim tiles would not pay).
     grad = [l for l in rec.run("pairwise_distance", 1024, 512) if l.kernel.startswith("grad_")]
-    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (32, 32, 1))]
+    assert [(l.kernel.split("<")[0], l.grid) for l in grad] == [("grad_gemm", (8, 16, 1))]
 
 
 def test_slow_fp64_reductions_leave_one_block_sooner(rec):
@@ -201,7 +206,7 @@ def test_slow_fp64_reductions_leave_one_block_sooner(rec):
 
 def test_sharded_rows_split_k(rec):
     # Rank 0 of 8 holding N = 1024 rows' pair rows: 128 rows, all 16 column tiles of both row tiles, K = 512
-    # in 4 splits of 128 features (the most D allows; 32 tiles are far from a few hundred blocks). The
+    # in 8 splits of 64 features (the most D allows; 32 tiles are far from a few hundred blocks). The
     # norms of all N rows come from the first row tile's blocks. The backward: the weights, the W x X product
     # (16 output tiles: its sum over the 1024 samples split, then finished).
     n, d, rows = 1024, 512, 128
@@ -209,8 +214,8 @@ def test_sharded_rows_split_k(rec):
     assert kernels(launches) == ["centre_columns", "gram_partial", "gram_finish", "weights", "grad_gemm",
                                  "grad_finish"]
     g = launches[1]
-    assert g.grid == (2 * 16 * 4, 1, 1)
+    assert g.grid == (2 * 16 * 8, 1, 1)
     assert g.flops64 == 2 * 16 * 64 * 64 * 2 * d + 2 * n * d
-    # xc read; 4 slices of the 128 x N rows and of the N norms written.
-    assert g.bytes == 8 * (n * d + 4 * rows * n + 4 * n)
+    # xc read; 8 slices of the 128 x N rows and of the N norms written.
+    assert g.bytes == 8 * (n * d + 8 * rows * n + 8 * n)
     assert launches[2].grid == (rows, 1, 1)

@@ -20,8 +20,8 @@
 #   sass     the .so holds SASS for each architecture and every kernel the op
 #            layer launches on the emulated case set, with the registers and
 #            shared memory of docs/gpu.md's table (scripts/kernel_resources.py
-#            --so), and the float32 triplet loops no dearer per triplet than
-#            docs/gpu_triplet_loops.json (scripts/kernel_loops.py --check).
+#            --so), and the counted triplet and product loops no dearer per unit than
+#            docs/gpu_kernel_loops.json (scripts/kernel_loops.py --check).
 #   abi      the library imports nothing outside the stable ABI and the limited
 #            API (scripts/abi_check.py).
 #   tests    the whole test suite in that environment, against the installed

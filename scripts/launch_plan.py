@@ -41,9 +41,11 @@ around the ops (autograd's gradient accumulation, say), and the close pairs
 a pair matrix recomputes (they depend on the data). The instruction counts
 are sm_90's, used for every profile.
 
-A launch is flagged when its estimated work (the time less the launch
-overhead) exceeds 10 us while its grid has fewer working blocks than the
-GPU has SMs.
+A launch is flagged when it leaves SMs idle for long: fewer working blocks
+than the GPU has SMs, and its estimated work times the idle share of the SMs
+(1 - blocks / SMs) over 5 us. (Until the plan priced the products from their
+loops, the rule was any work over 10 us on fewer blocks than SMs; it flagged
+128 blocks on 132 SMs, which idle 3% of the GPU.)
 
 Usage:
   python scripts/launch_plan.py [--profile NAME] [--detail | --compact] [--ops A,B] [--sizes typical|large|all]
@@ -68,7 +70,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32, F64 = 0, 1                      # rkd::Dtype
 MEAN = 1                             # rkd::Reduction
 PRODUCTS = {"auto": 0, "float64": 1, "float32": 2}  # rkd::ProductPrecision
-FLAG_WORK_US = 10.0
+FLAG_IDLE_US = 5.0
 
 
 # Rates per SM and clock, in thread results, by scripts/kernel_loops.py's instruction class (CUDA C++
@@ -226,7 +228,7 @@ class Launch:
         return p.launch + self.work(p)
 
     def flagged(self, p):
-        return self.work(p) > FLAG_WORK_US * 1e-6 and self.blocks < p.sms
+        return self.blocks < p.sms and self.work(p) * (1.0 - self.blocks / p.sms) > FLAG_IDLE_US * 1e-6
 
 
 def short_name(name):
@@ -479,7 +481,7 @@ def main(argv=None):
     print("ESTIMATES FROM A MODEL (scripts/launch_plan.py's docstring), not measurements:")
     for p in profiles:
         print(f"  {p}: {PROFILES[p].name}")
-    print(f"Flagged: estimated work over {FLAG_WORK_US:.0f} us with fewer working blocks than SMs "
+    print(f"Flagged: fewer working blocks than SMs, the idle SMs' share of the estimated work over {FLAG_IDLE_US:.0f} us "
           f"({profiles[0]}).\n")
     print(compact(rows, profiles) if args.compact else table(rows, profiles))
     if args.detail:

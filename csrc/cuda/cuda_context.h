@@ -70,7 +70,7 @@ inline bool float32_products(int device) {
 
 struct CudaCtx {
   template <typename F>
-  static void run(const Tensor& on, const F& f) {
+  static void run(const Tensor& on, double /*work: the CPU's serial threshold*/, const F& f) {
     const int device = on.get_device_index();
     const torch::stable::accelerator::DeviceGuard guard(device);
     Scratch scratch(on);

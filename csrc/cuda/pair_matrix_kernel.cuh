@@ -204,10 +204,13 @@ struct GradSplit {
 // At least kMinGradSplit samples per split; about kSplitBlocks blocks in all.
 constexpr int64_t kMinGradSplit = 256;
 
-// Slim tiles for an unsplit W x X product whose square tiles are fewer than
-// an H200's SMs (a constant, as kSplitBlocks).
+// Slim tiles for an unsplit W x X product whose square tiles would fill at
+// most half an H200 (a constant, as kSplitBlocks). With more, the square
+// tiles' fewer shared loads per multiply-add outweigh the idle SMs (the
+// launch plan's estimate at N = 1024, D = 512, 128 tiles: 68 us square, 98 us
+// slim).
 inline bool narrow_grad(int64_t tiles, const GradSplit& split) {
-  return split.splits == 1 && tiles < kSplitBlocks / 2;
+  return split.splits == 1 && tiles <= kSplitBlocks / 4;
 }
 
 inline GradSplit grad_split(int64_t tiles, int64_t N) {
@@ -474,8 +477,12 @@ struct EdgeOut {
 
 // Splits of the Gram product's K so that the part's tiles times the splits
 // give about kSplitBlocks blocks, each over at least kMinSplit features: a
-// function of the sizes alone, so results do not depend on the device.
-constexpr int64_t kMinSplit = 128;
+// function of the sizes alone, so results do not depend on the device. 64,
+// not 128: a tile at N <= 64 is mostly padding, and its 4 blocks of 128
+// features at D = 512 took about 8 us (the launch plan, priced from the
+// compiled loop); 32 would add more slices to write and sum than it saves at
+// N = 256.
+constexpr int64_t kMinSplit = 64;
 
 struct KSplit {
   int64_t splits, per_split;
