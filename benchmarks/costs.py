@@ -65,7 +65,9 @@ _DISTANCE_NS = {FWD: (0, 0, 0.1, 10), FWD_BWD: (0, 0, 0.4, 20)}
 def _family(impl):
     # The compiled reference allocates and computes no more than the eager one (measured); our two
     # losses called separately cost what each costs.
-    return {"reference_compiled": "reference", "ours_separate": "ours"}.get(impl, impl)
+    # ours_serial, ours_parallel: our ops with the CPU's serial threshold forced (benchmarks.serial_threshold).
+    return {"reference_compiled": "reference", "ours_separate": "ours", "ours_serial": "ours",
+            "ours_parallel": "ours"}.get(impl, impl)
 
 
 def memory_bytes(op, impl, mode, n, d):

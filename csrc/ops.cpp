@@ -18,6 +18,7 @@
 
 #include "build_config.h"
 #include "core/product_precision.h"
+#include "core/serial_work.h"
 #include "torch_stable.h"
 
 STABLE_TORCH_LIBRARY(rkd_ext, m) {
@@ -72,6 +73,10 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_build_info() -> str");
   m.def("_product_precision() -> int");
   m.def("_set_product_precision(int mode) -> ()");
+  // The CPU's serial threshold (csrc/core/serial_work.h).
+  m.def("_cpu_serial_work() -> float");
+  m.def("_set_cpu_serial_work(float work) -> ()");
+  m.def("_cpu_parallel_regions() -> int");
 }
 
 namespace {
@@ -110,12 +115,24 @@ void set_product_precision(int64_t mode) {
   rkd::set_product_precision(static_cast<rkd::ProductPrecision>(mode));
 }
 
+double get_cpu_serial_work() { return rkd::serial_work_setting().load(); }
+
+void set_cpu_serial_work(double work) {
+  RKD_CHECK_VALUE(work >= 0.0, "_set_cpu_serial_work: work must be >= 0 (element operations), got ", work);
+  rkd::serial_work_setting().store(work);
+}
+
+int64_t cpu_parallel_regions() { return rkd::parallel_regions().load(); }
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_build_info", TORCH_BOX(&build_info));
   m.impl("_product_precision", TORCH_BOX(&get_product_precision));
   m.impl("_set_product_precision", TORCH_BOX(&set_product_precision));
+  m.impl("_cpu_serial_work", TORCH_BOX(&get_cpu_serial_work));
+  m.impl("_set_cpu_serial_work", TORCH_BOX(&set_cpu_serial_work));
+  m.impl("_cpu_parallel_regions", TORCH_BOX(&cpu_parallel_regions));
 }
 
 // The module itself: nothing but the import that loads this library.

@@ -5,6 +5,7 @@ GPU is visible). Feature batches, dtypes, tolerances and comparisons come from
 rkd_ext.testing, shared with the benchmarks and scripts, so that a change of
 policy happens in one place.
 """
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -49,13 +50,31 @@ def load_script(path):
     return mod
 
 
+@contextlib.contextmanager
+def cpu_serial_work(work):
+    """The CPU's serial threshold (csrc/core/serial_work.h) set to `work` element operations: 0 makes every call
+    open its parallel regions, inf runs every call on the calling thread."""
+    ops = torch.ops.rkd_ext
+    before = ops._cpu_serial_work()
+    ops._set_cpu_serial_work(work)
+    try:
+        yield
+    finally:
+        ops._set_cpu_serial_work(before)
+
+
 def run_with_threads(fn, threads=(1, 2, 2)):
-    """fn() under each intra-op thread count in turn; the list of its results."""
+    """fn() under each intra-op thread count in turn, every call through its parallel regions (the serial
+    threshold at 0), then once on the calling thread alone (the threshold above any call); the list of its
+    results."""
     before = torch.get_num_threads()
     try:
         out = []
-        for n in threads:
-            torch.set_num_threads(n)
+        with cpu_serial_work(0.0):
+            for n in threads:
+                torch.set_num_threads(n)
+                out.append(fn())
+        with cpu_serial_work(float("inf")):
             out.append(fn())
         return out
     finally:

@@ -53,10 +53,24 @@ inline Tensor input_grad(const Tensor& x, bool wanted) {
 
 // The contiguous inputs of a loss op and the float64 pair matrices it
 // computes (forward) or was handed (backward).
+// The element operations of a call, which the CPU weighs against its serial
+// threshold (cpu_backend.h's CpuCtx; the CUDA context ignores it): the pair
+// products of `rows` rows (all N: -1) against all N rows of x, and N^2 per
+// row for triplets.
+inline double pair_work(const Tensor& x, int64_t rows = -1) {
+  const double N = static_cast<double>(x.size(0));
+  return (rows < 0 ? N : static_cast<double>(rows)) * N * static_cast<double>(x.size(1));
+}
+inline double triplet_work(int64_t N, int64_t rows = -1) {
+  const double n = static_cast<double>(N);
+  return (rows < 0 ? n : static_cast<double>(rows)) * n * n;
+}
+
 struct LossOperands {
   Tensor s, t, ps, pt;
   Features fs() const { return features(s); }
   Features ft() const { return features(t); }
+  double work(bool triplets) const { return pair_work(s) + pair_work(t) + (triplets ? triplet_work(s.size(0)) : 0.0); }
 };
 
 inline LossOperands loss_forward_operands(const char* op, const Tensor& student, const Tensor& teacher,
@@ -102,7 +116,7 @@ std::tuple<Tensor, Tensor> distance_matrix(const Tensor& x_in, double eps) {
   check_eps(op, eps);
   const Tensor x = as_contiguous(x_in);
   Tensor out = square(x, x.scalar_type()), d64 = square(x, ScalarType::Double);
-  Ctx::run(x, [&](auto& be) {
+  Ctx::run(x, pair_work(x), [&](auto& be) {
     if (kNormalized)
       normalized_distance(be, features(x), eps, f64(d64), buffer(out));
     else
@@ -118,7 +132,7 @@ Tensor distance_matrix_backward(const Tensor& grad, const Tensor& x_in, const Te
   check_single_backward(op, grad, x_in, "dist64", d64, 2);
   const Tensor x = as_contiguous(x_in), g = as_contiguous(grad);
   Tensor dx = input_grad(x, true);
-  Ctx::run(x, [&](auto& be) {
+  Ctx::run(x, pair_work(x), [&](auto& be) {
     if (kNormalized)
       normalized_distance_backward(be, operand(g), features(x), d64.const_data_ptr<double>(), eps, buffer(dx));
     else
@@ -140,7 +154,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rkd_distance_loss(const Tensor& stude
   check_mean_offset(op, mean_offset);
   const DistanceArgs args{beta, eps, parse_reduction(op, reduction), squared, mean_offset};
   Tensor loss = loss_output(in.s, in.t, args.reduction, 2), stats = loss_stats(in.s);
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(false), [&](auto& be) {
     rkd::rkd_distance_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), f64(stats), buffer(loss));
   });
   return {loss, in.ps, in.pt, stats};
@@ -159,7 +173,7 @@ std::tuple<Tensor, Tensor> rkd_distance_loss_backward(
   const LossOperands in{as_contiguous(student), as_contiguous(teacher), ds, dt};
   const Tensor g = as_contiguous(grad);
   const LossGrads out(in, student_grad, teacher_grad);
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(false), [&](auto& be) {
     rkd::rkd_distance_loss_backward(be, operand(g), in.fs(), in.ft(), ds.const_data_ptr<double>(),
                                     dt.const_data_ptr<double>(), stats.const_data_ptr<double>(), args, out.bs,
                                     out.bt);
@@ -176,7 +190,7 @@ std::tuple<Tensor, Tensor> angle_tensor(const Tensor& x_in, double eps, bool nor
   const Tensor x = as_contiguous(x_in);
   const int64_t N = x.size(0);
   Tensor out = empty(x, {N, N, N}), sq = square(x, ScalarType::Double);
-  Ctx::run(x, [&](auto& be) {
+  Ctx::run(x, pair_work(x) + triplet_work(N), [&](auto& be) {
     rkd::angle_tensor(be, features(x), AngleArgs{0.0, eps, Reduction::None, normalize}, f64(sq), buffer(out));
   });
   return {out, sq};
@@ -188,7 +202,7 @@ Tensor angle_tensor_backward(const Tensor& grad, const Tensor& x_in, const Tenso
   check_single_backward("angle_tensor_backward", grad, x_in, "sq", sq, 3);
   const Tensor x = as_contiguous(x_in), g = as_contiguous(grad);
   Tensor dx = input_grad(x, true);
-  Ctx::run(x, [&](auto& be) {
+  Ctx::run(x, pair_work(x) + triplet_work(x.size(0)), [&](auto& be) {
     rkd::angle_tensor_backward(be, operand(g), features(x), sq.const_data_ptr<double>(),
                                AngleArgs{0.0, eps, Reduction::None, normalize}, buffer(dx));
   });
@@ -203,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor> rkd_angle_loss(const Tensor& student, const T
   LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
   const AngleArgs args{beta, eps, parse_reduction(op, reduction), normalize};
   Tensor loss = loss_output(in.s, in.t, args.reduction, 3);
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(true), [&](auto& be) {
     rkd::rkd_angle_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), buffer(loss));
   });
   return {loss, in.ps, in.pt};
@@ -222,7 +236,7 @@ std::tuple<Tensor, Tensor> rkd_angle_loss_backward(const Tensor& grad, const Ten
   const Tensor g = as_contiguous(grad);
   const LossGrads out(in, student_grad, teacher_grad);
   const Dtype loss = loss_dtype(student, teacher) == ScalarType::Double ? Dtype::Float64 : Dtype::Float32;
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(true), [&](auto& be) {
     rkd::rkd_angle_loss_backward(be, operand(g), in.fs(), in.ft(), sq_s.const_data_ptr<double>(),
                                  sq_t.const_data_ptr<double>(), args, loss, out.bs, out.bt);
   });
@@ -258,7 +272,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rkd_loss(const Tensor& student,
                                          reduction, squared, mean_offset, normalize);
   LossOperands in = loss_forward_operands(op, student, teacher, beta, eps);
   Tensor loss = loss_output(in.s, in.t, args.distance.reduction, 2), stats = loss_stats(in.s);
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(args.angle_weight != 0.0), [&](auto& be) {
     rkd::rkd_loss(be, in.fs(), in.ft(), args, f64(in.ps), f64(in.pt), f64(stats), buffer(loss));
   });
   return {loss, in.ps, in.pt, stats};
@@ -282,7 +296,7 @@ std::tuple<Tensor, Tensor> rkd_loss_backward(const Tensor& grad, const Tensor& s
   const Tensor g = as_contiguous(grad);
   const LossGrads out(in, student_grad, teacher_grad);
   const Dtype loss = loss_dtype(student, teacher) == ScalarType::Double ? Dtype::Float64 : Dtype::Float32;
-  Ctx::run(in.s, [&](auto& be) {
+  Ctx::run(in.s, in.work(args.angle_weight != 0.0), [&](auto& be) {
     rkd::rkd_loss_backward(be, operand(g), in.fs(), in.ft(), sq_s.const_data_ptr<double>(),
                            sq_t.const_data_ptr<double>(), stats.const_data_ptr<double>(), args, loss, out.bs,
                            out.bt);
@@ -323,7 +337,8 @@ Tensor pair_matrix_rows(const Tensor& x_in, int64_t begin, int64_t end, const st
   const PairKind k = parse_kind(op, kind);
   const Tensor x = as_contiguous(x_in);
   Tensor out = empty(x, {rows.size(), x.size(0)}, ScalarType::Double);
-  Ctx::run(x, [&](auto& be) { rkd::pair_matrix_rows(be, features(x), rows, k, eps, f64(out)); });
+  Ctx::run(x, pair_work(x, rows.size()),
+           [&](auto& be) { rkd::pair_matrix_rows(be, features(x), rows, k, eps, f64(out)); });
   return out;
 }
 
@@ -341,7 +356,7 @@ Tensor pair_matrix_rows_backward(const Tensor& grad, const Tensor& x_in, const T
   const PairKind k = parse_kind(op, kind);
   const Tensor x = as_contiguous(x_in), g = as_contiguous(grad), v = as_contiguous(values);
   Tensor dx = empty(x, {n, x.size(1)});
-  Ctx::run(x, [&](auto& be) {
+  Ctx::run(x, pair_work(x, n), [&](auto& be) {
     rkd::pair_matrix_rows_backward(be, operand(g), features(x), v.const_data_ptr<double>(), rows, k, eps, buffer(dx));
   });
   return dx;
@@ -356,7 +371,8 @@ Tensor grad_rows(const Tensor& x_in, const Tensor& W_in, int64_t begin) {
   const Rows rows = check_rows(op, begin, begin + n, N);
   const Tensor x = as_contiguous(x_in), W = as_contiguous(W_in);
   Tensor dx = empty(x, {n, x.size(1)});
-  Ctx::run(x, [&](auto& be) { rkd::grad_rows(be, features(x), W.const_data_ptr<double>(), rows, buffer(dx)); });
+  Ctx::run(x, pair_work(x, n),
+           [&](auto& be) { rkd::grad_rows(be, features(x), W.const_data_ptr<double>(), rows, buffer(dx)); });
   return dx;
 }
 
@@ -378,7 +394,7 @@ Tensor angle_loss_rows(const Tensor& sq_s, const Tensor& sq_t, int64_t begin, in
   const Rows rows = check_angle_rows("angle_loss_rows", sq_s, sq_t, begin, end, beta, eps);
   const Tensor a = as_contiguous(sq_s), b = as_contiguous(sq_t);
   Tensor out = empty(a, {});
-  Ctx::run(a, [&](auto& be) {
+  Ctx::run(a, triplet_work(a.size(0), rows.size()), [&](auto& be) {
     rkd::angle_loss_rows(be, a.const_data_ptr<double>(), b.const_data_ptr<double>(), a.size(0), rows,
                          AngleArgs{beta, eps, Reduction::Sum, normalize}, wide, buffer(out));
   });
@@ -397,7 +413,7 @@ std::tuple<Tensor, Tensor> angle_grad_rows(const Tensor& sq_a, const Tensor& sq_
   const Tensor a = as_contiguous(sq_a), b = as_contiguous(sq_b), c = as_contiguous(coef);
   const int64_t N = a.size(0);
   Tensor V = empty(a, {rows.size(), N}), R = empty(a, {N, N});
-  Ctx::run(a, [&](auto& be) {
+  Ctx::run(a, triplet_work(N, rows.size()), [&](auto& be) {
     rkd::angle_grad_rows(be, a.const_data_ptr<double>(), b.const_data_ptr<double>(), c.const_data_ptr<double>(), N,
                          rows, AngleArgs{beta, eps, Reduction::Sum, normalize}, wide, buffer(V), buffer(R));
   });

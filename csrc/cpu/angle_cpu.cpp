@@ -146,7 +146,7 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
   std::fill_n(Rm, N * N, 0.0);
   const double kappa = kappa_of(args), eps2 = clamp_eps2(args);
   // A point j is O(n N) work: small batches stay on one thread.
-  torch::stable::parallel_for(0, N, triplet_grain(n, N), [&](int64_t j0, int64_t j1) {
+  parallel_for(0, N, triplet_grain(n, N), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       double* rm_j = Rm + j * N;
       for (int64_t i = vertices.begin; i < vertices.end; ++i) {
@@ -170,7 +170,7 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
   });
   // R = Rm + Rm^T: the opposite-edge sums over Gs_ijk = G_ijk + G_ikj.
   double* R = be.scratch<double>(N * N);
-  torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+  parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j)
       for (int64_t k = 0; k < N; ++k) R[j * N + k] = Rm[j * N + k] + Rm[k * N + j];
   });
@@ -191,7 +191,7 @@ UpstreamPair upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
   const size_t n3 = static_cast<size_t>(N) * N * N;
   UpstreamPair p{up, mask_degenerate ? std::make_unique<double[]>(n3) : nullptr, std::make_unique<double[]>(n3)};
   if (mask_degenerate) p.g = p.masked.get();
-  torch::stable::parallel_for(0, N, grain_for(N * N), [&](int64_t b, int64_t e) {
+  parallel_for(0, N, grain_for(N * N), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const double* src = up + i * N * N;
       double* g = const_cast<double*>(p.g) + i * N * N;
@@ -213,7 +213,7 @@ UpstreamPair upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
 template <>
 Edges<double> CpuBackend::edges<double>(const double* s, int64_t N, const AngleArgs& a) {
   double* u = scratch<double>(N * N);
-  torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
+  parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t end) {
     for (int64_t i = b; i < end; ++i)
       for (int64_t j = 0; j < N; ++j) u[i * N + j] = a.normalize ? inv_edge(s[i * N + j], a.eps) : 1.0;
   });
@@ -228,7 +228,7 @@ void CpuBackend::angle_values(const Edges<double>& a, const Edges<double>* b, in
   visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
     using T = decltype(t);
     T* o = static_cast<T*>(out.data);
-    torch::stable::parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
+    parallel_for(0, N * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t lo, int64_t hi) {
       std::vector<double> row(static_cast<size_t>(N));
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t i = t / N, j = t % N;
@@ -250,7 +250,7 @@ double CpuBackend::angle_loss_total(const Edges<double>& a, const Edges<double>&
                                     double beta) {
   const Huber<double> h(beta);
   std::vector<double> rows(static_cast<size_t>(N), 0.0);
-  torch::stable::parallel_for(vertices.begin, vertices.end, triplet_grain(N, N), [&](int64_t lo, int64_t hi) {
+  parallel_for(vertices.begin, vertices.end, triplet_grain(N, N), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       double acc = 0.0;
       for (int64_t j = 0; j < N; ++j) {

@@ -25,16 +25,46 @@
 
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <utility>
 #include <vector>
 
 #include "../core/angle_op.h"
 #include "../core/product_precision.h"
+#include "../core/serial_work.h"
 #include "../torch_stable.h"
 #include "cpu_util.h"
 
 namespace rkd {
+
+// ---- how much of a call runs in parallel ------------------------------------------------
+//
+// A call whose work is below serial_work_setting() (core/serial_work.h: its
+// pair products N^2 (D_s + D_t), plus N^3 for the angle family) runs on the
+// calling thread and opens no parallel region: in a training loop, with other
+// work between calls, torch's worker threads have gone to sleep, and waking
+// them costs more than such a call's whole work. Larger calls use
+// parallel_for below as before. Results do not depend on it: every output
+// element is computed by one thread in a fixed order whatever the thread
+// count.
+inline bool& serial_call() {
+  static thread_local bool serial = false;
+  return serial;
+}
+
+// torch::stable::parallel_for, or f(begin, end) on the calling thread for a
+// serial call (the same chunks' results: no output depends on the chunking).
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  if (begin >= end) return;
+  if (serial_call()) {
+    f(begin, end);
+    return;
+  }
+  parallel_regions().fetch_add(1, std::memory_order_relaxed);
+  torch::stable::parallel_for(begin, end, grain, f);
+}
 
 // The features of one op call centred on their batch mean: the mean, the
 // squared norms and largest magnitude of the centred values, and the centred
@@ -131,7 +161,7 @@ class CpuBackend {
   void reduce_group(const G& g, int64_t N) {
     constexpr int k = G::kSize;
     std::vector<double> rows(static_cast<size_t>(k * N));
-    torch::stable::parallel_for(0, N, grain_for(k * N), [&](int64_t b, int64_t e) {
+    parallel_for(0, N, grain_for(k * N), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         int m = 0;
         for_each(g, [&](const auto& st) { rows[m++ * N + i] = reduce_row(st.f, i, N); });
@@ -151,7 +181,7 @@ class CpuBackend {
     visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
       using T = decltype(t);
       T* o = static_cast<T*>(out.data);
-      torch::stable::parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
+      parallel_for(0, N, grain_for(N), [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
           for (int64_t j = 0; j < N; ++j) o[i * N + j] = static_cast<T>(f(i, j));
       });
@@ -209,7 +239,7 @@ class CpuBackend {
   template <typename T, typename F>
   void fill_weights(const F& f, int64_t N, Rows rows, T* W, double* w) {
     if (f.rowwise() || rows.size() != N) {
-      torch::stable::parallel_for(0, rows.size(), grain_for(N), [&](int64_t b, int64_t e) {
+      parallel_for(0, rows.size(), grain_for(N), [&](int64_t b, int64_t e) {
         std::vector<double> v(static_cast<size_t>(N));
         for (int64_t l = b; l < e; ++l) {
           weights_row(f, rows.begin + l, N, v.data());
@@ -221,7 +251,7 @@ class CpuBackend {
     }
     constexpr int64_t B = 64;
     const int64_t nb = (N + B - 1) / B;
-    torch::stable::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
       double v[B];
       for (int64_t bi = b0; bi < b1; ++bi) {
         const int64_t i1 = std::min(N, bi * B + B);
@@ -252,8 +282,14 @@ extern template const double* CpuBackend::to<double>(const Operand&, int64_t);
 
 // The CPU side of the bindings (csrc/core/bind.h): no guard, a fresh backend per call.
 struct CpuCtx {
+  // work: the call's element operations (bind.h's pair_work, triplet_work), against serial_work_setting().
   template <typename F>
-  static void run(const Tensor&, const F& f) {
+  static void run(const Tensor&, double work, const F& f) {
+    struct Serial {
+      bool before = serial_call();
+      explicit Serial(bool on) { serial_call() = on; }
+      ~Serial() { serial_call() = before; }
+    } serial(work < serial_work_setting().load(std::memory_order_relaxed));
     CpuBackend be;
     f(be);
   }

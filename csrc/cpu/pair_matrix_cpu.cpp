@@ -101,7 +101,7 @@ std::unique_ptr<T[]> pack_panels(const S* m, const double* shift, int64_t R, int
   constexpr int64_t W = cols<T>();
   const int64_t np = (C + W - 1) / W;
   std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * R * W, 1))]);
-  torch::stable::parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       T* panel = out.get() + p * R * W;
       const int64_t nc = std::min(W, C - p * W);
@@ -226,7 +226,7 @@ RKD_CPU_CLONES double centre_row(const T* x, const double* mean, int64_t D, doub
 // not null.
 template <typename T>
 void centre_rows(const T* x, int64_t N, int64_t D, Centred& c, double* xd) {
-  torch::stable::parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
+  parallel_for(0, N, grain_for(D), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) c.n[i] = centre_row(x + i * D, c.mean.data(), D, xd ? xd + i * D : nullptr);
   });
 }
@@ -256,7 +256,7 @@ void convert_rows(const Features& x, float* out) {
   visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
     const T* p = static_cast<const T*>(x.data);
-    torch::stable::parallel_for(0, x.N * x.D, 16384, [&](int64_t b, int64_t e) {
+    parallel_for(0, x.N * x.D, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) out[l] = static_cast<float>(p[l]);
     });
   });
@@ -378,7 +378,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
   // Tasks of at least ~512K multiply-adds (tens of microseconds): waking a
   // thread for less costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, 524288 / (kDot * kDot * std::min(D, kChunk) + 1));
-  torch::stable::parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, nblk * nch, grain, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t ch = t / nblk, k0 = ch * kChunk, len = std::max<int64_t>(0, std::min(kChunk, D - k0));
       const T* pa[kDot];
@@ -400,7 +400,7 @@ void dot_pairs(const Features& x, const T* xr, const T* shift, const double* nor
     }
     norms = own.data();
   }
-  torch::stable::parallel_for(0, pairs, 256, [&](int64_t b, int64_t e) {
+  parallel_for(0, pairs, 256, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const auto [bi, bj] = blocks[t];
       for (int64_t r = 0; r < kDot; ++r)
@@ -446,7 +446,7 @@ void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, Pair
   for (int64_t p = 0; p < np; ++p)
     for (int64_t rb = 0; rb < nrb && (!upper || rb * kRows < (p + 1) * kCols); ++rb) tiles.emplace_back(p, rb);
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(D * kRows, 1));
-  torch::stable::parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
     double g[kRows * kCols];
     double v[kCols];
     for (int64_t t = b; t < e; ++t) {
@@ -482,7 +482,7 @@ void mirror_lower(double* s, int64_t N) {
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int64_t bi = 0; bi < nb; ++bi)
     for (int64_t bj = 0; bj <= bi; ++bj) blocks.emplace_back(bi, bj);
-  torch::stable::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+  parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
     for (int64_t t = b0; t < b1; ++t) {
       const auto [bi, bj] = blocks[t];
       for (int64_t i = bi * B; i < std::min(N, bi * B + B); ++i)
@@ -523,7 +523,7 @@ void grad_gemm(const In* x, const double* mean, int64_t N, int64_t D, Rows rows,
   const int64_t n = rows.size(), nrb = (n + kRows - 1) / kRows, np = (D + kCols - 1) / kCols;
   const int64_t ng = (nrb + kGroup - 1) / kGroup;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows * kGroup, 1));
-  torch::stable::parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
     std::unique_ptr<T[]> panel(new T[static_cast<size_t>(N * kCols)]);
     double blk[kRows * kCols];
     int64_t packed = -1;
@@ -567,7 +567,7 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
     visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
       using T = decltype(t);
       const T* p = static_cast<const T*>(x.data);
-      torch::stable::parallel_for(0, nblk, grain_for(x.N * kBlock), [&](int64_t b, int64_t e) {
+      parallel_for(0, nblk, grain_for(x.N * kBlock), [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk)
           column_stats(p, x.N, x.D, blk * kBlock, std::min(x.D, blk * kBlock + kBlock), c->mean.data(),
                        &amax[blk]);
@@ -664,7 +664,7 @@ const Acc* CpuBackend::to(const Operand& op, int64_t n) {
   visit_dtype<Half, BFloat16>(op.dtype, [&](auto t) {
     using T = decltype(t);
     const T* in = static_cast<const T*>(op.data);
-    torch::stable::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) out[l] = static_cast<double>(in[l]);
     });
   });
@@ -683,7 +683,7 @@ void CpuBackend::convert(const double* v, int64_t n, const Buffer& out) {
   visit_dtype<Half, BFloat16>(out.dtype, [&](auto t) {
     using T = decltype(t);
     T* o = static_cast<T*>(out.data);
-    torch::stable::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t l = b; l < e; ++l) o[l] = static_cast<T>(v[l]);
     });
   });
