@@ -652,6 +652,29 @@ def run_wide(emu, rep, n, d):
         rep.check(f"{op} n={n} d={d} float64 near", mine[1], getattr(CPU, op)(x, 1e-12)[1], 1e-12)
 
 
+def run_all_near(emu, rep, n, d):
+    """Batches whose every pair is too close for the Gram form (gram_finish_kernel recomputes more than
+    kBlockNear pairs of a block of columns, each on its own thread): all rows one row (exact duplicates: exactly
+    the clamp), a cluster 1e-9 wide about an offset, and NaN in every row."""
+    base = features(1, d, torch.float64, 43)
+    cluster = base + 1e-9 * features(n, d, torch.float64, 44)
+    nan = features(n, d, torch.float64, 45)
+    nan[:, d // 2] = float("nan")
+    for tag, x in (("duplicates", base.repeat(n, 1)), ("cluster", cluster + 1e3), ("nan", nan)):
+        for dtype in (torch.float64, torch.float32):
+            xt = x.to(dtype)
+            for op in ("pairwise_distance", "normalized_distance"):
+                mine = getattr(emu, op)(xt, 1e-12)[1]
+                rep.check(f"{op} n={n} d={d} {dtype} all near: {tag}", mine, getattr(CPU, op)(xt.double(), 1e-12)[1],
+                          1e-12 if dtype == torch.float64 else 1e-6)
+            if tag == "duplicates":
+                off = ~torch.eye(n, dtype=torch.bool)
+                d_ = emu.pairwise_distance(xt, 1e-12)[1]
+                if not bool((d_[off] == math.sqrt(1e-12)).all()):
+                    rep.failures += 1
+                    print(f"FAIL all near: duplicates not at sqrt(eps) exactly ({dtype})")
+
+
 def determinism(emu, rep):
     s, t = features(70, 9, torch.float32, 9), features(70, 5, torch.float32, 10)
     a = emu.rkd_angle_loss(s, t, 1.0, 1e-12, "mean", True)
@@ -825,6 +848,7 @@ def cases(quick, emulated=True):
     if not quick:
         add("rows n=130", run_rows, 130, 3, torch.float64, [(1, 129), (64, 130)])
     add("wide n=260", run_wide, 260, 3)
+    add("all near n=40", run_all_near, 40, 70)
     add("determinism", determinism)
     # Float32 products: below, at and past a 64 x 64 tile, K split into slices (D > 128), odd sizes, D = 0.
     p32_cases = [(3, 5, 2), (4, 0, 3), (31, 40, 33), (70, 300, 129)] if quick else \

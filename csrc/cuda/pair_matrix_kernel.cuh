@@ -578,7 +578,13 @@ __global__ void __launch_bounds__(kGemmThreads) gram_partial_kernel(Sides<S> in)
 
 // Row i of one input's part of the pair matrix from G's slices: a block per
 // row, kBlock columns at a time; the close pairs of each kBlock columns are
-// recomputed one after another by the whole block.
+// recomputed from direct differences: a few (up to kBlockNear) one after
+// another by the whole block, more (a batch of duplicates or NaN) each by its
+// own thread, so that no row costs more than D steps per kBlock columns
+// rather than one block-wide sweep and reduction per pair. The two orders of
+// summation round differently; duplicates give exactly 0 in both.
+constexpr int kBlockNear = 16;
+
 template <PairKind kWhat, typename S>
 __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double eps) {
   __shared__ double red[kBlock];
@@ -610,15 +616,34 @@ __global__ void __launch_bounds__(kBlock) gram_finish_kernel(Sides<S> in, double
       near[t] = gram_near(v, n_i, n_j);
     }
     __syncthreads();
-    for (int q = 0; q < kBlock; ++q) {
-      if (!near[q]) continue;  // uniform over the block: every thread reads the same flag
-      double acc = 0.0;
-      for (int64_t k = t; k < g.D; k += kBlock) {
-        const double d = g.diff(i, j0 + q, k);
-        acc += d * d;
+    int count = 0;  // the same on every thread: the branch below is uniform over the block
+    for (int q = 0; q < kBlock; ++q) count += near[q];
+    if (count > kBlockNear) {
+      if (near[t]) {  // thread t's own pair, four partial sums over k
+        double acc[4] = {0.0, 0.0, 0.0, 0.0};
+        int64_t k = 0;
+        for (; k + 4 <= g.D; k += 4)
+          for (int l = 0; l < 4; ++l) {
+            const double d = g.diff(i, j0 + t, k + l);
+            acc[l] += d * d;
+          }
+        for (; k < g.D; ++k) {
+          const double d = g.diff(i, j0 + t, k);
+          acc[k % 4] += d * d;
+        }
+        exact = (acc[0] + acc[1]) + (acc[2] + acc[3]);
       }
-      const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
-      if (t == q) exact = total;  // only thread q needs its pair's value
+    } else {
+      for (int q = 0; q < kBlock; ++q) {
+        if (!near[q]) continue;  // uniform over the block: every thread reads the same flag
+        double acc = 0.0;
+        for (int64_t k = t; k < g.D; k += kBlock) {
+          const double d = g.diff(i, j0 + q, k);
+          acc += d * d;
+        }
+        const double total = block_sum<kBlock>(acc, red, static_cast<int>(t));
+        if (t == q) exact = total;  // only thread q needs its pair's value
+      }
     }
     if (j < N) {
       const double value = j == i ? 0.0 : pair_value(kWhat, near[t] ? exact : v, eps);
