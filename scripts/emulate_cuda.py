@@ -653,14 +653,14 @@ def run_wide(emu, rep, n, d):
 
 
 def run_all_near(emu, rep, n, d):
-    """Batches whose every pair is too close for the Gram form (gram_finish_kernel recomputes more than
-    kBlockNear pairs of a block of columns, each on its own thread): all rows one row (exact duplicates: exactly
-    the clamp), a cluster 1e-9 wide about an offset, and NaN in every row."""
-    base = features(1, d, torch.float64, 43)
-    cluster = base + 1e-9 * features(n, d, torch.float64, 44)
+    """Batches with more close pairs per row than gram_finish_kernel recomputes block-wide (kBlockNear = 16:
+    the rest each on its own thread): all rows one row (exact duplicates: exactly the clamp), two clusters
+    1e-6 wide about two points far apart (n / 2 - 1 close pairs per row, none zero), and NaN in every row."""
+    base = features(2, d, torch.float64, 43)
+    clusters = base[torch.arange(n) % 2] + 1e-6 * features(n, d, torch.float64, 44)
     nan = features(n, d, torch.float64, 45)
     nan[:, d // 2] = float("nan")
-    for tag, x in (("duplicates", base.repeat(n, 1)), ("cluster", cluster + 1e3), ("nan", nan)):
+    for tag, x in (("duplicates", base[:1].repeat(n, 1)), ("clusters", clusters + 1e3), ("nan", nan)):
         for dtype in (torch.float64, torch.float32):
             xt = x.to(dtype)
             for op in ("pairwise_distance", "normalized_distance"):
@@ -848,7 +848,7 @@ def cases(quick, emulated=True):
     if not quick:
         add("rows n=130", run_rows, 130, 3, torch.float64, [(1, 129), (64, 130)])
     add("wide n=260", run_wide, 260, 3)
-    add("all near n=40", run_all_near, 40, 70)
+    add("all near n=40", run_all_near, 40, 24)
     add("determinism", determinism)
     # Float32 products: below, at and past a 64 x 64 tile, K split into slices (D > 128), odd sizes, D = 0.
     p32_cases = [(3, 5, 2), (4, 0, 3), (31, 40, 33), (70, 300, 129)] if quick else \
