@@ -1,7 +1,7 @@
 // The CPU's serial threshold: a call whose work (element operations: bind.h's
 // pair_work and triplet_work) is below it runs on the calling thread with no
 // parallel region (cpu_backend.h's CpuCtx). Torch-free; a process-wide
-// setting like the product precision, which rkd_ext._set_cpu_serial_work
+// setting like the product precision, which torch.ops.rkd_ext._set_cpu_serial_work
 // overrides (tests and benchmarks.serial_threshold).
 #pragma once
 
@@ -14,7 +14,8 @@ namespace rkd {
 // forward + backward, float32, N = 16-128, D = 512-25,088; medians of
 // interleaved rounds, calls back to back): up to a call work of 2.7e5 (N = 16,
 // D = 512, every op) the calling thread alone was as fast as two threads
-// (0.95-1.03x); at 5.2e5 (pairwise_distance at N = 16, D = 2048) it was 10%
+// (0.98-1.06x, benchmarks/results/cpu-2core-2026-12-06-serial-threshold.json);
+// at 5.2e5 (pairwise_distance at N = 16, D = 2048) it was 10%
 // slower, and beyond that two threads gained up to 2x. So only calls below
 // 3e5 run serial, where it costs nothing back to back; in a loop with other
 // work between calls (torch's worker threads asleep) they skip the wake-up.
@@ -26,7 +27,7 @@ inline std::atomic<double>& serial_work_setting() {
 }
 
 // The parallel regions the CPU kernels have opened in this process
-// (rkd_ext._cpu_parallel_regions: the tests' window on the threshold).
+// (torch.ops.rkd_ext._cpu_parallel_regions: the tests' window on the threshold).
 inline std::atomic<int64_t>& parallel_regions() {
   static std::atomic<int64_t> count{0};
   return count;
