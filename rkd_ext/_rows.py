@@ -59,7 +59,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _ext
+from . import _ext, _torch_private as private
 
 __all__ = ["FALLBACK", "KINDS", "kernel", "pair_matrix_rows", "pair_matrix_rows_backward", "grad_rows",
            "angle_loss_rows", "angle_grad_rows", "smooth_l1_grad_"]
@@ -80,7 +80,7 @@ def _kernel(name, device_type):
         return None
     key = "CUDA" if device_type == "cuda" else "CPU"
     try:
-        if torch._C._dispatch_has_kernel_for_dispatch_key(f"rkd_ext::{name}", key):
+        if private.has_kernel_for(f"rkd_ext::{name}", key):
             return getattr(torch.ops.rkd_ext, name).default
     except RuntimeError:  # an extension built before the operator existed
         pass

@@ -37,9 +37,9 @@ scales it by :math:`1/\epsilon`).
 import warnings
 
 import torch
-from torch._dynamo.comptime import comptime
 
 from . import _checks, _ext, ops, reference
+from ._torch_private import comptime
 
 __all__ = [
     "pairwise_distance", "normalized_distance", "rkd_distance_loss", "angle_tensor", "rkd_angle_loss", "rkd_loss",

@@ -29,10 +29,7 @@ side's gradient term through the mean per unit upstream gradient, so that
 their backward runs no reduction.
 """
 import torch
-from torch._functorch.utils import enable_single_level_autograd_function
-from torch.autograd.forward_ad import _set_fwd_grad_enabled
-
-from . import _ext
+from . import _ext, _torch_private as private
 
 __all__ = ["OPS", "SHARD_OPS", "loss_dtype"]
 
@@ -151,11 +148,7 @@ SHARD_OPS = ("pair_matrix_rows", "pair_matrix_rows_backward", "grad_rows", "angl
 
 def _defined(name):
     """Whether the loaded extension defines the operator ``rkd_ext::name``."""
-    try:
-        torch._C._dispatch_find_schema_or_throw(f"rkd_ext::{name}", "")
-    except RuntimeError:
-        return False
-    return True
+    return private.schema_exists(f"rkd_ext::{name}")
 
 
 def _register_shard_fakes():
@@ -249,23 +242,23 @@ def _register_autograd_formula(name, backward, setup_context):
         # The Function runs forward with gradients off; turned back on, the
         # levels of enclosing torch.func transforms record the op too (as
         # torch.func does for its own autograd.Function support).
-        with torch.enable_grad(), _set_fwd_grad_enabled(True), torch._C._AutoDispatchBelowAutograd():
+        with torch.enable_grad(), private.set_fwd_grad_enabled(True), private.below_autograd():
             return op(*args)
 
     def jvp(ctx, *tangents):
         raise RuntimeError(_NO_FORWARD_AD.format(op=name))
 
-    function = type(name, (torch.autograd.function._SingleLevelFunction,), {
+    function = type(name, (private.SingleLevelFunction,), {
         "forward": staticmethod(forward),
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(backward),
         "jvp": staticmethod(jvp),
         # What compiled autograd identifies a Function's backward by.
-        "_compiled_autograd_key": staticmethod(torch.autograd.Function._compiled_autograd_key),
+        "_compiled_autograd_key": staticmethod(private.compiled_autograd_key),
     })
 
     def kernel(*args):
-        with enable_single_level_autograd_function():
+        with private.enable_single_level_autograd_function():
             return function.apply(*args)
 
     _LIB.impl(name, kernel, "Autograd")
@@ -281,7 +274,7 @@ def _call_backward(op, *args):
     """
     if torch.is_grad_enabled():
         return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    with private.below_autograd():
         return op(*args)
 
 
@@ -293,7 +286,8 @@ def _no_double_backward(op_name):
         raise RuntimeError(
             f"rkd_ext: double backward through {op_name} is not supported (a gradient of the gradient of an "
             "RKD loss was requested, e.g. by torch.autograd.grad(..., create_graph=True) followed by another "
-            "backward); use rkd_ext.reference for higher-order gradients")
+            "backward). rkd_ext.reference differentiates twice, but its angle loss's second derivative is NaN "
+            "(the unit vector from a sample to itself is 0/0)")
 
     _register_autograd_formula(f"{op_name}_backward", backward, setup_context)
 
