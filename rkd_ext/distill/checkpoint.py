@@ -10,8 +10,8 @@ import re
 
 import torch
 
-__all__ = ["CheckpointError", "STAGE_KEYS", "atomic_file", "save_atomic", "remove_temporaries", "load", "load_stage",
-           "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "WriteError", "STAGE_KEYS", "atomic_file", "save_atomic", "remove_temporaries", "load",
+           "load_stage", "rng_state", "set_rng_state"]
 
 # What run_stage writes; a resumed stage needs all of it.
 STAGE_KEYS = ("stage", "arch", "epochs", "model", "optimizer", "scheduler", "scaler", "rng", "history")
@@ -24,6 +24,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and says why, on one line."""
 
 
+class WriteError(OSError):
+    """A file that could not be written (no space left, no permission...); ``filename`` is the file meant, not the
+    temporary file the data was going to."""
+
+    def __str__(self):
+        return f"{self.filename}: cannot write it: {self.strerror}"
+
+
+def _os_error(error):
+    """The OSError behind ``error``: itself, or the one a write raised inside ``torch.save``, which reports it as a
+    RuntimeError ("unexpected pos ...") raised while handling it."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb", **open_kwargs):
     """Open a temporary file that replaces ``path`` when the block ends, so that ``path`` is never half written.
@@ -34,6 +50,9 @@ def atomic_file(path, mode="wb", **open_kwargs):
     block that fails or is interrupted (KeyboardInterrupt) removes the temporary
     file and leaves ``path`` as it was; one killed outright leaves it for
     :func:`remove_temporaries`.
+
+    Raises:
+        WriteError: writing failed (a full disk, say); the message names ``path`` and the cause.
     """
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -42,10 +61,13 @@ def atomic_file(path, mode="wb", **open_kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        cause = _os_error(e) if isinstance(e, Exception) else None
+        if cause is None or isinstance(cause, WriteError):
+            raise
+        raise WriteError(cause.errno, cause.strerror or str(cause), os.fspath(path)) from e
 
 
 def save_atomic(obj, path):

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ArrayDataset", "ImageFolder", "derive_seed", "synthetic", "load_cifar100", "load_cifar_file",
-    "scan_image_folder", "load_image_folder", "shard_indices", "iterate_batches", "augment", "normalize",
-    "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ArrayDataset", "ImageFolder", "UnreadableImage", "VERIFY_LIMIT", "derive_seed", "synthetic", "load_cifar100",
+    "load_cifar_file", "scan_image_folder", "load_image_folder", "shard_indices", "iterate_batches", "augment",
+    "normalize", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -27,6 +27,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+# Image folders of at most this many images are decoded whole when loaded (seconds, even for photos), so that a
+# bad file stops a run before it writes anything; in a larger folder a bad file is found when training reads it
+# (decoding ImageNet's 1.3M images up front would take an hour or more).
+VERIFY_LIMIT = 2000
 
 
 def derive_seed(*keys):
@@ -224,6 +229,10 @@ def scan_image_folder(root, classes=None):
     return samples, classes
 
 
+class UnreadableImage(ValueError):
+    """An image file of an image folder that Pillow cannot decode; the message names the file."""
+
+
 def _require_pillow():
     try:
         from PIL import Image
@@ -255,22 +264,48 @@ class ImageFolder(torch.utils.data.Dataset):
         image_cls = _require_pillow()
         path, label = self.samples[index]
         size = self.image_size
-        with image_cls.open(path) as img:
-            img = img.convert("RGB")
-            short = round(size / 0.875)
-            w, h = img.size
-            scale = short / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             image_cls.Resampling.BILINEAR)
-            left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            array = np.asarray(img, dtype=np.uint8)
+        img = _decode(path)
+        short = round(size / 0.875)
+        w, h = img.size
+        scale = short / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), image_cls.Resampling.BILINEAR)
+        left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        array = np.asarray(img, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), label
+
+    def verify(self):
+        """Decode every image; raise :class:`UnreadableImage` for the first that fails."""
+        for path, _ in self.samples:
+            _decode(path)
+
+
+def _decode(path):
+    """The image in ``path``, every pixel decoded, as RGB.
+
+    Raises:
+        UnreadableImage: the file is missing, not an image, truncated or corrupt.
+    """
+    image_cls = _require_pillow()
+    try:
+        with image_cls.open(path) as img:
+            return img.convert("RGB")  # loads the pixels: a header that opens may still hide a truncated file
+    except Exception as e:  # a damaged file fails in many ways: UnidentifiedImageError, OSError, struct.error, ...
+        detail = " ".join(str(e).replace(f" {path!r}", "").split())[:200]  # Pillow's own messages repeat the path
+        raise UnreadableImage(f"{path} is not an image Pillow can decode ({type(e).__name__}: {detail})") from None
 
 
 def load_image_folder(root, image_size):
+    """The ``train`` and ``val`` splits of ``root``; with :data:`VERIFY_LIMIT` images or fewer, every one decoded.
+
+    Raises:
+        UnreadableImage: a small folder holds an image that cannot be decoded.
+    """
     train = ImageFolder(os.path.join(root, "train"), image_size)
     val = ImageFolder(os.path.join(root, "val"), image_size, classes=train.classes)
+    if len(train) + len(val) <= VERIFY_LIMIT:
+        train.verify()
+        val.verify()
     return train, val
 
 
@@ -293,16 +328,37 @@ def shard_indices(n, rank, world_size, *, shuffle, seed=0, epoch=0, pad=True):
 
 
 def iterate_batches(dataset, indices, batch_size, *, drop_last, workers=0, pin_memory=False):
-    """(uint8 images, int64 labels) batches of ``dataset`` in the order of ``indices``."""
+    """(uint8 images, int64 labels) batches of ``dataset`` in the order of ``indices``.
+
+    Raises:
+        UnreadableImage: an image of an image folder cannot be decoded; the message names it alone, even when a
+            decoding worker met it.
+    """
     stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
     chunks = [indices[i:i + batch_size] for i in range(0, stop, batch_size)]
     if isinstance(dataset, ArrayDataset):
         for idx in chunks:
             yield dataset.images[idx], dataset.labels[idx]
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks],
-                                         num_workers=workers, pin_memory=pin_memory)
-    yield from loader
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks],
+                                              num_workers=workers, pin_memory=pin_memory))
+    for chunk in chunks:
+        try:
+            batch = next(loader)
+        except UnreadableImage as e:
+            failure = str(e)
+            break
+        yield batch
+    else:
+        return
+    # Out of the except clause, so that no traceback holds on to the loader: its workers stop now.
+    del loader
+    # From a worker, the message is the worker's whole traceback: decode the batch (the loader keeps the order, so
+    # it is this one) here for the bare message, or failing that take the traceback's last line.
+    for index in chunk.tolist():
+        dataset[index]
+    last = failure.strip().splitlines()[-1]
+    raise UnreadableImage(last.partition("UnreadableImage: ")[2] or last)
 
 
 # ---------------------------------------------------------------------------- augmentation

@@ -1,4 +1,5 @@
 """One distillation job: its data, the teacher, each seed's two students, and what the run writes."""
+import errno
 import json
 import os
 import pickle
@@ -14,22 +15,61 @@ from . import checkpoint, data, report, stats
 from .options import PRESETS
 from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage, steps_per_epoch
 
-__all__ = ["RunError", "run_job"]
+__all__ = ["RunError", "Interrupted", "run_job"]
 
 
 class RunError(Exception):
-    """A run that cannot start or go on (bad data, checkpoint or output directory); the message is one line."""
+    """A run that cannot start or go on (bad data, checkpoint or output directory); the message is one line.
+
+    ``run_dir`` is the run's directory when the run is recorded there, so that ``--resume`` continues it once the
+    cause is fixed (``fix``: what to do first, e.g. "make room"); None when nothing resumable was written.
+    """
+
+    def __init__(self, message, run_dir=None, fix=None):
+        super().__init__(message)
+        self.run_dir, self.fix = run_dir, fix
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with ``run_dir`` as for :class:`RunError`."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
 
 
 def run_job(args, rt):
     """Check all the run needs, then create its directory, train the teacher and each seed's two students, report.
 
     Raises:
-        RunError: bad input, found before the run's directory is created where it can be.
+        RunError: bad input, found before the run's directory is created where it can be; or a failure mid-run
+            (a full disk, a corrupt image) after which ``--resume`` can go on.
+        Interrupted: Ctrl-C.
     """
     _configure_determinism(args.deterministic)
     job = _prepare(args, rt)
-    _create_run_dir(job)
+    # Every finished epoch is checkpointed and every write atomic: whatever stops the run, what it wrote is whole
+    # and --resume goes on from there.
+    try:
+        _create_run_dir(job)
+        _train_and_report(job)
+    except KeyboardInterrupt:
+        raise Interrupted(_resumable(job)) from None
+    except checkpoint.WriteError as e:
+        fix = "make room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+        raise RunError(str(e), _resumable(job), fix) from None
+    except data.UnreadableImage as e:
+        raise RunError(str(e), _resumable(job), "replace or remove it") from None
+
+
+def _resumable(job):
+    """The run's directory once its options are recorded there (what --resume needs), else None."""
+    return job.out_dir if os.path.isfile(os.path.join(job.out_dir, "config.json")) else None
+
+
+def _train_and_report(job):
+    """Train (or load) the teacher and each seed's two students; the main process reports."""
+    args, rt = job.args, job.rt
     teacher_acc = _train_teacher(job)
     objective = RKDObjective(args.distance_weight, args.angle_weight, args.rkd_impl, not args.no_l2_norm,
                              args.rkd_global_batch)
@@ -218,6 +258,8 @@ def _create_run_dir(job):
             with checkpoint.atomic_file(os.path.join(job.out_dir, "config.json"), "w") as f:
                 json.dump({**vars(job.args), "out_dir": job.out_dir}, f, indent=2, sort_keys=True)
             return []
+        except checkpoint.WriteError as e:
+            raise RunError(str(e)) from None
         except OSError as e:
             raise RunError(f"--out-dir {job.out_dir}: cannot write there: {e}") from None
 
@@ -250,6 +292,8 @@ def _load_data(args):
         if args.data == "cifar100":
             return data.load_cifar100(args.data_dir)
         return data.load_image_folder(args.data_dir, args.image_size)
+    except data.UnreadableImage as e:
+        raise RunError(f"{e}; replace or remove it") from None
     # What the loaders raise for missing, unreadable or malformed files; the messages name the file.
     except (OSError, ValueError, ImportError, pickle.UnpicklingError) as e:
         raise RunError(_one_line(str(e))) from None

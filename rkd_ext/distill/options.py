@@ -2,12 +2,13 @@
 import argparse
 import json
 import os
+import shlex
 
 import torch
 
 from ..models import ARCHS, STEMS
 
-__all__ = ["PRESETS", "RUNTIME_OPTIONS", "build_parser", "parse_args"]
+__all__ = ["PRESETS", "RUNTIME_OPTIONS", "build_parser", "parse_args", "resume_command"]
 
 # The seed experiments' recipes (mmrazor's RKD configs). Batch sizes are per
 # process; the learning rate is the recipe's for its global batch of 8 processes.
@@ -213,7 +214,8 @@ def _run_options(p):
                    help="continue the run in DIR from its last checkpoints, with its recorded options; only "
                         "--device, --workers, --compile, --eval-batch-size, --data-dir and --no-progress may "
                         "change")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none anyway when stderr is not a terminal)")
 
 
 def parse_args(argv=None):
@@ -285,6 +287,27 @@ def _parses_to(action, value):
         return False
     same_type = type(parsed) is type(value) or (type(parsed) is float and type(value) is int)
     return same_type and parsed == value and (action.choices is None or value in action.choices)
+
+
+def resume_command(argv, run_dir):
+    """The command line that continues the run in ``run_dir``: ``--resume`` and the runtime options ``argv`` gives.
+
+    The run's other options come back from its config.json. Of the runtime ones given, those a resumed run does
+    not inherit (--device, --no-progress) are repeated, and when ``argv`` resumed a run itself, all: there they
+    may differ from what the run recorded.
+    """
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # what parsing sets, then, is what argv gives
+    given = vars(parser.parse_known_args(argv)[0])
+    keep = (RUNTIME_OPTIONS if "resume" in given else NOT_INHERITED) - {"resume", "out_dir"}
+    words = ["rkd-distill", "--resume", run_dir]
+    for action in parser._actions:
+        if action.dest in given and action.dest in keep:
+            words.append(action.option_strings[0])
+            if action.nargs != 0:
+                words.append(str(given[action.dest]))
+    return shlex.join(words)
 
 
 def _resolve(args):

@@ -9,6 +9,7 @@ does.
 """
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -262,18 +263,20 @@ def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc):
     indices = shard_indices(len(train_set), rt.rank, rt.world_size, shuffle=True, seed=seed, epoch=epoch)
     gen = generator("augment", seed, epoch, rt.rank)
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
-    show = rt.is_main and not args.no_progress
-    bar = tqdm(total=steps, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
-    for i, (images, labels) in enumerate(iterate_batches(train_set, indices, args.batch_size, drop_last=True,
-                                                         workers=args.workers, pin_memory=rt.device.type == "cuda")):
-        images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
-        x = normalize(augment(images, gen, args.crop_padding), train_set.mean, train_set.std)
-        step_sums = step(x, labels)
-        sums += step_sums
-        bar.update()
-        if show and i % 10 == 0:
-            bar.set_postfix(loss=f"{step_sums[0].item():.3f}")
-    bar.close()
+    # A bar redraws its line with carriage returns: only a terminal shows that as one line.
+    show = rt.is_main and not args.no_progress and sys.stderr is not None and sys.stderr.isatty()
+    batches = iterate_batches(train_set, indices, args.batch_size, drop_last=True, workers=args.workers,
+                              pin_memory=rt.device.type == "cuda")
+    # As a context, the bar clears its line even when the epoch is interrupted.
+    with tqdm(total=steps, desc=desc, leave=False, disable=not show, dynamic_ncols=True) as bar:
+        for i, (images, labels) in enumerate(batches):
+            images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+            x = normalize(augment(images, gen, args.crop_padding), train_set.mean, train_set.std)
+            step_sums = step(x, labels)
+            sums += step_sums
+            bar.update()
+            if show and i % 10 == 0:
+                bar.set_postfix(loss=f"{step_sums[0].item():.3f}")
     if rt.distributed:
         dist.all_reduce(sums)
     return (sums / (steps * rt.world_size)).tolist()
