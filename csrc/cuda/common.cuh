@@ -189,16 +189,97 @@ RKD_DEV double block_max(double v, double* smem, int t) {
   return m;
 }
 
-// Rows [begin, begin + gridDim.x) of the weight matrix of the gradient GEMM:
+// The column statistics of the features x (N, D) that the W x X product
+// centres (and, for a float32 product, scales) its operand by, computed once
+// by extra blocks of the weights launch (kStatCols columns a block) instead
+// of by every block of the product that reads the column: mean (D) the
+// float64 column means, or for a float32 product (cexp not null) the float32
+// ones, widened; cexp (D) the exponent of each column's largest magnitude
+// about its float32 mean (scale_exponent). x's dtype is a runtime value so
+// that the weights kernel is not instantiated once per dtype.
+struct ColumnStats {
+  const void* x;
+  Dtype dtype;
+  int64_t N, D;
+  double* mean;
+  int* cexp;  // for a float32 product, else null
+};
+
+constexpr int kStatCols = 64, kStatSlices = kBlock / kStatCols;
+
+inline int64_t stat_blocks(const ColumnStats& cs) { return cs.N > 0 ? ceil_div(cs.D, kStatCols) : 0; }
+
+// The statistics of columns [col0, col0 + kStatCols) of x in S: each column
+// summed by kStatSlices row slices, in row order, then the slices in order
+// (part, mu: the block's scratch); columns past D are not stored.
+template <typename S, typename T>
+RKD_DEV void column_stats_tile(const T* x, const ColumnStats& cs, int64_t col0, S (&part)[kStatSlices][kStatCols],
+                               S (&mu)[kStatCols]) {
+  const int t = threadIdx.x, c = t % kStatCols, r = t / kStatCols;
+  const bool in = col0 + c < cs.D;
+  S sum = S(0);
+  if (in)
+    for (int64_t i = r; i < cs.N; i += kStatSlices) sum += static_cast<S>(widen(x[i * cs.D + col0 + c]));
+  part[r][c] = sum;
+  __syncthreads();
+  if (t < kStatCols) {
+    S total = S(0);
+    for (int l = 0; l < kStatSlices; ++l) total += part[l][t];
+    mu[t] = total / static_cast<S>(cs.N);
+    if (col0 + t < cs.D) cs.mean[col0 + t] = mu[t];
+  }
+  if (cs.cexp == nullptr) return;  // uniform over the grid
+  __syncthreads();  // mu written; part read before it is rewritten
+  S m = S(0);
+  if (in)
+    for (int64_t i = r; i < cs.N; i += kStatSlices)
+      m = static_cast<S>(nan_max(m, fabs(static_cast<S>(widen(x[i * cs.D + col0 + c])) - mu[c])));
+  part[r][c] = m;
+  __syncthreads();
+  if (t < kStatCols && col0 + t < cs.D) {
+    double mm = part[0][t];
+    for (int l = 1; l < kStatSlices; ++l) mm = nan_max(mm, part[l][t]);
+    cs.cexp[col0 + t] = scale_exponent(mm);
+  }
+}
+
+// Column tile b of cs in the precision of its product (float32 where cexp is
+// set; only features that are not float64 get float32 products).
+RKD_DEV void column_stats(const ColumnStats& cs, int64_t b, double (&part)[kStatSlices][kStatCols],
+                          double (&mu)[kStatCols], float (&partf)[kStatSlices][kStatCols], float (&muf)[kStatCols]) {
+  const int64_t col0 = b * kStatCols;
+  auto run = [&](auto* x) {
+    if (cs.cexp != nullptr)
+      column_stats_tile<float>(x, cs, col0, partf, muf);
+    else
+      column_stats_tile<double>(x, cs, col0, part, mu);
+  };
+  switch (cs.dtype) {
+    case Dtype::Float32: return run(static_cast<const float*>(cs.x));
+    case Dtype::Float16: return run(static_cast<const __half*>(cs.x));
+    case Dtype::BFloat16: return run(static_cast<const __nv_bfloat16*>(cs.x));
+    case Dtype::Float64: return column_stats_tile<double>(static_cast<const double*>(cs.x), cs, col0, part, mu);
+  }
+}
+
+// Rows [begin, begin + n) of the weight matrix of the gradient GEMM:
 // W_ij = f(i, j) off the diagonal (W = dL/ds + (dL/ds)^T), W_ii = 0, and
-// w_i = sum_j W_ij; row i at (i - begin) N. One block per row. With Wf (for
+// w_i = sum_j W_ij; row i at (i - begin) N. One block per row, then
+// stat_blocks(cs) blocks of the features' column statistics. With Wf (for
 // a float32 product; else null) also the row in float32, scaled by
 // 2^-rexp[l], the exponent of its largest magnitude (scale_exponent).
 template <typename F>
-__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t begin, double* W, double* w,
-                                                         float* Wf, int* rexp) {
+__global__ void __launch_bounds__(kBlock) weights_kernel(F f, int64_t N, int64_t begin, int64_t n, double* W,
+                                                         double* w, float* Wf, int* rexp, ColumnStats cs) {
   __shared__ double red[kBlock];
+  __shared__ double mu[kStatCols];
+  __shared__ float partf[kStatSlices][kStatCols];
+  __shared__ float muf[kStatCols];
   const int64_t l = blockIdx.x, i = begin + l;
+  if (l >= n) {
+    static_assert(kStatSlices * kStatCols == kBlock, "a stats block is the weights block");
+    return column_stats(cs, l - n, *reinterpret_cast<double(*)[kStatSlices][kStatCols]>(red), mu, partf, muf);
+  }
   double acc = 0.0, m = 0.0;
   // Not unrolled: the float64 divisions of some f call a slow path, and the
   // values an unrolled loop holds across those calls spilled (12 bytes).
@@ -233,15 +314,22 @@ void finish(const double* v, int64_t n, Fin fin, cudaStream_t stream, const Chec
 }
 
 template <typename F, typename Check>
-void build_weights(F f, int64_t N, Rows rows, double* W, double* w, float* Wf, int* rexp, cudaStream_t stream,
-                   const Check& check) {
+void build_weights(F f, int64_t N, Rows rows, double* W, double* w, float* Wf, int* rexp, const ColumnStats& cs,
+                   cudaStream_t stream, const Check& check) {
   Cost cost = elementwise_cost(rows.size() * N, 8.0);
   if (Wf != nullptr) {  // W read back, Wf written, the scaling
     cost.bytes += 12.0 * static_cast<double>(rows.size() * N);
     cost.flops64 += 2.0 * static_cast<double>(rows.size() * N);
   }
-  launch(check, cost, weights_kernel<F>, dim3(grid_dim(rows.size())), dim3(kBlock), stream, f, N, rows.begin, W, w,
-         Wf, rexp);
+  // The statistics: x read (twice for a float32 product's magnitudes), D
+  // means (and exponents) written.
+  const int64_t blocks = stat_blocks(cs);
+  const double xe = static_cast<double>(cs.N) * static_cast<double>(cs.D), passes = cs.cexp != nullptr ? 2.0 : 1.0;
+  const double item = cs.dtype == Dtype::Float64 ? 8.0 : cs.dtype == Dtype::Float32 ? 4.0 : 2.0;
+  cost.bytes += passes * xe * item + 12.0 * static_cast<double>(cs.D);
+  (cs.cexp != nullptr ? cost.flops32 : cost.flops64) += 2.0 * passes * xe;
+  launch(check, cost, weights_kernel<F>, dim3(grid_dim(rows.size() + blocks)), dim3(kBlock), stream, f, N, rows.begin,
+         rows.size(), W, w, Wf, rexp, cs);
 }
 
 // out[i][j] = f(i, j) for `rows` rows of N.

@@ -27,7 +27,8 @@
 namespace rkd {
 namespace gpu {
 
-// Rows of the weight matrix, (rows.size(), N), and their sums.
+// Rows of the weight matrix, (rows.size(), N), and their sums; the column
+// statistics of the features they multiply, written by the same launch.
 struct GpuWeights {
   double* W;
   double* w;
@@ -35,6 +36,7 @@ struct GpuWeights {
   Rows rows;
   float* Wf;  // W in float32 for a float32 product (each row scaled by 2^-rexp), else null
   int* rexp;
+  ColumnStats stats;
 };
 
 template <typename Alloc, typename Check>
@@ -143,13 +145,14 @@ class GpuBackend {
 
   Weights weights(const Features& x, Rows rows, Precision p) {
     const bool f32 = float32(p, x.dtype);
+    const ColumnStats stats{x.data, x.dtype, x.N, x.D, scratch<double>(x.D), f32 ? scratch<int>(x.D) : nullptr};
     return {scratch<double>(rows.size() * x.N), scratch<double>(rows.size()), x.N, rows,
-            f32 ? scratch<float>(rows.size() * x.N) : nullptr, f32 ? scratch<int>(rows.size()) : nullptr};
+            f32 ? scratch<float>(rows.size() * x.N) : nullptr, f32 ? scratch<int>(rows.size()) : nullptr, stats};
   }
 
   template <typename F>
   void build_weights(const F& f, Weights& W) {
-    gpu::build_weights(f, W.N, W.rows, W.W, W.w, W.Wf, W.rexp, stream_, check_);
+    gpu::build_weights(f, W.N, W.rows, W.W, W.w, W.Wf, W.rexp, W.stats, stream_, check_);
   }
 
   void grad_from_weights(const Features& x, const Weights& W, const Buffer& dx) {
@@ -159,10 +162,11 @@ class GpuBackend {
       const double* w = W.w;
       if (W.Wf != nullptr)
         gpu::grad_from_weights32(xp, x.N, x.D, W.rows, static_cast<const float*>(W.Wf),
-                                 static_cast<const int*>(W.rexp), w, static_cast<T*>(dx.data), alloc_, stream_, check_);
+                                 static_cast<const int*>(W.rexp), w, W.stats.mean, W.stats.cexp,
+                                 static_cast<T*>(dx.data), alloc_, stream_, check_);
       else
-        gpu::grad_from_weights(xp, x.N, x.D, W.rows, static_cast<const double*>(W.W), w, static_cast<T*>(dx.data),
-                               alloc_, stream_, check_);
+        gpu::grad_from_weights(xp, x.N, x.D, W.rows, static_cast<const double*>(W.W), w, W.stats.mean,
+                               static_cast<T*>(dx.data), alloc_, stream_, check_);
     });
   }
 

@@ -37,8 +37,9 @@
 // Rows of the pair matrix (pair_rows, for the sharded global batch) take the
 // same three launches: every tile of the rows against all N columns, split
 // over K in the same way, the norms of all N rows from the first row tile's
-// blocks (GramPart). grad_from_weights centres in its own blocks and splits
-// its sum over the samples when its output tiles are few (grad_split).
+// blocks (GramPart). grad_from_weights centres on the column means that the
+// weights launch computes (common.cuh's ColumnStats) and splits its sum over
+// the samples when its output tiles are few (grad_split).
 #pragma once
 
 #include "common.cuh"
@@ -198,7 +199,6 @@ RKD_DEV void for_micro_tile(int64_t row0, int64_t col0, const Epi& epi) {
 struct GradSplit {
   int64_t splits, per_split;  // ranges of the samples j, per_split a multiple of kTk
   double* partial;            // (splits, n, D) partial products, when splits > 1
-  double* mean;               // (D) the column means, when splits > 1
 };
 
 // At least kMinGradSplit samples per split; about kSplitBlocks blocks in all.
@@ -216,52 +216,31 @@ inline bool narrow_grad(int64_t tiles, const GradSplit& split) {
 inline GradSplit grad_split(int64_t tiles, int64_t N) {
   const int64_t want = tiles == 0 ? 1 : ceil_div(kSplitBlocks, tiles), most = N / kMinGradSplit;  // D = 0: none
   const int64_t splits = want < most ? want : most;
-  if (splits <= 1 || tiles > kSplitBlocks / 4) return {1, ceil_div(N, kTk) * kTk, nullptr, nullptr};
+  if (splits <= 1 || tiles > kSplitBlocks / 4) return {1, ceil_div(N, kTk) * kTk, nullptr};
   const int64_t per_split = ceil_div(ceil_div(N, splits), kTk) * kTk;
-  return {ceil_div(N, per_split), per_split, nullptr, nullptr};
+  return {ceil_div(N, per_split), per_split, nullptr};
 }
 
-// The column means in S of a W x X block's kTile features [col0, col0 +
-// kTile) of x (N, D): the block's threads in kGemmThreads / kTile row slices,
-// summed in order; the mean of column col0 + t on the threads t < kTile
-// (part: the block's scratch).
-template <typename S, typename T>
-RKD_DEV S tile_column_mean(const T* x, int64_t N, int64_t D, int64_t col0, S (&part)[kGemmThreads / kTile][kTile]) {
-  constexpr int kSlices = kGemmThreads / kTile;
-  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
-  S sum = S(0);
-  if (col0 + c < D)
-    for (int64_t i = r; i < N; i += kSlices) sum += static_cast<S>(widen(x[i * D + col0 + c]));
-  part[r][c] = sum;
-  __syncthreads();
-  S total = S(0);
-  if (t < kTile)
-    for (int l = 0; l < kSlices; ++l) total += part[l][t];
-  return total / static_cast<S>(N);
-}
+static_assert(kStatCols == kTile, "the weights launch's column statistics are per W x X tile");
 
 // dx = 2 (w_i xc_i - (W xc)_i) in T for the rows [begin, begin + n) (W's
 // rows, and dx's, at i - begin): one Shape::kRows (rows) x Shape::kCols
-// (features) block. The block centres its features itself: it reads all N
-// rows of them for the product anyway, so xc costs no launch and no memory
-// (the kTile columns from its first, whatever its shape: each column's mean
-// is the same sum in the same order). Split (split z = blockIdx.z over the
-// samples of its range): the block stores its partial product, and the
-// blocks of split 0 and the first row tile the means, for grad_finish_kernel.
+// (features) block, its features centred on the column means the weights
+// launch computed (cmean, ColumnStats). Split (split z = blockIdx.z over the
+// samples of its range): the block stores its partial product for
+// grad_finish_kernel.
 template <typename T, typename Shape>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* __restrict__ W,
                                                                  const double* __restrict__ w,
+                                                                 const double* __restrict__ cmean,
                                                                  const T* __restrict__ x, int64_t N, int64_t D,
                                                                  Rows rows, GradSplit split, T* __restrict__ dx) {
-  constexpr int kSlices = kGemmThreads / kTile;
-  __shared__ double part[kSlices][kTile];
-  __shared__ double mean[kTile];
+  __shared__ double mean[Shape::kCols];
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * Shape::kRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * Shape::kCols;
   const int t = threadIdx.y * 16 + threadIdx.x;
-  const double mu = tile_column_mean<double>(x, N, D, col0, part);
-  if (t < kTile) mean[t] = mu;
+  if (t < Shape::kCols) mean[t] = col0 + t < D ? cmean[col0 + t] : 0.0;
   __syncthreads();
   auto xc = [&](int64_t i, int64_t k) { return widen(x[i * D + k]) - mean[k - col0]; };
   double acc[Shape::kMR][Shape::kMC] = {};
@@ -275,7 +254,6 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
     for_micro_tile<Shape, double>(row0, col0, [&](int64_t l, int64_t k, int r, int c) {
       if (l < n && k < D) part_z[l * D + k] = acc[r][c];
     });
-    if (blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D) split.mean[col0 + t] = mean[t];
     return;
   }
   for_micro_tile<Shape, double>(row0, col0, [&](int64_t l, int64_t k, int r, int c) {
@@ -285,15 +263,16 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm_kernel(const double* _
 
 // dx from the split products: each element sums its partials in split order.
 template <typename T>
-__global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __restrict__ w, const T* __restrict__ x,
-                                                             int64_t D, Rows rows, GradSplit split,
-                                                             T* __restrict__ dx) {
+__global__ void __launch_bounds__(kBlock) grad_finish_kernel(const double* __restrict__ w,
+                                                             const double* __restrict__ mean,
+                                                             const T* __restrict__ x, int64_t D, Rows rows,
+                                                             GradSplit split, T* __restrict__ dx) {
   const int64_t n = rows.end - rows.begin, e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (e >= n * D) return;
   const int64_t l = e / D, k = e % D;
   double wx = 0.0;
   for (int64_t z = 0; z < split.splits; ++z) wx += split.partial[z * n * D + e];
-  const double xc = widen(x[(rows.begin + l) * D + k]) - split.mean[k];
+  const double xc = widen(x[(rows.begin + l) * D + k]) - mean[k];
   dx[e] = narrow<T>(grad_epilogue(w[l], xc, wx));
 }
 
@@ -720,26 +699,25 @@ void pair_matrix(const T* x, int64_t N, int64_t D, PairKind what, double eps, do
 }
 
 // W, w: the rows of the weights and their sums (build_weights), (rows.size(), N)
-// and (rows.size()). dx: contiguous (rows.size(), D).
+// and (rows.size()); mean: x's column means (D) from the same launch
+// (ColumnStats). dx: contiguous (rows.size(), D).
 template <typename T, typename Alloc, typename Check>
-void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w, T* dx,
-                       Alloc& alloc, cudaStream_t stream, const Check& check) {
+void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double* W, const double* w,
+                       const double* mean, T* dx, Alloc& alloc, cudaStream_t stream, const Check& check) {
   const int64_t n = rows.size(), tiles = ceil_div(D, kTile) * ceil_div(n, kTile);
   const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
   GradSplit split = grad_split(tiles, N);
-  if (split.splits > 1) {
-    split.partial = take<double>(alloc, split.splits * n * D);
-    split.mean = take<double>(alloc, D);
-  }
-  // W, w and x read, dx written (or the partials and the means); the means and the centring on the fly.
-  const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
+  if (split.splits > 1) split.partial = take<double>(alloc, split.splits * n * D);
+  // W, w, the means and x read, dx written (or the partials); the centring on the fly.
+  const double out = split.splits > 1 ? 8.0 * split.splits * nd : nd * sizeof(T);
   auto product = [&](auto shape) {
     using Shape = decltype(shape);
     const dim3 grid(grid_dim(ceil_div(D, Shape::kCols)), grid_dim(ceil_div(n, Shape::kRows)), grid_dim(split.splits));
-    const double bytes = 8.0 * (static_cast<double>(n) * N + n) + xd * sizeof(T) + out;
-    const Cost cost = gemm_cost<Shape>(static_cast<int64_t>(grid.x) * grid.y * grid.z, split.per_split,
-                                       3.0 * nd + 2.0 * xd, bytes);
-    launch(check, cost, grad_gemm_kernel<T, Shape>, grid, dim3(16, 16), stream, W, w, x, N, D, rows, split, dx);
+    const double bytes = 8.0 * (static_cast<double>(n) * N + n + D) + xd * sizeof(T) + out;
+    const Cost cost =
+        gemm_cost<Shape>(static_cast<int64_t>(grid.x) * grid.y * grid.z, split.per_split, 3.0 * nd, bytes);
+    launch(check, cost, grad_gemm_kernel<T, Shape>, grid, dim3(16, 16), stream, W, w, mean, x, N, D, rows, split,
+           dx);
   };
   if (narrow_grad(tiles, split))
     product(Slim{});
@@ -749,8 +727,8 @@ void grad_from_weights(const T* x, int64_t N, int64_t D, Rows rows, const double
   Cost fin;
   fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
   fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
-  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
-         rows, split, dx);
+  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, mean, x,
+         D, rows, split, dx);
 }
 
 // ---- float32 products ------------------------------------------------------------------
@@ -917,38 +895,29 @@ void pair_matrices32(const T* const* x, const int64_t* D, int count, int64_t N, 
   launch(check, fc, finish, dim3(grid_dim(part.n() * count)), dim3(kBlock), stream, gs, eps);
 }
 
-// grad_gemm_kernel in float32: W's rows in float32 from build_weights, the block's kTile
-// features centred on their float32 column means (any shift gives the same
-// gradient, since w_i is W's row sum; the mean cancels the offset) and
-// scaled by their own powers of two.
+// grad_gemm_kernel in float32: W's rows in float32 from build_weights, the
+// block's features centred on their float32 column means (any shift gives
+// the same gradient, since w_i is W's row sum; the mean cancels the offset)
+// and scaled by their own powers of two (cmean, cexps: ColumnStats).
 template <typename T, typename Shape>
 __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* __restrict__ Wf,
                                                                    const int* __restrict__ rexp,
                                                                    const double* __restrict__ w,
+                                                                   const double* __restrict__ cmean,
+                                                                   const int* __restrict__ cexps,
                                                                    const T* __restrict__ x, int64_t N, int64_t D,
                                                                    Rows rows, GradSplit split, T* __restrict__ dx) {
-  constexpr int kSlices = kGemmThreads / kTile;
-  __shared__ float part[kSlices][kTile];
-  __shared__ float shift[kTile];
-  __shared__ float scale[kTile];
-  __shared__ int cexp[kTile];
+  __shared__ float shift[Shape::kCols];
+  __shared__ float scale[Shape::kCols];
+  __shared__ int cexp[Shape::kCols];
   const int64_t n = rows.end - rows.begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * Shape::kRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * Shape::kCols;
-  const int t = threadIdx.y * 16 + threadIdx.x, c = t % kTile, r = t / kTile;
-  const float mu = tile_column_mean<float>(x, N, D, col0, part);
-  if (t < kTile) shift[t] = mu;
-  __syncthreads();
-  float m = 0.0f;
-  if (col0 + c < D)
-    for (int64_t i = r; i < N; i += kSlices)
-      m = static_cast<float>(nan_max(m, fabsf(as_float(x[i * D + col0 + c]) - shift[c])));
-  part[r][c] = m;
-  __syncthreads();
-  if (t < kTile) {
-    double mm = part[0][t];
-    for (int l = 1; l < kSlices; ++l) mm = nan_max(mm, part[l][t]);
-    cexp[t] = scale_exponent(mm);
+  const int t = threadIdx.y * 16 + threadIdx.x;
+  if (t < Shape::kCols) {
+    const bool in = col0 + t < D;
+    shift[t] = in ? static_cast<float>(cmean[col0 + t]) : 0.0f;
+    cexp[t] = in ? cexps[col0 + t] : scale_exponent(0.0);
     scale[t] = ldexpf(1.0f, -cexp[t]);
   }
   __syncthreads();
@@ -969,41 +938,34 @@ __global__ void __launch_bounds__(kGemmThreads) grad_gemm32_kernel(const float* 
     else
       dx[l * D + k] = narrow<T>(grad_epilogue(w[l], widen(x[(rows.begin + l) * D + k]) - shift[k - col0], wx));
   });
-  if (split.splits > 1 && blockIdx.z == 0 && blockIdx.y == 0 && t < Shape::kCols && col0 + t < D)
-    split.mean[col0 + t] = shift[t];
 }
 
 // grad_from_weights with float32 products: Wf (n, N) W's rows in float32,
-// each scaled by 2^-rexp[l] (build_weights writes them).
+// each scaled by 2^-rexp[l], and x's float32 column means (widened) and
+// magnitude exponents (build_weights writes them all).
 template <typename T, typename Alloc, typename Check>
 void grad_from_weights32(const T* x, int64_t N, int64_t D, Rows rows, const float* Wf, const int* rexp,
-                         const double* w, T* dx, Alloc& alloc, cudaStream_t stream, const Check& check) {
+                         const double* w, const double* mean, const int* cexp, T* dx, Alloc& alloc,
+                         cudaStream_t stream, const Check& check) {
   const int64_t n = rows.size(), tiles = ceil_div(D, kTile) * ceil_div(n, kTile);
   const double nd = static_cast<double>(n) * static_cast<double>(D), xd = static_cast<double>(N) * D;
   const double nn = static_cast<double>(n) * static_cast<double>(N);
   GradSplit split = grad_split(tiles, N);
-  if (split.splits > 1) {
-    split.partial = take<double>(alloc, split.splits * n * D);
-    split.mean = take<double>(alloc, D);
-  }
-  const double out = split.splits > 1 ? 8.0 * (split.splits * nd + static_cast<double>(D)) : nd * sizeof(T);
+  if (split.splits > 1) split.partial = take<double>(alloc, split.splits * n * D);
+  const double out = split.splits > 1 ? 8.0 * split.splits * nd : nd * sizeof(T);
   auto product = [&](auto shape) {
     using Shape = decltype(shape);
     const dim3 grid(grid_dim(ceil_div(D, Shape::kCols)), grid_dim(ceil_div(n, Shape::kRows)), grid_dim(split.splits));
-    const double blocks = static_cast<double>(grid.x) * grid.y * grid.z;
     Cost cost;
-    cost.bytes = 4.0 * nn + 8.0 * static_cast<double>(n) + xd * sizeof(T) + out;
-    // The product, each block's column shifts and magnitudes (of kTile
-    // columns) over all N rows, the centring and scaling of each loaded
-    // operand.
+    cost.bytes = 4.0 * nn + 8.0 * static_cast<double>(n) + 12.0 * static_cast<double>(D) + xd * sizeof(T) + out;
+    // The product, the centring and scaling of each loaded operand.
     cost.units = static_cast<double>(Shape::kRows) * Shape::kCols * static_cast<double>(grid.x) * grid.y *
                  static_cast<double>(ceil_div(N, kTk) * kTk);
-    cost.flops32 = 2.0 * cost.units + blocks * 3.0 * kTile * static_cast<double>(N) +
-                   2.0 * Shape::kCols * static_cast<double>(grid.x) * grid.y * static_cast<double>(N);
+    cost.flops32 = 2.0 * cost.units + 2.0 * Shape::kCols * static_cast<double>(grid.x) * grid.y * static_cast<double>(N);
     cost.flops64 = (split.splits > 1 ? 1.0 : 5.0) * nd * static_cast<double>(split.splits);
-    cost.blocks = blocks;
-    launch(check, cost, grad_gemm32_kernel<T, Shape>, grid, dim3(16, 16), stream, Wf, rexp, w, x, N, D, rows, split,
-           dx);
+    cost.blocks = static_cast<double>(grid.x) * grid.y * grid.z;
+    launch(check, cost, grad_gemm32_kernel<T, Shape>, grid, dim3(16, 16), stream, Wf, rexp, w, mean, cexp, x, N, D,
+           rows, split, dx);
   };
   if (narrow_grad(tiles, split))
     product(Slim{});
@@ -1013,8 +975,8 @@ void grad_from_weights32(const T* x, int64_t N, int64_t D, Rows rows, const floa
   Cost fin;
   fin.bytes = 8.0 * (split.splits * nd + static_cast<double>(D) + n) + 2.0 * nd * sizeof(T);
   fin.flops64 = nd * (static_cast<double>(split.splits) + 4.0);
-  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, x, D,
-         rows, split, dx);
+  launch(check, fin, grad_finish_kernel<T>, dim3(grid_dim(ceil_div(n * D, kBlock))), dim3(kBlock), stream, w, mean, x,
+         D, rows, split, dx);
 }
 
 // Rows [rows.begin, rows.end) of the pair matrix (the sharded global batch):
