@@ -26,7 +26,8 @@ inline std::atomic<double>& serial_work_setting() {
   return work;
 }
 
-// The parallel regions the CPU kernels have opened in this process
+// The parallel regions the CPU kernels have opened in this process: the
+// ranges of more than one grain, which torch's pool splits
 // (torch.ops.rkd_ext._cpu_parallel_regions: the tests' window on the threshold).
 inline std::atomic<int64_t>& parallel_regions() {
   static std::atomic<int64_t> count{0};

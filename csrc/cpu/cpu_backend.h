@@ -55,10 +55,13 @@ inline bool& serial_call() {
 
 // torch::stable::parallel_for, or f(begin, end) on the calling thread for a
 // serial call (the same chunks' results: no output depends on the chunking).
+// A range of at most one grain runs on the calling thread in torch's
+// parallel_for too (at::parallel_for's rule): only the others are counted as
+// regions, the ones that wake the pool.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   if (begin >= end) return;
-  if (serial_call()) {
+  if (serial_call() || end - begin <= grain) {
     f(begin, end);
     return;
   }
