@@ -1,66 +1,16 @@
-r"""Relations over the global batch under data parallelism.
+r"""Relations over the global batch under data parallelism: gathered, or sharded by anchor.
 
-RKD compares relations among the samples of a batch; with data parallelism
-each rank only sees its own shard, so the relations it can form are those
-within the shard. Gathering the features of all ranks first makes every rank
-compute the loss over the global batch.
-
-The gather of the student is autograd-aware: every rank holds the same global
-loss :math:`L(S_1, \dots, S_W)`, and the backward of the gather sums the
-gradients that the W copies send to each shard, so rank r receives
-:math:`\sum_{r'} \partial L_{r'} / \partial S_r = W \, \partial L / \partial S_r`.
-DistributedDataParallel then averages parameter gradients over the W ranks,
-which makes the update equal to the single-process update on the concatenated
-batch. The teacher is gathered without gradient.
-
-Ranks may hold different batch sizes (the last batch of an epoch); the
-features are concatenated in rank order. Every rank of the group must make the
-same calls, forward and backward, as with any collective.
-
-Under torch.compile the gather runs eagerly, as a graph break: the shard sizes
-are only known at run time. ``fullgraph=True`` therefore works with
-``gather_distributed=True`` only without an initialised multi-rank process
-group (where the gather is the identity).
-
-Sharded by anchor (the modules' ``shard=True``)
------------------------------------------------
-Gathering makes every rank compute the whole loss of the global batch of N = sum
-of n_r samples: O(N^2 D) products and O(N^3) triplets per rank, the same on
-every rank. The sharded mode splits that work by anchor, the first index of a
-relation: rank r computes the distance rows :math:`d_{ij}` and the triplets
-:math:`(i, j, k)` whose anchor i is one of its own rows :math:`I_r` (its
-samples' positions in the concatenated batch, in rank order): O(n_r N D) and
-O(n_r N^2) work, O(N^2) memory. What the rows need of the others is
-communicated, never recomputed:
-
-* the features of every rank, gathered without gradient (N D values);
-* for the angle loss, the squared distances :math:`s_{jk}` of every pair: each
-  rank computes its rows of s and they are all-gathered (N^2 per side);
-* for the distance loss, the normaliser :math:`\mu` (a mean over all pairs)
-  from all-reduced partial sums; the loss value, all-reduced.
-
-Every cross-rank dependence goes through a collective whose backward is its
-adjoint: the all-reduces differentiate by all-reducing their gradients, and
-the angle loss's backward reduce-scatters the per-rank shares of its weight
-matrix :math:`dL/ds + (dL/ds)^\top` (the derivative through the edges at each
-rank's vertices, and through the opposite edges, summed over vertices), so
-that each rank receives its rows of that matrix and forms its features'
-gradient (see :mod:`rkd_ext._rows` for the formulas). With every rank differentiating
-the same loss value :math:`L`, rank r's features receive
-:math:`W\,\partial L / \partial S_r`, as in the gathered mode, and DDP's
+Gathered (the modules' ``gather_distributed=True``): the features of all ranks
+are gathered (the student's with an autograd-aware all_gather, the teacher's
+without gradient) and every rank computes the whole loss of the global batch.
+Sharded (``shard=True`` too): rank r computes only the relations whose first
+index is one of its own samples, with the row operators of :mod:`rkd_ext._rows`,
+and what those rows need of the others is communicated, never recomputed. In
+both, every rank gets the same loss value and DistributedDataParallel's
 averaging makes the update equal to the single-process update on the
-concatenated batch. Each rank returns the global loss value.
-
-A teacher that requires grad (mmrazor does not detach it) receives its exact
-gradient the same way, :math:`W\,\partial L / \partial T_r`, unlike the
-gathered mode, which detaches it.
-
-Every rank checks its inputs and shares the outcome, its batch size and which
-inputs require grad in one small collective before any other, so that bad
-input on one rank is an error on every rank instead of a hang. Every rank must
-hold at least one sample, and either every rank's loss is differentiated or
-none (a backward waits for the other ranks' backward). Like the gather, the
-sharded loss runs eagerly under torch.compile (a graph break).
+concatenated batch; every rank must make the same calls, forward and backward.
+Why the gradients are exact, what each mode communicates and costs, and
+measurements: docs/distributed.md.
 """
 import torch
 import torch.distributed as dist

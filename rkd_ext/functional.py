@@ -23,16 +23,10 @@ Degenerate input: with N = 1 there are no pairs. The reference returns NaN,
 which poisons a training run; these functions return 0 with a zero gradient and
 warn once per process (under torch.compile, once while the graph is traced).
 
-Squared distances come from the Gram form
-:math:`s_{ij} = \|\bar x_i\|^2 + \|\bar x_j\|^2 - 2 \bar x_i \cdot \bar x_j` on the
-batch-centred features :math:`\bar x = x - \operatorname{mean}(x)`, accumulated in
-float64 (relations are translation invariant, and centring removes the
-cancellation that the offset of post-ReLU features causes in the reference's
-expanded form on raw features); pairs too close for the Gram form to keep their
-digits are recomputed from direct differences :math:`\|x_i - x_j\|^2`, so
-near-duplicate samples stay accurate. Exactly coincident samples
-(:math:`s_{ij} = 0`) get a zero subgradient through that pair (the reference
-scales it by :math:`1/\epsilon`).
+Squared distances come from the Gram form on the batch-centred features in
+float64, with pairs too close for it recomputed from direct differences; exactly
+coincident samples get a zero subgradient through their pair (the reference's
+is scaled by :math:`1/\epsilon`). How, and how exact: docs/numerics.md.
 """
 import warnings
 

@@ -21,17 +21,9 @@ products):
 ``"float64"``
     float64 products everywhere.
 
-In float32 mode each product is formed from centred features with float32
-FMAs and float32 partial sums, slices added in float64 in a fixed order;
-pairs too close for the Gram form are recomputed from direct float64
-differences, so near-duplicates stay accurate and exact duplicates give 0.
-Results are bitwise reproducible in every mode. No mode uses TF32: the
-kernels are plain FMAs, not cuBLAS or tensor-core products.
-
-The angle family (``angle_tensor``, ``rkd_angle_loss``, ``rkd_loss`` with an
-angle term) is float64 in every mode: the law of cosines subtracts squared
-distances, ``s_ij + s_ik - s_jk``, so a float32 product's error in ``s``
-is amplified for near-duplicate points.
+Accuracy, what float32 mode keeps (centring, near pairs recomputed in float64,
+fixed-order sums, no TF32) and why the angle family stays float64:
+docs/numerics.md.
 """
 import contextlib
 
