@@ -85,3 +85,54 @@ def assert_bitwise_equal_runs(results):
     """Every run's tensors equal the first run's, bit for bit."""
     for r in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+
+@pytest.fixture
+def distill_torch_state():
+    """For the main job's tests: one torch thread, and deterministic algorithms restored afterwards.
+
+    main() switches deterministic algorithms on for --deterministic, as a CLI may; that must not leak into other
+    tests. One thread: the models are tiny, and on a busy machine more threads only wait for each other.
+    """
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
+# What a run of the main job measures of the moment rather than computes: an epoch's wall time, the RKD loss's
+# measured cost. assert_identical skips them.
+MEASURED = ("seconds", "loss_cost")
+
+
+def assert_identical(a, b, where):
+    """``a`` and ``b`` (checkpoints, results of the main job) are equal bit for bit, measurements of the moment aside."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if k not in MEASURED:
+                assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def interrupt_step(monkeypatch, at):
+    """Make the main job's ``at``-th training step from now raise KeyboardInterrupt, as Ctrl-C there would."""
+    from rkd_ext.distill import train
+
+    real_step, calls = train._Step.__call__, [0]
+
+    def step(self, x, labels):
+        calls[0] += 1
+        if calls[0] == at:
+            raise KeyboardInterrupt
+        return real_step(self, x, labels)
+    monkeypatch.setattr(train._Step, "__call__", step)
+

@@ -22,26 +22,20 @@ from rkd_ext.distill import checkpoint, cli, data, stats
 from rkd_ext.distill.report import LOG_FIELDS
 from rkd_ext.distill.train import KILL_AFTER_ENV, RKDObjective
 from rkd_ext.models import build_model
+from conftest import assert_identical
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A run of a few seconds: 4 classes of 8x8 images, narrow ResNet-18s.
+# A run of a few seconds: 4 classes of 8x8 images, narrow ResNet-18s; the baseline and RKD students only
+# (test_distill_reference.py tests the third, on the other implementation's loss).
 TINY = dict(num_classes=4, train_size=96, val_size=45, image_size=8, seed=1)
 TINY_ARGS = ["--num-classes", "4", "--train-size", "96", "--val-size", "45", "--image-size", "8", "--data-seed", "1",
              "--teacher", "resnet18", "--teacher-width", "0.125", "--student", "resnet18", "--student-width", "0.0625",
              "--epochs", "2", "--teacher-epochs", "2", "--batch-size", "16", "--eval-batch-size", "64",
-             "--lr", "0.05", "--seeds", "1", "--no-progress"]
+             "--lr", "0.05", "--seeds", "1", "--no-compare-impl", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _global_torch_state():
-    # main() switches deterministic algorithms on for --deterministic, as a CLI may; keep that out of other
-    # tests. One thread: these models are tiny, and on a busy machine more threads only wait for each other.
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("distill_torch_state")
 
 
 def _subprocess_env(**extra):
@@ -222,20 +216,6 @@ def _final_states(run_dir):
             for stage in ("teacher", "baseline", "rkd")}
 
 
-def _assert_identical(a, b, where):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            if k != "seconds":
-                _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_sigkilled_runs_resume_to_the_same_weights(tmp_path):
@@ -254,7 +234,7 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path):
     assert resumed.wait(timeout=120) == 0, resumed.stdout.read()
     assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stdout.read()
     # Weights, BatchNorm statistics, momentum buffers, schedules, RNG states and metrics: all bit for bit.
-    _assert_identical(_final_states(broken), _final_states(whole), "checkpoint")
+    assert_identical(_final_states(broken), _final_states(whole), "checkpoint")
     with open(os.path.join(broken, "log.csv")) as f, open(os.path.join(whole, "log.csv")) as g:
         drop_time = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(rows)]
         assert drop_time(f) == drop_time(g)
@@ -516,7 +496,7 @@ def test_several_seeds_share_the_teacher_and_report_the_paired_difference(tmp_pa
     states = {n: checkpoint.load(two / "checkpoints" / f"{n}.pt") for n in names}
     # The first seed's three models are those of a one-seed run; the second seed's students differ from them.
     for n in ("teacher", "baseline", "rkd"):
-        _assert_identical(states[n]["model"], checkpoint.load(one / "checkpoints" / f"{n}.pt")["model"], n)
+        assert_identical(states[n]["model"], checkpoint.load(one / "checkpoints" / f"{n}.pt")["model"], n)
     assert not torch.equal(states["baseline"]["model"]["fc.weight"], states["baseline-seed1"]["model"]["fc.weight"])
 
     results = json.loads((two / "results.json").read_text())
@@ -563,10 +543,10 @@ def test_sigkilled_runs_with_several_seeds_resume_to_the_same_weights(tmp_path):
     assert resumed.wait(timeout=120) == 0, resumed.stdout.read()
     assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stdout.read()
     for name in ("teacher", "baseline", "rkd", "baseline-seed4", "rkd-seed4"):
-        _assert_identical(checkpoint.load(os.path.join(broken, "checkpoints", f"{name}.pt")),
+        assert_identical(checkpoint.load(os.path.join(broken, "checkpoints", f"{name}.pt")),
                           checkpoint.load(os.path.join(whole, "checkpoints", f"{name}.pt")), name)
     with open(os.path.join(broken, "results.json")) as f, open(os.path.join(whole, "results.json")) as g:
-        assert json.load(f) == json.load(g)
+        assert_identical(json.load(f), json.load(g), "results")
 
 
 def test_a_run_recorded_before_seeds_resumes_as_one_seed(finished_run, tmp_path, capsys):

@@ -19,25 +19,20 @@ import pytest
 import torch
 
 from rkd_ext.distill import checkpoint, cli, data, train
+from conftest import interrupt_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_PIL = importlib.util.find_spec("PIL") is not None
 
-# A run of a second or two: 4 classes of 8x8 images, 3 steps per epoch, narrow ResNet-18s, one seed.
+# A run of a second or two: 4 classes of 8x8 images, 3 steps per epoch, narrow ResNet-18s, one seed, the
+# baseline and RKD students only.
 TINY_ARGS = ["--num-classes", "4", "--train-size", "48", "--val-size", "16", "--image-size", "8",
              "--teacher-width", "0.125", "--student-width", "0.0625", "--epochs", "2", "--batch-size", "16",
-             "--eval-batch-size", "64", "--seeds", "1", "--device", "cpu"]
+             "--eval-batch-size", "64", "--seeds", "1", "--no-compare-impl", "--device", "cpu"]
 STAGES = ("teacher", "baseline", "rkd")
 
 
-@pytest.fixture(autouse=True)
-def _global_torch_state():
-    # As in test_distill.py: keep --deterministic's global switch out of other tests; one thread for tiny models.
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("distill_torch_state")
 
 
 def _error_line(argv):
@@ -236,16 +231,6 @@ def test_a_write_to_a_full_device_names_the_file_and_leaves_nothing(tmp_path, wh
 
 # ---------------------------------------------------------------------------- Ctrl-C
 
-def _interrupt_step(monkeypatch, at):
-    """Make the ``at``-th training step from now raise KeyboardInterrupt, as Ctrl-C there would."""
-    real_step, calls = train._Step.__call__, [0]
-
-    def step(self, x, labels):
-        calls[0] += 1
-        if calls[0] == at:
-            raise KeyboardInterrupt
-        return real_step(self, x, labels)
-    monkeypatch.setattr(train._Step, "__call__", step)
 
 
 def _interrupted_line(capsys):
@@ -258,14 +243,14 @@ def _interrupted_line(capsys):
 def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     # In the teacher's second epoch (3 steps per epoch).
-    _interrupt_step(monkeypatch, 5)
+    interrupt_step(monkeypatch, 5)
     assert _call_main(TINY_ARGS + ["--out-dir", str(run), "--no-progress"]) == 130
     line = _interrupted_line(capsys)
     assert _resume_argv(line) == ["--resume", str(run), "--device", "cpu", "--no-progress"]
     assert _temporaries(run) == [] and len(checkpoint.load_stage(run / "checkpoints" / "teacher.pt")["history"]) == 1
 
     # Interrupted again in the RKD student, resumed with a runtime option of its own: the command keeps it.
-    _interrupt_step(monkeypatch, 3 + 6 + 2)
+    interrupt_step(monkeypatch, 3 + 6 + 2)
     assert _call_main(["--resume", str(run), "--workers=0", "--no-progress", "--device", "cpu"]) == 130
     line = _interrupted_line(capsys)
     assert _resume_argv(line) == ["--resume", str(run), "--workers", "0", "--device", "cpu", "--no-progress"]
@@ -276,7 +261,7 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch, c
 
 def test_ctrl_c_in_a_run_with_the_default_out_dir_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    _interrupt_step(monkeypatch, 1)
+    interrupt_step(monkeypatch, 1)
     assert _call_main(TINY_ARGS) == 130
     (run,) = os.listdir(tmp_path / "runs")
     assert _resume_argv(_interrupted_line(capsys)) == ["--resume", os.path.join("runs", run), "--device", "cpu"]

@@ -14,7 +14,7 @@ import torch.autograd.forward_ad
 
 __all__ = [
     "SingleLevelFunction", "enable_single_level_autograd_function", "set_fwd_grad_enabled",
-    "below_autograd", "has_kernel_for", "schema_exists", "comptime", "compiled_autograd_key",
+    "below_autograd", "has_kernel_for", "schema_exists", "comptime", "compiled_autograd_key", "profiler_records",
 ]
 
 # What compiled autograd identifies a Function's backward by; a Function class
@@ -88,3 +88,17 @@ def schema_exists(qualname):
 # cannot put warnings.warn in a graph). Public equivalent: none; it can go
 # when torch.compiler gains a trace-time hook or warnings become traceable.
 comptime = torch._dynamo.comptime.comptime
+
+
+def profiler_records(prof):
+    """The raw event records of a finished ``torch.profiler.profile``, or None where torch does not expose them.
+
+    The main job's loss-cost measurement reads the allocator's "[memory]"
+    records (one per allocation or free, with their bytes and times) to find
+    the loss's peak on the CPU. ``prof.profiler.kineto_results`` has no
+    underscore but is not documented. Public equivalent: none that gives the
+    peak of a call (``key_averages`` gives net usage per operator,
+    ``export_memory_timeline`` a file); can go when torch.profiler exposes the
+    records or a CPU peak counter. Callers must handle None.
+    """
+    return getattr(getattr(prof, "profiler", None), "kineto_results", None)

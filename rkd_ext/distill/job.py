@@ -1,4 +1,4 @@
-"""One distillation job: its data, the teacher, each seed's two students, and what the run writes."""
+"""One distillation job: its data, the teacher, each seed's students, and what the run writes."""
 import errno
 import json
 import os
@@ -13,9 +13,25 @@ from tqdm import tqdm
 from ..models import build_model
 from . import checkpoint, data, report, stats
 from .options import PRESETS
-from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage, steps_per_epoch
+from .train import RKDObjective, Runtime, evaluate, kill_hook_from_env, run_stage, steps_per_epoch, summarise_cost
 
-__all__ = ["RunError", "Interrupted", "run_job"]
+__all__ = ["RunError", "Interrupted", "run_job", "student_roles", "impl_of"]
+
+
+def student_roles(args):
+    """Each seed's students, in training order: the baseline, the RKD student on --rkd-impl's loss, and with
+    --compare-impl a third on the other implementation's ("rkd-reference" or "rkd-kernel")."""
+    roles = ["baseline", "rkd"]
+    if args.compare_impl:
+        roles.append("rkd-" + ("reference" if args.rkd_impl == "kernel" else "kernel"))
+    return tuple(roles)
+
+
+def impl_of(role, args):
+    """The implementation of the RKD loss a student role trains with; None for the baseline."""
+    if role == "baseline" or role == "teacher":
+        return None
+    return args.rkd_impl if role == "rkd" else role.split("-", 1)[1]
 
 
 class RunError(Exception):
@@ -39,7 +55,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run_job(args, rt):
-    """Check all the run needs, then create its directory, train the teacher and each seed's two students, report.
+    """Check all the run needs, then create its directory, train the teacher and each seed's students, report.
 
     Raises:
         RunError: bad input, found before the run's directory is created where it can be; or a failure mid-run
@@ -68,12 +84,11 @@ def _resumable(job):
 
 
 def _train_and_report(job):
-    """Train (or load) the teacher and each seed's two students; the main process reports."""
-    args, rt = job.args, job.rt
+    """Train (or load) the teacher and each seed's students; the main process reports."""
+    rt = job.rt
     teacher_acc = _train_teacher(job)
-    objective = RKDObjective(args.distance_weight, args.angle_weight, args.rkd_impl, not args.no_l2_norm,
-                             args.rkd_global_batch)
-    per_seed = [_train_students(job, seed, objective) for seed in job.seeds]
+    objectives = _objectives(job.args)
+    per_seed = [_train_students(job, seed, objectives) for seed in job.seeds]
     if rt.is_main:
         _report(job, teacher_acc, per_seed)
 
@@ -96,12 +111,32 @@ def _prepare(args, rt):
     return job
 
 
-def _train_students(job, seed, objective):
-    """One seed's baseline and RKD student, from the same initialisation and data order; their final metrics."""
+def _objectives(args):
+    """The RKD objective of each implementation the run's students train with: --rkd-impl's, and with
+    --compare-impl the other's, in the order kernel, reference."""
+    impls = {impl_of(role, args) for role in student_roles(args)} - {None}
+    objectives = {}
+    for impl in ("kernel", "reference"):
+        if impl in impls:
+            # The reference has no sharded form; gathering the global batch gives the same loss and gradients.
+            global_batch = "gather" if impl == "reference" and args.rkd_global_batch == "shard" else \
+                args.rkd_global_batch
+            objectives[impl] = RKDObjective(args.distance_weight, args.angle_weight, impl, not args.no_l2_norm,
+                                            global_batch)
+    return objectives
+
+
+def _train_students(job, seed, objectives):
+    """One seed's students, from the same initialisation and data order; their final metrics.
+
+    Each RKD student's epochs also measure the loss of every implementation the run trains with (LossCost),
+    on that student's features.
+    """
     args, result = job.args, {"seed": seed}
-    for role in ("baseline", "rkd"):
+    for role in job.student_roles:
         student = job.build(args.student, args.student_width, "student", seed)
-        distil = dict(teacher=job.teacher, objective=objective) if role == "rkd" else {}
+        impl = impl_of(role, args)
+        distil = dict(teacher=job.teacher, objective=objectives[impl], cost_objectives=objectives) if impl else {}
         result[role] = job.train(Stage.of(role, seed, args.seed), student, **distil)
     result["params"] = sum(p.numel() for p in student.parameters())
     return result
@@ -109,10 +144,10 @@ def _train_students(job, seed, objective):
 
 @dataclass(frozen=True)
 class Stage:
-    """One model a run trains: the teacher, or one seed's baseline or RKD student."""
+    """One model a run trains: the teacher, or one seed's baseline or RKD student (or other-implementation one)."""
 
     name: str  # its checkpoint is checkpoints/<name>.pt; its rows in log.csv carry the name
-    role: str  # "teacher", "baseline" or "rkd"
+    role: str  # "teacher", "baseline", "rkd", or "rkd-reference" / "rkd-kernel" (student_roles)
     seed: int  # of its initialisation, data order and augmentation
 
     @classmethod
@@ -138,10 +173,14 @@ class Job:
         return range(self.args.seed, self.args.seed + self.args.seeds)
 
     @property
+    def student_roles(self):
+        return student_roles(self.args)
+
+    @property
     def stages(self):
-        """What this run trains, in order: the teacher (unless loaded), then each seed's two students."""
+        """What this run trains, in order: the teacher (unless loaded), then each seed's students."""
         roles = [("teacher", self.args.seed)] if self.args.teacher_checkpoint is None else []
-        roles += [(role, seed) for seed in self.seeds for role in ("baseline", "rkd")]
+        roles += [(role, seed) for seed in self.seeds for role in self.student_roles]
         return [Stage.of(role, seed, self.args.seed) for role, seed in roles]
 
     @property
@@ -164,7 +203,7 @@ class Job:
             print(text)
 
     def build(self, arch, width, kind, seed):
-        # A seed's two students start from the same weights: only the loss differs.
+        # A seed's students start from the same weights: only the loss differs.
         torch.manual_seed(data.derive_seed(seed, "init", kind))
         return build_model(arch, self.num_classes, width, self.args.stem)
 
@@ -189,7 +228,7 @@ class Job:
         role = {s.name: s.role for s in self.stages}[name]
         width = max(8, *(len(s.name) for s in self.stages))
         row = history[-1]
-        rkd = f" (ce {row['ce']:.3f} + rkd {row['rkd']:.3f})" if role == "rkd" else ""
+        rkd = f" (ce {row['ce']:.3f} + rkd {row['rkd']:.3f})" if impl_of(role, self.args) else ""
         tqdm.write(f"{name:{width}} epoch {row['epoch']:>3}/{self._epochs(role)}  lr {row['lr']:.4g}  "
                    f"loss {row['loss']:.3f}{rkd}  train top-1 {row['train_top1']:5.1f}  "
                    f"val top-1 {row['val_top1']:5.2f}  top-5 {row['val_top5']:5.2f}  {row['seconds']:.1f}s")
@@ -347,39 +386,77 @@ def _train_teacher(job):
 
 
 def _results(job, teacher_acc, per_seed):
-    """What results.json holds: each model's top-1/top-5 (the students' as means over seeds), every seed's, and
-    the paired RKD - baseline difference."""
-    args = job.args
-    mean = {role: {m: sum(r[role][m] for r in per_seed) / len(per_seed) for m in ("top1", "top5")}
-            for role in ("baseline", "rkd")}
+    """What results.json holds: each model's top-1/top-5 (the students' as means over seeds), every seed's, the
+    paired RKD - baseline difference, with --compare-impl the paired rkd_ext - reference difference, and the
+    RKD loss's measured cost per training step (None in a run recorded before it was measured)."""
+    args, roles = job.args, job.student_roles
+    mean = {role: {m: sum(r[role][m] for r in per_seed) / len(per_seed) for m in ("top1", "top5")} for role in roles}
     student = {"params": per_seed[0]["params"], "arch": _describe(args.student, args.student_width, args.stem)}
-    return {
+    results = {
         "teacher": {**teacher_acc, "params": sum(p.numel() for p in job.teacher.parameters()),
                     "arch": _describe(args.teacher, args.teacher_width, args.stem)},
-        "baseline": {**mean["baseline"], **student},
-        "rkd": {**mean["rkd"], **student},
-        "seeds": [{k: r[k] for k in ("seed", "baseline", "rkd")} for r in per_seed],
-        "difference": {m: stats.paired_difference([r["rkd"][m] for r in per_seed],
-                                                  [r["baseline"][m] for r in per_seed]) for m in ("top1", "top5")},
+        **{role: {**mean[role], **student} for role in roles},
+        "seeds": [{k: r[k] for k in ("seed", *roles)} for r in per_seed],
+        "difference": _paired(per_seed, "rkd", "baseline"),
     }
+    if len(roles) > 2:
+        kernel, ref = _impl_roles(job)
+        results["impl_difference"] = {"rkd_ext": kernel, "reference": ref, **_paired(per_seed, kernel, ref)}
+    cost = summarise_cost(row for stage in job.stages if impl_of(stage.role, args)
+                          for row in job.histories.get(stage.name, []))
+    results["loss_cost"] = None if cost is None else {"device": str(job.rt.device), **cost}
+    return results
+
+
+def _paired(per_seed, treated, control):
+    return {m: stats.paired_difference([r[treated][m] for r in per_seed], [r[control][m] for r in per_seed])
+            for m in ("top1", "top5")}
+
+
+def _impl_roles(job):
+    """The roles of the students on rkd_ext's loss and on the reference's, in a run with --compare-impl."""
+    by_impl = {impl_of(role, job.args): role for role in job.student_roles[1:]}
+    return by_impl["kernel"], by_impl["reference"]
 
 
 def _report(job, teacher_acc, per_seed):
-    """Write results.json, the final log and the plot; print where they are, the tables and the difference."""
+    """Write results.json, the final log and the plot; print where they are, the tables and the differences."""
     results = _results(job, teacher_acc, per_seed)
+    roles, seeds = job.student_roles, len(per_seed)
+    impl_roles = _impl_roles(job) if len(roles) > 2 else None  # (rkd_ext's student, the reference's)
     results_path = os.path.join(job.out_dir, "results.json")
     with checkpoint.atomic_file(results_path, "w") as f:
         json.dump(results, f, indent=2)
     report.write_log(job.log_path, job.histories)
     plot_path = os.path.join(job.out_dir, "curves.png")
-    why_not = report.plot_curves(plot_path, job.histories, {s.name: s.role for s in job.stages})
+    panels = [("CE + RKD\n- CE", [r["rkd"]["top1"] - r["baseline"]["top1"] for r in per_seed],
+               results["difference"]["top1"])]
+    if impl_roles:
+        kernel, ref = impl_roles
+        panels.append(("rkd_ext RKD\n- reference RKD", [r[kernel]["top1"] - r[ref]["top1"] for r in per_seed],
+                       results["impl_difference"]["top1"]))
+    why_not = report.plot_curves(plot_path, job.histories, {s.name: s.role for s in job.stages}, panels)
     print(f"\nlog          {job.log_path}")
     print(f"plot         {plot_path}" if why_not is None else f"plot         skipped: {why_not}")
     print(f"checkpoints  {job.ckpt_dir}{os.sep}")
     print(f"results      {results_path}\n")
-    print(report.format_table([{"model": report.STAGE_LABELS[key], **results[key]}
-                               for key in ("teacher", "baseline", "rkd")]))
-    if len(per_seed) > 1:
-        print(f"(students: means over the {len(per_seed)} seeds below)\n")
-        print(report.format_seeds(results["seeds"]))
-    print("\n" + report.format_difference(results["difference"], len(per_seed)))
+    print(report.format_table([{"model": report.STAGE_LABELS[key], **results[key]} for key in ("teacher", *roles)]))
+    notes = [f"students: means over the {seeds} seeds below"] if seeds > 1 else []
+    if impl_roles:
+        kernel, ref = (report.LOSS_LABELS[role] for role in impl_roles)
+        notes.append(f"a seed's students share initialisation and data order;\n {kernel} trains on rkd_ext's RKD "
+                     f"loss, {ref} on the reference implementation's")
+    if notes:
+        print("(" + "; ".join(notes) + ")")
+    if seeds > 1:
+        print("\n" + report.format_seeds(results["seeds"]))
+    print("\n" + report.format_difference(results["difference"], seeds))
+    if impl_roles:
+        kernel, ref = impl_roles
+        if seeds > 1:
+            print("\n" + report.format_seeds(results["seeds"], treated=kernel, control=ref,
+                                             names=("reference", "rkd_ext")))
+        print("\n" + report.format_difference(results["impl_difference"], seeds, label="rkd_ext vs reference RKD loss",
+                                              same_loss=True))
+    if results["loss_cost"] is not None:
+        print("\n" + report.format_cost(results["loss_cost"]))

@@ -20,7 +20,8 @@ PRESETS = {
         "options": dict(data="imagefolder", image_size=224, crop_padding=28, teacher="resnet34",
                         student="resnet18", teacher_width=1.0, student_width=1.0, stem="imagenet", epochs=100,
                         batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="multistep",
-                        milestones=[30, 60, 90], gamma=0.1, distance_weight=25.0, angle_weight=50.0, seeds=1),
+                        milestones=[30, 60, 90], gamma=0.1, distance_weight=25.0, angle_weight=50.0, seeds=1,
+                        compare_impl=False),
     },
     "c100-r50-vgg11bn": {
         "about": "CIFAR-100, ResNet-50 (CIFAR stem) -> VGG-11-BN, 8 x 16 images, SGD 0.1, "
@@ -29,13 +30,21 @@ PRESETS = {
         "options": dict(data="cifar100", image_size=32, crop_padding=4, teacher="resnet50", student="vgg11_bn",
                         teacher_width=1.0, student_width=1.0, stem="cifar", epochs=200, batch_size=16, lr=0.1,
                         momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=[60, 120, 160],
-                        gamma=0.2, distance_weight=25.0, angle_weight=50.0, seeds=1),
+                        gamma=0.2, distance_weight=25.0, angle_weight=50.0, seeds=1,
+                        compare_impl=False),
     },
 }
 
-# Seeds of the two students in a run without a preset: the demonstration's gain is of the size of its seed
-# noise, so one seed proves nothing; this many keep the default run within 5 minutes on a 2-core CPU.
+# Seeds of the students in a run without a preset: the demonstration's gain is of the size of its seed noise, so
+# one seed proves nothing, and five give a 95% interval 1.24 paired standard deviations wide on either side of
+# the mean (four: 1.59, three: 2.48).
 DEFAULT_SEEDS = 5
+# Epochs of each model in a run without a preset (the teacher's too, unless --teacher-epochs). With a third
+# student per seed (--compare-impl), eight took 3 min 35 s on an idle 2-core CPU (about 38 s a seed, 16 s the
+# teacher); six keep the default run under 3 minutes with all five seeds (2 min 5 s measured there), with the
+# teacher at 92% top-1 and the students' means at 80-81%. Fewer seeds instead would widen the intervals that
+# answer "does RKD help".
+DEFAULT_EPOCHS = 6
 
 # Options that do not change what a run computes: a resumed run may change them.
 RUNTIME_OPTIONS = frozenset({"device", "workers", "no_progress", "resume", "out_dir", "compile", "eval_batch_size",
@@ -46,15 +55,20 @@ NOT_INHERITED = frozenset({"device", "no_progress", "resume", "out_dir"})
 DESCRIPTION = """\
 Relational Knowledge Distillation of a ResNet teacher into a student.
 
-Trains (or loads) the teacher, then trains two students from the same
-initialisation and data order: a baseline on cross-entropy alone, and one on
-cross-entropy + distance_weight * RKD-distance + angle_weight * RKD-angle
-between the L2-normalised global-average-pooled ("neck") features of student
-and teacher. Evaluates top-1 / top-5 of all three and prints a table.
+Trains (or loads) the teacher, then students from the same initialisation and
+data order: a baseline on cross-entropy alone, and one on cross-entropy +
+distance_weight * RKD-distance + angle_weight * RKD-angle between the
+L2-normalised global-average-pooled ("neck") features of student and teacher,
+computed by rkd_ext (--rkd-impl). With --compare-impl (the default without a
+preset) a third student trains on the same loss from the other implementation,
+the pure-PyTorch reference, to show whether rkd_ext can replace it: the paired
+difference between the two students, and each loss's time and peak memory per
+training step, measured in the run. Evaluates top-1 / top-5 of every model and
+prints tables.
 
 With no arguments it runs a small demonstration on generated 16x16 images
-(ResNet-18 x0.25 -> ResNet-18 x0.125): the teacher once, the two students
-over several seeds (--seeds), in a few minutes on an idle 2-core CPU.
+(ResNet-18 x0.25 -> ResNet-18 x0.125): the teacher once, the three students
+over several seeds (--seeds), in under 3 minutes on an idle 2-core CPU.
 Multi-GPU / multi-process: launch with torchrun, e.g.
   torchrun --nproc_per_node 8 -m rkd_ext.distill --preset c100-r50-vgg11bn --data-dir DIR
 """
@@ -65,9 +79,10 @@ def _epilog():
     lines += [f"  {name:18} {p['about']}" for name, p in PRESETS.items()]
     lines += ["",
               "outputs, in --out-dir: config.json, log.csv (one row per epoch of each model), curves.png,",
-              "results.json, checkpoints/{teacher,baseline,rkd}.pt and {baseline,rkd}-seed<S>.pt for each",
-              "further seed S (every epoch; load them with torch.load(path, weights_only=True)). Resume an",
-              "interrupted run with --resume OUT_DIR."]
+              "results.json, checkpoints/{teacher,baseline,rkd,rkd-reference}.pt and",
+              "{baseline,rkd,rkd-reference}-seed<S>.pt for each further seed S (rkd-kernel instead of",
+              "rkd-reference with --rkd-impl reference; none without --compare-impl), every epoch; load them",
+              "with torch.load(path, weights_only=True). Resume an interrupted run with --resume OUT_DIR."]
     return "\n".join(lines)
 
 
@@ -152,7 +167,8 @@ def _model_options(p):
 
 def _optimisation_options(p):
     g = p.add_argument_group("optimisation (the same for all three models)")
-    g.add_argument("--epochs", type=_positive_int, default=8, help="epochs of each student (default: %(default)s)")
+    g.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+                   help="epochs of each student (default: %(default)s)")
     g.add_argument("--teacher-epochs", type=_positive_int, help="epochs of the teacher (default: --epochs)")
     g.add_argument("--batch-size", type=_positive_int, default=64,
                    help="training images per step and process; at least 3, as RKD's angle term needs triplets "
@@ -182,6 +198,12 @@ def _rkd_options(p):
     g.add_argument("--rkd-impl", choices=("kernel", "reference"), default="kernel",
                    help="kernel: rkd_ext's compiled ops; reference: the pure-PyTorch reference formulation, for "
                         "comparison (default: %(default)s)")
+    g.add_argument("--compare-impl", action=argparse.BooleanOptionalAction, default=True,
+                   help="train a third student per seed on the same RKD loss from the other implementation (the "
+                        "reference, or with --rkd-impl reference rkd_ext's kernel), from the same initialisation "
+                        "and data order, and report the paired difference between the rkd_ext and reference "
+                        "students, and each loss's time and peak memory per training step, measured in the run "
+                        "(default: on; off with --preset, and in a resumed run recorded before this option)")
     g.add_argument("--rkd-global-batch", nargs="?", const="shard", choices=("shard", "gather"), default=None,
                    metavar="{shard,gather}",
                    help="with several processes, compute the relations over the batches of all processes "
@@ -203,9 +225,9 @@ def _run_options(p):
                    help="seed of the initialisation, data order and augmentation of the teacher and of the first "
                         "seed's students (default: %(default)s)")
     g.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS, metavar="K",
-                   help="train the teacher once (from --seed), then both students K times, from seeds --seed, "
+                   help="train the teacher once (from --seed), then the students K times, from seeds --seed, "
                         "--seed + 1, ..., --seed + K - 1 (one initialisation and data order per seed, shared by "
-                        "its two students), and report the mean paired difference with its 95%% interval "
+                        "its students), and report the mean paired differences with their 95%% intervals "
                         "(default: %(default)s; 1 with --preset)")
     g.add_argument("--deterministic", action="store_true",
                    help="use only deterministic algorithms (slower on GPU): the same seed gives the same weights")
@@ -257,6 +279,8 @@ def _read_config(run_dir, parser):
                      f"{type(recorded).__name__} {json.dumps(recorded)[:40]}")
     # A run recorded before --seeds existed trained one pair of students.
     recorded.setdefault("seeds", 1)
+    # A run recorded before --compare-impl existed trained no student on the other implementation's loss.
+    recorded.setdefault("compare_impl", False)
     # A run recorded when --rkd-global-batch was a flag gathered the global batch.
     if isinstance(recorded.get("rkd_global_batch"), bool):
         recorded["rkd_global_batch"] = "gather" if recorded["rkd_global_batch"] else None

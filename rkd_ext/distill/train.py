@@ -1,14 +1,15 @@
-"""The training loop shared by the teacher, the baseline student and the RKD student.
+"""The training loop shared by the teacher and the students, and the measure of the RKD loss's cost per step.
 
 One call of :func:`run_stage` trains one model for its epochs, evaluating and
 checkpointing after each, and picks up where a previous call left off when its
 checkpoint exists. All randomness after model initialisation comes from
 generators derived from ``(seed, epoch, rank)``, and the global RNG states are
 checkpointed too, so a resumed run computes exactly what an uninterrupted one
-does.
+does (the loss's measured cost aside: timings are of the moment).
 """
 import os
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -21,13 +22,14 @@ from torch import nn
 from tqdm import tqdm
 
 import rkd_ext
-from rkd_ext import reference
+from rkd_ext import _torch_private as private, reference
 from rkd_ext.distributed import gather_student_teacher
 
 from . import checkpoint
 from .data import augment, generator, iterate_batches, normalize, shard_indices
 
-__all__ = ["Runtime", "init_runtime", "RKDObjective", "evaluate", "steps_per_epoch", "kill_hook_from_env", "run_stage"]
+__all__ = ["Runtime", "init_runtime", "RKDObjective", "LossCost", "COST_STEPS_PER_EPOCH", "evaluate", "steps_per_epoch",
+           "kill_hook_from_env", "run_stage", "summarise_cost"]
 
 # Fault injection for the resume tests, read by kill_hook_from_env().
 KILL_AFTER_ENV = "RKD_DISTILL_SIGKILL_AFTER"
@@ -117,6 +119,155 @@ class RKDObjective(nn.Module):
     def extra_repr(self):
         return (f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}, impl={self.impl!r}, "
                 f"l2_norm={self.l2_norm}, global_batch={self.global_batch}")
+
+
+# Steps of each epoch of an RKD student at which LossCost measures the loss (spread over the epoch, the first
+# included): enough for a stable median over a run, few enough to cost a second or two of the default run.
+COST_STEPS_PER_EPOCH = 3
+
+
+class LossCost:
+    """Wall time and peak memory of RKD objectives' forward + backward, measured on a training step's features.
+
+    Each measurement calls an objective apart from the training step, on a
+    detached copy of that step's student features (a leaf that requires grad)
+    and its teacher features, then backpropagates to the copy: the whole cost of
+    the loss in a step (float cast, L2 normalisation, the weighted RKD terms,
+    their backward to the student features), on the run's own batch shapes and
+    device, while the training computes exactly what it computes without it.
+
+    * time: from the call to the end of the backward, after synchronising the
+      device before and after on CUDA. At each measured step every objective
+      is timed, in alternating order, so that the machine's load (other
+      processes, a warming device) weighs on all of them alike.
+    * peak memory: the most memory the call's own tensors (intermediates, saved
+      tensors, the gradient it returns) held at once, beyond what was allocated
+      before it. On CUDA: ``torch.cuda.max_memory_allocated`` after resetting
+      the peak, minus ``memory_allocated`` before the call. The CPU allocator
+      keeps no peak, and the process's RSS is neither per call nor per tensor
+      (freed memory stays mapped), so on the CPU it is the maximum of the
+      running sum of the allocations and frees that torch.profiler records
+      (``profile_memory=True``) during the call. Once per epoch and objective,
+      in a call of its own, as the profiler slows the call it records.
+    """
+
+    def __init__(self, objectives, device):
+        self.objectives = dict(objectives)  # implementation -> RKDObjective
+        self.device = device
+        self._start_epoch()
+
+    def _start_epoch(self):
+        self.ms = {impl: [] for impl in self.objectives}
+        self.peak_bytes = {}
+        self.features = None
+
+    def measure(self, student, teacher):
+        """Time (and, the first time in the epoch, the peak memory of) each objective on these features."""
+        student, teacher = student.detach(), teacher.detach()
+        self.features = [list(student.shape), list(teacher.shape)]
+        order = list(self.objectives)
+        if len(self.ms[order[0]]) % 2:
+            order.reverse()
+        for impl in order:
+            objective = self.objectives[impl]
+            if impl not in self.peak_bytes:
+                self.peak_bytes[impl] = self._peak_bytes(self._call(objective, student, teacher))
+            self.ms[impl].append(1e3 * self._seconds(self._call(objective, student, teacher)))
+
+    def take(self):
+        """This epoch's measurements, as a history row keeps them (lists and numbers); then start a new epoch."""
+        taken = {"features": self.features,
+                 **{impl: {"ms": self.ms[impl], "peak_bytes": self.peak_bytes.get(impl)} for impl in self.objectives}}
+        self._start_epoch()
+        return taken
+
+    @staticmethod
+    def _call(objective, student, teacher):
+        leaf = student.clone().requires_grad_()  # allocated before the measured call
+
+        def call():
+            objective(leaf, teacher).backward()
+        return call
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _seconds(self, call):
+        self._sync()
+        start = time.perf_counter()
+        call()
+        self._sync()
+        return time.perf_counter() - start
+
+    def _peak_bytes(self, call):
+        if self.device.type == "cuda":
+            self._sync()
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            call()
+            self._sync()
+            return torch.cuda.max_memory_allocated(self.device) - before
+        if self.device.type != "cpu":
+            call()
+            return None
+        return _profiled_peak_bytes(call)
+
+
+def _profiled_peak_bytes(call):
+    """The most bytes that tensors allocated during ``call()`` held at once, from torch.profiler's memory records.
+
+    None when this torch's profiler result does not expose its records (rkd_ext._torch_private.profiler_records):
+    the run then reports no peak rather than failing.
+    """
+    # Kineto logs a line on stderr at each start and stop of the profiler in some torch builds; this is a
+    # measurement, not a trace, so it keeps quiet unless the user set a level. Read when kineto starts logging.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    results = private.profiler_records(prof)
+    if results is None:
+        return None
+    # Each "[memory]" record is one allocation (+bytes) or free (-bytes) of the CPU allocator.
+    records = sorted((e for e in results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    held = peak = 0
+    for record in records:
+        held += record.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+def summarise_cost(rows):
+    """Per implementation, the median and quartiles of the times and the largest peak over ``rows``' measurements.
+
+    Args:
+        rows: history rows of RKD students; those with a ``loss_cost`` entry (LossCost.take()) count.
+
+    Returns:
+        ``{impl: {"ms_median", "ms_quartiles", "steps", "peak_bytes"}, "features": [[N, Ds], [N, Dt]]}``, or None
+        when no row holds a measurement (a run recorded before the loss's cost was measured).
+    """
+    ms, peaks, features = {}, {}, None
+    for row in rows:
+        cost = row.get("loss_cost")
+        if not cost:
+            continue
+        features = cost.get("features") or features
+        for impl, measured in cost.items():
+            if impl == "features":
+                continue
+            ms.setdefault(impl, []).extend(measured["ms"])
+            if measured["peak_bytes"] is not None:
+                peaks[impl] = max(peaks.get(impl, 0), measured["peak_bytes"])
+    if not any(ms.values()):
+        return None
+    summary = {"features": features}
+    for impl in sorted(ms):
+        times = sorted(ms[impl])
+        quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        summary[impl] = {"ms_median": statistics.median(times), "ms_quartiles": [quartiles[0], quartiles[2]],
+                         "steps": len(times), "peak_bytes": peaks.get(impl)}
+    return summary
 
 
 class _NeckAndLogits(nn.Module):
@@ -224,6 +375,7 @@ class _Step:
 
     def __init__(self, model, opt, args, rt, teacher=None, objective=None):
         self.opt, self.amp, self.device, self.objective = opt, args.amp, rt.device, objective
+        self.features = None  # the last step's student and teacher features, when distilling
         self.student = _NeckAndLogits(model)
         if rt.distributed:
             self.student = nn.parallel.DistributedDataParallel(
@@ -247,6 +399,7 @@ class _Step:
                 teacher_neck, _ = self.teacher(x)
             rkd = self.objective(neck, teacher_neck)
             loss = ce + rkd
+            self.features = (neck.detach(), teacher_neck.detach())  # for LossCost
         else:
             rkd = torch.zeros((), device=self.device)
             loss = ce
@@ -258,8 +411,12 @@ class _Step:
                             (logits.detach().argmax(dim=1) == labels).sum().double()])
 
 
-def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc):
-    """One epoch in the order and augmentation drawn from ``(seed, epoch)``; per-step means of the step's sums."""
+def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc, cost=None):
+    """One epoch in the order and augmentation drawn from ``(seed, epoch)``; per-step means of the step's sums.
+
+    With ``cost`` (a LossCost), the loss's cost is measured after COST_STEPS_PER_EPOCH of the steps.
+    """
+    every = -(-steps // COST_STEPS_PER_EPOCH)
     indices = shard_indices(len(train_set), rt.rank, rt.world_size, shuffle=True, seed=seed, epoch=epoch)
     gen = generator("augment", seed, epoch, rt.rank)
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
@@ -273,6 +430,8 @@ def _train_epoch(step, train_set, args, rt, *, seed, epoch, steps, desc):
             images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
             x = normalize(augment(images, gen, args.crop_padding), train_set.mean, train_set.std)
             step_sums = step(x, labels)
+            if cost is not None and i % every == 0:
+                cost.measure(*step.features)
             sums += step_sums
             bar.update()
             if show and i % 10 == 0:
@@ -295,11 +454,14 @@ def _resume(ckpt_path, model, opt, epochs):
 
 
 def run_stage(name, model, train_set, val_set, args, rt, ckpt_path, *, epochs, seed, teacher=None, objective=None,
-              hooks=()):
+              cost_objectives=None, hooks=()):
     """Train ``model`` (in place) for ``epochs`` epochs; return its history, one dict of metrics per epoch.
 
     With ``teacher`` and ``objective`` the loss is cross-entropy plus
     ``objective(student neck, teacher neck)``; otherwise cross-entropy alone.
+    With ``cost_objectives`` too (implementation -> RKDObjective), each
+    epoch's row holds, under ``loss_cost``, their cost measured by LossCost
+    on this stage's features.
     The data order and augmentation come from ``seed``. When ``ckpt_path``
     exists the stage continues from it (a finished stage just reloads its
     weights). Each of ``hooks`` is called as ``hook(name, history)`` on the
@@ -311,19 +473,22 @@ def run_stage(name, model, train_set, val_set, args, rt, ckpt_path, *, epochs, s
     if len(history) == epochs:
         return history
     step = _Step(model, opt, args, rt, teacher, objective)
+    cost = LossCost(cost_objectives, rt.device) if teacher is not None and cost_objectives else None
     steps = steps_per_epoch(len(train_set), args.batch_size, rt.world_size)
     for epoch in range(len(history), epochs):
         start = time.perf_counter()
         model.train()
         lr = opt.lr
         loss, ce, rkd, correct = _train_epoch(step, train_set, args, rt, seed=seed, epoch=epoch, steps=steps,
-                                              desc=f"{name} {epoch + 1}/{epochs}")
+                                              desc=f"{name} {epoch + 1}/{epochs}", cost=cost)
         opt.scheduler.step()
         top1, top5 = evaluate(model, val_set, rt, batch_size=args.eval_batch_size, amp=args.amp,
                               workers=args.workers)
         history.append({"stage": name, "epoch": epoch + 1, "lr": lr, "loss": loss, "ce": ce, "rkd": rkd,
                         "train_top1": 100 * correct / args.batch_size, "val_top1": top1, "val_top5": top5,
                         "seconds": time.perf_counter() - start})
+        if cost is not None:
+            history[-1]["loss_cost"] = cost.take()
         if rt.is_main:
             checkpoint.save_atomic({"stage": name, "arch": arch_info(model), "epochs": epochs,
                                     "model": model.state_dict(), **opt.state_dict(), "rng": checkpoint.rng_state(),
