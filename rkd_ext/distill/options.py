@@ -41,10 +41,10 @@ PRESETS = {
 DEFAULT_SEEDS = 5
 # Epochs of each model in a run without a preset (the teacher's too, unless --teacher-epochs). With a third
 # student per seed (--compare-impl), eight took 3 min 35 s on an idle 2-core CPU (about 38 s a seed, 16 s the
-# teacher); six keep the default run under 3 minutes with all five seeds (2 min 5 s measured there), with the
-# teacher at 92% top-1 and the students' means at 80-81%. Fewer seeds instead would widen the intervals that
+# teacher), and six 2 min 5 s in one run and 2 min 52 s in another on the same idle machine: five keep the
+# default run under 3 minutes with margin and all five seeds. Fewer seeds instead would widen the intervals that
 # answer "does RKD help".
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 5
 
 # Options that do not change what a run computes: a resumed run may change them.
 RUNTIME_OPTIONS = frozenset({"device", "workers", "no_progress", "resume", "out_dir", "compile", "eval_batch_size",
