@@ -5,11 +5,22 @@ import re
 
 import pytest
 
+import rkd_ext
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The package's own files are looked up where it is imported from: the tests may run from a tree without it,
+# against an installed wheel.
+PACKAGE = pathlib.Path(rkd_ext.__file__).resolve().parent
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULE = re.compile(r"python -m ((?:benchmarks|rkd_ext)(?:\.\w+)*)")
 SCRIPT = re.compile(r"(?<![\w/.])((?:scripts|benchmarks|csrc|rkd_ext|python_tests)/[\w./-]+\.(?:py|sh|h|cuh|cu|cpp))")
+
+
+def repo_file(name):
+    """A file the docs name by its path in the repository."""
+    first, _, rest = name.partition("/")
+    return PACKAGE / rest if first == "rkd_ext" else ROOT / name
 
 
 def anchors(path):
@@ -58,5 +69,5 @@ def test_the_link_check_catches_a_broken_link(tmp_path):
 def test_named_modules_and_files_exist(page):
     text = page.read_text()
     missing = [m for m in MODULE.findall(text) if importlib.util.find_spec(m) is None]
-    missing += [f for f in SCRIPT.findall(text) if not (ROOT / f).exists()]
+    missing += [f for f in SCRIPT.findall(text) if not repo_file(f).exists()]
     assert missing == []
