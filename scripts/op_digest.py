@@ -6,7 +6,7 @@ build leaves every output bit where it was.
 
 Each case runs one operator (forward and backward operators alike, with every flag and reduction) on seeded inputs
 in float64, float32, float16 and bfloat16, over batch sizes that take each kernel path (one sample, small, the
-split-K Gram kernel, the panel GEMM, and batches with duplicate rows that take the exact near-pair path), and hashes
+split-K Gram kernel, the panel GEMM over one and several slices of features, and batches with duplicate rows that take the exact near-pair path), and hashes
 the bytes of every output tensor. Run on the CPU by default; ``--device cuda`` hashes the CUDA kernels.
 """
 import argparse
@@ -20,8 +20,9 @@ import rkd_ext  # noqa: F401  (registers the operators)
 
 OPS = torch.ops.rkd_ext
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# (N, D): one sample, small, the split-K Gram kernel, the panel GEMM, and a case with repeated rows.
-SHAPES = ((1, 3), (5, 7), (33, 40), (130, 24))
+# (N, D): one sample, small, the split-K Gram kernel, the panel GEMM (over one slice of features and over
+# several, the last one partial), and a case with repeated rows.
+SHAPES = ((1, 3), (5, 7), (33, 40), (130, 24), (100, 300))
 DUPLICATES = (24, 16)
 EPS, BETA = 1e-12, 1.0
 

@@ -42,11 +42,10 @@ constexpr int64_t cols() {
 // cols<T>() for rows read out of a packed panel (the Gram product's own
 // operand, so that no row-major copy of the centred features is needed).
 template <typename T, int64_t AS>
-inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T* bp, int64_t K, double* out) {
+inline __attribute__((always_inline)) void gemm_tile_add(const T* const* a, const T* bp, int64_t K, double* out) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::lanes, C = cols<T>();
   constexpr int64_t step = std::is_same<T, double>::value ? INT64_MAX : kFlush;
-  for (int64_t i = 0; i < kRows * C; ++i) out[i] = 0.0;
   for (int64_t k0 = 0; k0 < K; k0 += std::min(step, K - k0)) {
     const int64_t k1 = k0 + std::min(step, K - k0);
     V acc[kRows][kVecs] = {};
@@ -64,6 +63,16 @@ inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T*
   }
 }
 
+// out = the tile's product over K: the float64 total starts at 0 and adds
+// the float32 partial sums of kFlush products in k order. Summing [0, K) in
+// slices that start at multiples of kFlush (gemm_tile_add on each, in order)
+// gives the same bits.
+template <typename T, int64_t AS>
+inline __attribute__((always_inline)) void gemm_tile(const T* const* a, const T* bp, int64_t K, double* out) {
+  for (int64_t i = 0; i < kRows * cols<T>(); ++i) out[i] = 0.0;
+  gemm_tile_add<T, AS>(a, bp, K, out);
+}
+
 RKD_CPU_CLONES void gemm_tile_any(const double* const* a, const double* bp, int64_t K, double* out) {
   gemm_tile<double, 1>(a, bp, K, out);
 }
@@ -73,8 +82,12 @@ RKD_CPU_CLONES void gemm_tile_any(const float* const* a, const float* bp, int64_
 RKD_CPU_CLONES void gemm_tile_panel(const double* const* a, const double* bp, int64_t K, double* out) {
   gemm_tile<double, cols<double>()>(a, bp, K, out);
 }
-RKD_CPU_CLONES void gemm_tile_panel(const float* const* a, const float* bp, int64_t K, double* out) {
-  gemm_tile<float, cols<float>()>(a, bp, K, out);
+// out += the product over [k0, k0 + K) of rows read out of a packed panel.
+RKD_CPU_CLONES void gemm_tile_panel_add(const float* const* a, const float* bp, int64_t k0, int64_t K, double* out) {
+  constexpr int64_t C = cols<float>();
+  const float* ak[kRows];
+  for (int64_t r = 0; r < kRows; ++r) ak[r] = a[r] + k0 * C;
+  gemm_tile_add<float, C>(ak, bp + k0 * C, K, out);
 }
 
 // v[l] = s from the Gram entry. Returns how many pairs are too close for that
@@ -92,31 +105,37 @@ RKD_CPU_CLONES void sq_to_dist(double* v, int64_t n, double eps) {
   for (int64_t l = 0; l < n; ++l) v[l] = dist_from_sq(v[l], eps);
 }
 
-// Packs the columns of an R x C matrix m (element (r, c) at m[r * rs + c * cs])
-// less shift[r], the difference in float64 rounded to T, into panels of
-// cols<T>() columns, each R x cols<T>() row-major, zero padded. The loop runs
-// along whichever of r and c is contiguous in m.
+// Samples [j0, j0 + nc) of x - mean (the difference in float64 rounded to T)
+// as one panel, feature-major: feature k's cols<T>() values at panel + k *
+// cols<T>() (the caller zero pads). Strips of kStrip features: each sample's
+// strip is one contiguous read, and the strip's rows of the panel (kStrip x
+// cols<T>(), 4 KB in float32) stay in L1 while every sample writes its column.
 template <typename T, typename S>
-std::unique_ptr<T[]> pack_panels(const S* m, const double* shift, int64_t R, int64_t C, int64_t rs, int64_t cs) {
+RKD_CPU_CLONES void pack_panel(const S* x, const double* mean, int64_t D, int64_t j0, int64_t nc, T* panel) {
+  constexpr int64_t W = cols<T>(), kStrip = 16;
+  for (int64_t k0 = 0; k0 < D; k0 += kStrip) {
+    const int64_t nk = std::min(kStrip, D - k0);
+    for (int64_t l = 0; l < nc; ++l) {
+      const S* xr = x + (j0 + l) * D + k0;
+      T* dst = panel + k0 * W + l;
+      for (int64_t q = 0; q < nk; ++q) dst[q * W] = static_cast<T>(static_cast<double>(xr[q]) - mean[k0 + q]);
+    }
+  }
+}
+
+// The centred features of an N x D matrix x in panels of cols<T>() samples
+// (pack_panel), zero padded.
+template <typename T, typename S>
+std::unique_ptr<T[]> pack_panels(const S* x, const double* mean, int64_t N, int64_t D) {
   constexpr int64_t W = cols<T>();
-  const int64_t np = (C + W - 1) / W;
-  std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * R * W, 1))]);
+  const int64_t np = (N + W - 1) / W;
+  std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * D * W, 1))]);
   parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
-      T* panel = out.get() + p * R * W;
-      const int64_t nc = std::min(W, C - p * W);
-      if (nc < W)
-        for (int64_t i = 0; i < R * W; ++i) panel[i] = T(0);
-      auto at = [&](int64_t r, int64_t l) RKD_LAMBDA_INLINE {
-        return static_cast<T>(static_cast<double>(m[r * rs + (p * W + l) * cs]) - shift[r]);
-      };
-      if (cs < rs) {
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t l = 0; l < nc; ++l) panel[r * W + l] = at(r, l);
-      } else {
-        for (int64_t l = 0; l < nc; ++l)
-          for (int64_t r = 0; r < R; ++r) panel[r * W + l] = at(r, l);
-      }
+      T* panel = out.get() + p * D * W;
+      const int64_t nc = std::min(W, N - p * W);
+      if (nc < W) std::fill_n(panel, D * W, T(0));
+      pack_panel(x, mean, D, p * W, nc, panel);
     }
   });
   return out;
@@ -436,7 +455,7 @@ void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, Pair
   std::unique_ptr<T[]> packed;
   visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using S = decltype(t);
-    packed = pack_panels<T>(static_cast<const S*>(x.data), c.mean.data(), D, N, 1, D);
+    packed = pack_panels<T>(static_cast<const S*>(x.data), c.mean.data(), N, D);
   });
   const T* bp = packed.get();
   // Gram tiles (row block of kRows, panel of kCols columns), panel-major so a
@@ -446,29 +465,59 @@ void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, Pair
   for (int64_t p = 0; p < np; ++p)
     for (int64_t rb = 0; rb < nrb && (!upper || rb * kRows < (p + 1) * kCols); ++rb) tiles.emplace_back(p, rb);
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(D * kRows, 1));
-  parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
-    double g[kRows * kCols];
+  auto operands = [&](int64_t t, const T** a) {
+    const int64_t i0 = rows.begin + tiles[t].second * kRows;
+    for (int64_t r = 0; r < kRows; ++r) {
+      const int64_t i = std::min(i0 + r, rows.end - 1);
+      a[r] = bp + (i / kCols) * D * kCols + i % kCols;
+    }
+    return bp + tiles[t].first * D * kCols;
+  };
+  auto store = [&](int64_t t, const double* g) {
     double v[kCols];
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t p = tiles[t].first, i0 = rows.begin + tiles[t].second * kRows, j0 = p * kCols;
-      const int64_t nj = std::min(kCols, N - j0);
-      const T* a[kRows];
-      for (int64_t r = 0; r < kRows; ++r) {
-        const int64_t i = std::min(i0 + r, rows.end - 1);
-        a[r] = bp + (i / kCols) * D * kCols + i % kCols;
+    const int64_t p = tiles[t].first, i0 = rows.begin + tiles[t].second * kRows, j0 = p * kCols;
+    const int64_t nj = std::min(kCols, N - j0);
+    for (int64_t r = 0; r < kRows && i0 + r < rows.end; ++r) {
+      const int64_t i = i0 + r;
+      if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
+        for (int64_t l = 0; l < nj; ++l)  // (the diagonal is 0 below)
+          if (j0 + l != i && gram_near(v[l], c.n[i], c.n[j0 + l])) v[l] = direct_sq(x, i, j0 + l);
+      if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
+      if (what == PairKind::SqClamped)
+        for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
+      double* out = s + (i - rows.begin) * N;
+      for (int64_t l = upper ? std::max<int64_t>(0, i + 1 - j0) : 0; l < nj; ++l) out[j0 + l] = v[l];
+      if (i >= j0 && i < j0 + nj) out[i] = 0.0;  // the diagonal is exactly 0
+    }
+  };
+  parallel_for(0, static_cast<int64_t>(tiles.size()), grain, [&](int64_t b, int64_t e) {
+    const T* a[kRows];
+    if constexpr (std::is_same<T, float>::value) {
+      // A task's tiles in groups, each group's products summed over slices of
+      // kSlice features: the slice of a panel (kSlice x kCols, 32 KB) stays in
+      // L1 while the group's tiles sweep it, where a tile over all D features
+      // would stream its panel from L2 for every tile. Slices start at
+      // multiples of kFlush: the same partial sums, added in the same order,
+      // as one pass over the features (gemm_tile).
+      constexpr int64_t kGroup = 16, kSlice = 128;
+      static_assert(kSlice % kFlush == 0, "a slice must hold whole flush chunks");
+      std::unique_ptr<double[]> g(new double[static_cast<size_t>(kGroup * kRows * kCols)]);
+      for (int64_t t0 = b; t0 < e; t0 += kGroup) {
+        const int64_t t1 = std::min(e, t0 + kGroup);
+        std::fill_n(g.get(), (t1 - t0) * kRows * kCols, 0.0);
+        for (int64_t k0 = 0; k0 < D; k0 += kSlice)
+          for (int64_t t = t0; t < t1; ++t) {
+            const T* panel = operands(t, a);
+            gemm_tile_panel_add(a, panel, k0, std::min(kSlice, D - k0), g.get() + (t - t0) * kRows * kCols);
+          }
+        for (int64_t t = t0; t < t1; ++t) store(t, g.get() + (t - t0) * kRows * kCols);
       }
-      gemm_tile_panel(a, bp + p * D * kCols, D, g);
-      for (int64_t r = 0; r < kRows && i0 + r < rows.end; ++r) {
-        const int64_t i = i0 + r;
-        if (gram_to_sq(g + r * kCols, c.n[i], c.n.data() + j0, nj, v) != 0)
-          for (int64_t l = 0; l < nj; ++l)  // (the diagonal is 0 below)
-            if (j0 + l != i && gram_near(v[l], c.n[i], c.n[j0 + l])) v[l] = direct_sq(x, i, j0 + l);
-        if (what == PairKind::Dist) sq_to_dist(v, nj, eps);
-        if (what == PairKind::SqClamped)
-          for (int64_t l = 0; l < nj; ++l) v[l] = clamp_sq(v[l], eps);
-        double* out = s + (i - rows.begin) * N;
-        for (int64_t l = upper ? std::max<int64_t>(0, i + 1 - j0) : 0; l < nj; ++l) out[j0 + l] = v[l];
-        if (i >= j0 && i < j0 + nj) out[i] = 0.0;  // the diagonal is exactly 0
+    } else {
+      double g[kRows * kCols];
+      for (int64_t t = b; t < e; ++t) {
+        const T* panel = operands(t, a);
+        gemm_tile_panel(a, panel, D, g);
+        store(t, g);
       }
     }
   });
