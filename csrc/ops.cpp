@@ -77,6 +77,13 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_cpu_serial_work() -> float");
   m.def("_set_cpu_serial_work(float work) -> ()");
   m.def("_cpu_parallel_regions() -> int");
+  // The CPU's contention guard (csrc/core/serial_work.h): its hold in seconds
+  // (0 turns it off), the regions it has found contended, and a way to start
+  // a hold as a contended region does.
+  m.def("_cpu_contention_hold() -> float");
+  m.def("_set_cpu_contention_hold(float seconds) -> ()");
+  m.def("_cpu_contended_regions() -> int");
+  m.def("_cpu_mark_contended() -> ()");
 }
 
 namespace {
@@ -124,6 +131,19 @@ void set_cpu_serial_work(double work) {
 
 int64_t cpu_parallel_regions() { return rkd::parallel_regions().load(); }
 
+double get_cpu_contention_hold() { return static_cast<double>(rkd::contention_hold_ns().load()) * 1e-9; }
+
+void set_cpu_contention_hold(double seconds) {
+  RKD_CHECK_VALUE(seconds >= 0.0 && seconds <= 3600.0,
+                  "_set_cpu_contention_hold: seconds must be within [0, 3600], got ", seconds);
+  rkd::contention_hold_ns().store(static_cast<int64_t>(seconds * 1e9));
+  if (seconds == 0.0) rkd::contended_until_ns().store(0);
+}
+
+int64_t cpu_contended_regions() { return rkd::contended_regions().load(); }
+
+void cpu_mark_contended() { rkd::mark_contended(); }
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
@@ -133,6 +153,10 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_serial_work", TORCH_BOX(&get_cpu_serial_work));
   m.impl("_set_cpu_serial_work", TORCH_BOX(&set_cpu_serial_work));
   m.impl("_cpu_parallel_regions", TORCH_BOX(&cpu_parallel_regions));
+  m.impl("_cpu_contention_hold", TORCH_BOX(&get_cpu_contention_hold));
+  m.impl("_set_cpu_contention_hold", TORCH_BOX(&set_cpu_contention_hold));
+  m.impl("_cpu_contended_regions", TORCH_BOX(&cpu_contended_regions));
+  m.impl("_cpu_mark_contended", TORCH_BOX(&cpu_mark_contended));
 }
 
 // The module itself: nothing but the import that loads this library.

@@ -63,6 +63,21 @@ def cpu_serial_work(work):
         ops._set_cpu_serial_work(before)
 
 
+@contextlib.contextmanager
+def cpu_contention_hold(seconds):
+    """The CPU's contention hold (csrc/core/serial_work.h) set to `seconds`; 0 turns the guard off. Any hold
+    in force is ended on the way in and out, so that no test inherits another's."""
+    ops = torch.ops.rkd_ext
+    before = ops._cpu_contention_hold()
+    ops._set_cpu_contention_hold(0.0)
+    ops._set_cpu_contention_hold(seconds)
+    try:
+        yield
+    finally:
+        ops._set_cpu_contention_hold(0.0)
+        ops._set_cpu_contention_hold(before)
+
+
 def run_with_threads(fn, threads=(1, 2, 2)):
     """fn() under each intra-op thread count in turn, every call through its parallel regions (the serial
     threshold at 0), then once on the calling thread alone (the threshold above any call); the list of its

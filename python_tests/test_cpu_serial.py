@@ -1,24 +1,33 @@
-"""The CPU's serial threshold (csrc/core/serial_work.h): calls below it open no parallel region, calls above it
-do, and a call's outputs are the same bits either way.
+"""The CPU's serial threshold and contention guard (csrc/core/serial_work.h): calls below the threshold open no
+parallel region, calls above it do, calls during a contention hold do not, and a call's outputs are the same
+bits either way.
 
-The parallel regions are counted by the extension (rkd_ext's _cpu_parallel_regions op), so the threshold's
-decision is observed directly; the outputs are compared with the same call made through the thread pool."""
+The parallel regions are counted by the extension (rkd_ext's _cpu_parallel_regions op), so the decisions are
+observed directly; the outputs are compared with the same call made through the thread pool. Region counts are
+taken with the guard off, so that a neighbour on the machine running the tests cannot change them."""
+import contextlib
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import rkd_ext
-from conftest import cpu_serial_work
+from conftest import cpu_contention_hold, cpu_serial_work
 from rkd_ext.testing import make_features
 
 ops = torch.ops.rkd_ext
 
 
-def regions(fn):
-    before = ops._cpu_parallel_regions()
-    fn()
-    return ops._cpu_parallel_regions() - before
+def regions(fn, guard=False):
+    """The parallel regions fn opens: with the contention guard off, or (guard) as it stands."""
+    with contextlib.nullcontext() if guard else cpu_contention_hold(0.0):
+        before = ops._cpu_parallel_regions()
+        fn()
+        return ops._cpu_parallel_regions() - before
 
 
 def loss_and_grads(loss, n, ds, dt):
@@ -68,3 +77,47 @@ def test_setting_rejects_negative_work():
     with pytest.raises((ValueError, RuntimeError), match="work must be >= 0"):
         ops._set_cpu_serial_work(-1.0)
     assert ops._cpu_serial_work() == pytest.approx(3e5)
+
+
+def test_contention_hold_runs_calls_serial_with_the_same_bits():
+    # A hold, as two contended regions start it: calls above the threshold run on the calling thread until it
+    # ends, with the pool's bits; afterwards they use the pool again.
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: nothing runs in parallel")
+    pooled = []
+    assert regions(lambda: pooled.append(loss_and_grads(rkd_ext.rkd_distance_loss, 64, 512, 512))) > 0
+    held = []
+    with cpu_contention_hold(60.0):
+        ops._cpu_mark_contended()
+        assert regions(lambda: held.append(loss_and_grads(rkd_ext.rkd_distance_loss, 64, 512, 512)), guard=True) == 0
+        assert regions(lambda: loss_and_grads(rkd_ext.rkd_angle_loss, 64, 512, 512), guard=True) == 0
+    assert all(torch.equal(a, b) for a, b in zip(held[0], pooled[0]))
+    assert regions(lambda: loss_and_grads(rkd_ext.rkd_distance_loss, 64, 512, 512), guard=True) > 0
+
+
+def test_guard_catches_a_busy_neighbour():
+    # The plant: a busy process on every core, so that the pool's workers wait for the scheduler. The guard
+    # must notice (contended regions counted) and start a hold (a call above the threshold opens no region).
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: nothing runs in parallel")
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+             for _ in range(os.cpu_count() or 2)]
+    try:
+        with cpu_contention_hold(60.0):
+            before = ops._cpu_contended_regions()
+            deadline, held = time.monotonic() + 60.0, False
+            while not held and time.monotonic() < deadline:
+                held = regions(lambda: loss_and_grads(rkd_ext.rkd_distance_loss, 128, 512, 512), guard=True) == 0
+            found = ops._cpu_contended_regions() - before
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert found >= 2 and held
+
+
+def test_contention_hold_rejects_bad_values():
+    for bad in (-1.0, 1e9):
+        with pytest.raises((ValueError, RuntimeError), match="seconds must be within"):
+            ops._set_cpu_contention_hold(bad)
+    assert ops._cpu_contention_hold() == pytest.approx(0.25)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 
 namespace rkd {
@@ -32,6 +33,68 @@ inline std::atomic<double>& serial_work_setting() {
 inline std::atomic<int64_t>& parallel_regions() {
   static std::atomic<int64_t> count{0};
   return count;
+}
+
+// The contention guard. Beside a busy process (a data-loading worker, a
+// second job) that keeps a core busy, the pool's threads outnumber the free
+// cores: a region waits for a worker that cannot run, for a scheduler slice
+// (milliseconds), and the threads that do run share the cores with it.
+// Measured on 2 cores (distance loss, N = 128, D = 2048, 1,800 regions per
+// case): a worker started at most 0.3 ms after its region began when idle and
+// when woken after 10 ms of sleep; beside one busy process 4% of regions
+// waited 1-8 ms for it, and the call took 2.7x its idle time on two threads
+// against 1.0x on one. A region of a few milliseconds per thread (the angle
+// loss at N = 128) absorbs such waits: there two threads stayed ahead of one.
+// So a region is contended when its calling thread, its own chunk done,
+// waited for the others longer than the whole region would have taken on it
+// alone, and over kContendedWaitNs (above any wake-up from sleep): the rest of
+// its call runs on the calling thread (as a serial call: the same bits). A
+// second one within kStrikeWindowNs marks the process contended: every call
+// for the next contention_hold_ns() runs serial, and the first call after
+// the hold tries the pool again. (A single late region, as a virtual
+// machine's host preempting a thread once in a few seconds produces on an
+// idle machine, costs the rest of one call, not a hold.)
+constexpr int64_t kContendedWaitNs = 1000000;
+constexpr int64_t kStrikeWindowNs = 100000000;
+constexpr int64_t kContentionHoldNs = 250000000;
+
+inline std::atomic<int64_t>& contention_hold_ns() {
+  static std::atomic<int64_t> hold{kContentionHoldNs};
+  return hold;
+}
+
+inline int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Until when (steady_ns) calls run serial; and how many regions were found contended
+// (torch.ops.rkd_ext._cpu_contended_regions).
+inline std::atomic<int64_t>& contended_until_ns() {
+  static std::atomic<int64_t> until{0};
+  return until;
+}
+inline std::atomic<int64_t>& contended_regions() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+inline bool contended_now() {
+  return steady_ns() < contended_until_ns().load(std::memory_order_relaxed);
+}
+
+// Starts a hold now.
+inline void mark_contended() {
+  contended_until_ns().store(steady_ns() + contention_hold_ns().load(std::memory_order_relaxed),
+                             std::memory_order_relaxed);
+}
+
+// A contended region: counted, and a hold if the last one was recent.
+inline void contended_region() {
+  static std::atomic<int64_t> last{INT64_MIN / 2};
+  contended_regions().fetch_add(1, std::memory_order_relaxed);
+  const int64_t now = steady_ns();
+  if (now - last.exchange(now, std::memory_order_relaxed) < kStrikeWindowNs) mark_contended();
 }
 
 }  // namespace rkd

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -57,7 +58,11 @@ inline bool& serial_call() {
 // serial call (the same chunks' results: no output depends on the chunking).
 // A range of at most one grain runs on the calling thread in torch's
 // parallel_for too (at::parallel_for's rule): only the others are counted as
-// regions, the ones that wake the pool.
+// regions, the ones that wake the pool. Each region is timed for the
+// contention guard (core/serial_work.h): when the calling thread, its own
+// chunk done, waited for the others longer than the region would have taken
+// on it alone (and over kContendedWaitNs), the rest of the call runs serial
+// (and a second such region soon after starts a hold).
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   if (begin >= end) return;
@@ -66,7 +71,23 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
     return;
   }
   parallel_regions().fetch_add(1, std::memory_order_relaxed);
-  torch::stable::parallel_for(begin, end, grain, f);
+  const int64_t start = steady_ns();
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int64_t> chunks{0};
+  int64_t caller_done = -1;
+  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    chunks.fetch_add(1, std::memory_order_relaxed);
+    f(b, e);
+    if (std::this_thread::get_id() == caller) caller_done = steady_ns() - start;
+  });
+  // The calling thread's chunk is about one thread's share: the region on
+  // the calling thread alone would have taken about chunks x caller_done.
+  const int64_t waited = steady_ns() - start - caller_done;
+  if (caller_done >= 0 && contention_hold_ns().load(std::memory_order_relaxed) > 0 &&
+      waited > std::max(kContendedWaitNs, (chunks.load(std::memory_order_relaxed) - 1) * caller_done)) {
+    contended_region();
+    serial_call() = true;  // the rest of this call (CpuCtx::run restores the flag)
+  }
 }
 
 // The features of one op call centred on their batch mean: the mean, the
@@ -292,7 +313,7 @@ struct CpuCtx {
       bool before = serial_call();
       explicit Serial(bool on) { serial_call() = on; }
       ~Serial() { serial_call() = before; }
-    } serial(work < serial_work_setting().load(std::memory_order_relaxed));
+    } serial(work < serial_work_setting().load(std::memory_order_relaxed) || contended_now());
     CpuBackend be;
     f(be);
   }
