@@ -18,8 +18,9 @@ its time the median call; every round after the first runs on fresh copies of th
 the median over rounds, printed with the 10th and 90th percentiles of the rounds. Sizes, inputs, the float64 oracle check
 before any timing and the skips are the suites' (benchmarks/common.py; RKD_BENCH_N, RKD_BENCH_D and
 RKD_BENCH_QUICK apply). --gap-ms sleeps before every timed call (the way a training loop calls a loss, with
-other work between: worker threads have gone idle); --busy runs that many busy processes beside each case's rounds
-(a data-loading worker, a second job). A case whose rounds would take over `--max-case-s` gets fewer of them (at
+other work between: worker threads have gone idle); --busy runs that many busy processes beside each case (a
+data-loading worker, a second job), paused and resumed so that every round times both implementations idle and
+loaded: each side's slowdown comes from the same run, moments apart. A case whose rounds would take over `--max-case-s` gets fewer of them (at
 least 3). --min-speedup exits with 1 when a case's median is below it.
 """
 import argparse
@@ -27,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +83,15 @@ def _busy(count):
             proc.wait()
 
 
+def _load(procs, on):
+    """Resume (on) or pause the busy processes, and give the scheduler a moment to settle. Paused, also wait
+    out rkd_ext's contention hold (csrc/core/serial_work.h), so that idle blocks time an idle process."""
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGCONT if on else signal.SIGSTOP)
+    hold = 0.0 if on or not rkd_ext._ext.available else torch.ops.rkd_ext._cpu_contention_hold()
+    time.sleep(0.05 + hold)
+
+
 def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True,
             max_case_s=20.0, gap_s=0.0, busy=0):
     """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason.
@@ -124,13 +135,20 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
     # Cases of seconds per call (the reference's N^2 D or N^3 D temporaries): fewer rounds, at least 3.
     per_round = sum(calls[w] * (runs[w][1] + gap_s) for w in runs)
     rounds = max(min(rounds, 3), min(rounds, int(max_case_s / max(per_round, 1e-9))))
-    with _busy(busy):
+    if busy:
+        rounds = max(3, rounds // 2)  # each round times both sides twice, idle and loaded
+    with _busy(busy) as procs:
         return dict(case, **_rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh,
-                                    gap_s))
+                                    gap_s, procs))
 
 
-def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh, gap_s):
+def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh, gap_s, procs=()):
+    """The rounds of a case. With busy processes (procs) each round times both implementations with them
+    paused (idle) and running (loaded), in alternating order: each side's slowdown is the median round's
+    loaded / idle, both measured moments apart."""
     medians = {impl: [], base: []}
+    idle = {impl: [], base: []}
+    slowdowns = {impl: [], base: []}
     ratios = []
     rng = random.Random(0)
     for r in range(rounds):
@@ -147,12 +165,23 @@ def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds,
                 if runs[w][1] < 0.05:  # the round's warm-up, where a call is short enough to feel it
                     runs[w][0]()
         order = (impl, base) if r % 2 == 0 else (base, impl)
-        for which in order:
-            medians[which].append(_block(runs[which][0], calls[which], device, gap_s))
+        for loaded in (((False, True) if r % 2 == 0 else (True, False)) if procs else (True,)):
+            if procs:
+                _load(procs, loaded)
+            for which in order:
+                (medians if loaded else idle)[which].append(_block(runs[which][0], calls[which], device, gap_s))
         ratios.append(medians[base][-1] / medians[impl][-1])
-    return dict(rounds=rounds, calls={impl: calls[impl], base: calls[base]},
-                impl_s=statistics.median(medians[impl]), base_s=statistics.median(medians[base]),
-                speedup=statistics.median(ratios), p10=_percentile(ratios, 0.1), p90=_percentile(ratios, 0.9))
+        if procs:
+            for which in (impl, base):
+                slowdowns[which].append(medians[which][-1] / idle[which][-1])
+    out = dict(rounds=rounds, calls={impl: calls[impl], base: calls[base]},
+               impl_s=statistics.median(medians[impl]), base_s=statistics.median(medians[base]),
+               speedup=statistics.median(ratios), p10=_percentile(ratios, 0.1), p90=_percentile(ratios, 0.9))
+    if procs:
+        out.update(impl_idle_s=statistics.median(idle[impl]), base_idle_s=statistics.median(idle[base]),
+                   impl_slowdown=statistics.median(slowdowns[impl]),
+                   base_slowdown=statistics.median(slowdowns[base]))
+    return out
 
 
 def _fmt_s(s):
@@ -174,12 +203,19 @@ def markdown(results, meta):
              "10th-90th percentile of the rounds and their number." +
              (f" Each timed call follows {meta['gap_ms']:g} ms of sleep (blocks of up to {GAP_CALLS} calls)."
               if meta.get("gap_ms") else "") +
-             (f" {meta['busy']} busy process(es) (a Python loop, one core each) ran beside every case's rounds."
+             (f" {meta['busy']} busy process(es) (a Python loop, one core each) beside every case: each round "
+              "times both implementations with them paused (idle) and running (loaded), in alternating order; "
+              "a slowdown is the median round's loaded / idle time, the loaded speed-up the median round's."
               if meta.get("busy") else ""), ""]
     for op in dict.fromkeys(r["op"] for r in results):
         for mode in MODES:
             sel = [r for r in results if r["op"] == op and r["mode"] == mode]
             if not sel:
+                continue
+            if any("impl_slowdown" in r for r in sel):
+                lines += [f"## {op}, {mode_name[mode]}", "", _SLOWDOWN_HEAD.format(**meta), _SLOWDOWN_RULE]
+                lines += [_slowdown_row(r) for r in sel if "impl_slowdown" in r]
+                lines.append("")
                 continue
             lines += [f"## {op}, {mode_name[mode]}", "",
                       f"| N | D | {meta['impl']} | {meta['base']} | speed-up | rounds: p10-p90 (count) |",
@@ -192,6 +228,17 @@ def markdown(results, meta):
                                  f"{r['speedup']:.2f}x | {r['p10']:.2f}-{r['p90']:.2f}x ({r['rounds']}) |")
             lines.append("")
     return "\n".join(lines)
+
+
+_SLOWDOWN_HEAD = ("| N | D | {impl} idle | {impl} loaded | {impl} slowdown | {base} idle | {base} loaded | "
+                  "{base} slowdown | loaded speed-up |")
+_SLOWDOWN_RULE = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def _slowdown_row(r):
+    return (f"| {r['n']} | {r['d']} | {_fmt_s(r['impl_idle_s'])} | {_fmt_s(r['impl_s'])} | "
+            f"{r['impl_slowdown']:.2f}x | {_fmt_s(r['base_idle_s'])} | {_fmt_s(r['base_s'])} | "
+            f"{r['base_slowdown']:.2f}x | {r['speedup']:.2f}x |")
 
 
 def speedup_tables(saved):
