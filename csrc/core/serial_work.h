@@ -45,14 +45,15 @@ inline std::atomic<int64_t>& parallel_regions() {
 // waited 1-8 ms for it, and the call took 2.7x its idle time on two threads
 // against 1.0x on one. A region of a few milliseconds per thread (the angle
 // loss at N = 128) absorbs such waits: there two threads stayed ahead of one.
-// So a region is contended when its calling thread, its own chunk done,
-// waited for the others longer than the whole region would have taken on it
-// alone, and over kContendedWaitNs (above any wake-up from sleep): the rest of
-// its call runs on the calling thread (as a serial call: the same bits). A
-// second one within kStrikeWindowNs marks the process contended: every call
-// for the next contention_hold_ns() runs serial, and the first call after
-// the hold tries the pool again. (A single late region, as a virtual
-// machine's host preempting a thread once in a few seconds produces on an
+// So a region is contended when one of its threads started its chunk later
+// than the whole region would have taken on the calling thread alone, and
+// over kContendedWaitNs (above any wake-up from sleep; a start lag, unlike
+// the time the region ends, does not depend on how evenly its work splits):
+// the rest of its call runs on the calling thread (as a serial call: the same
+// bits). A second one within kStrikeWindowNs marks the process contended:
+// every call for the next contention_hold_ns() runs serial, and the first
+// call after the hold tries the pool again. (A single late region, as a
+// virtual machine's host preempting a thread once in a while produces on an
 // idle machine, costs the rest of one call, not a hold.)
 constexpr int64_t kContendedWaitNs = 1000000;
 constexpr int64_t kStrikeWindowNs = 100000000;
