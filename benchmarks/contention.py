@@ -6,8 +6,9 @@ calls after a sleep, and calls beside busy processes.
                                     [--json OUT.json] [--md OUT.md]
 
 Each case (an op's forward + backward, float32, N x D) runs `--rounds` rounds per condition; a round times a block
-of calls with the guard on (its default hold) and a block with it off (hold 0), in alternating order, and takes the
-ratio of the blocks' medians (below 1: the guard made calls faster). Conditions: `idle` (calls back to back),
+of calls with the guard on (its default hold) and a block with it off (hold 0), in alternating order, each after
+0.1 s of untimed calls in the same setting, and takes the ratio of the blocks' medians (below 1: the guard made
+calls faster). Conditions: `idle` (calls back to back),
 `gap` (`--gap-ms` of sleep before each call: the pool's threads fall asleep, which the guard must not take for
 contention), `busy` (`--busy` busy processes beside the rounds, started before and killed after). Also counted
 with the guard on: the parallel regions the calls opened and the ones the guard found contended, per 1,000 calls.
@@ -43,7 +44,7 @@ def _set_hold(seconds):
     ops._set_cpu_contention_hold(seconds)
 
 
-def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold):
+def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.1):
     """One case in one condition: the median round's guard-on / guard-off time ratio, its spread, both medians,
     and the regions (opened, found contended) per 1,000 guard-on calls."""
     ops = torch.ops.rkd_ext
@@ -68,6 +69,11 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold):
         for r in range(rounds):
             for guard in ((True, False) if r % 2 == 0 else (False, True)):
                 _set_hold(hold if guard else 0.0)
+                # Untimed calls first: a loop's steady state, where the guard has seen the machine (a hold
+                # starts after two contended regions), not its first calls after the switch.
+                settle = time.perf_counter() + settle_s
+                while time.perf_counter() < settle:
+                    call()
                 regions, found = ops._cpu_parallel_regions(), ops._cpu_contended_regions()
                 times = []
                 for _ in range(calls):

@@ -8,6 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#if !defined(_WIN32)
+#include <time.h>
+#endif
 
 namespace rkd {
 
@@ -45,16 +48,17 @@ inline std::atomic<int64_t>& parallel_regions() {
 // waited 1-8 ms for it, and the call took 2.7x its idle time on two threads
 // against 1.0x on one. A region of a few milliseconds per thread (the angle
 // loss at N = 128) absorbs such waits: there two threads stayed ahead of one.
-// So a region is contended when one of its threads started its chunk later
-// than the whole region would have taken on the calling thread alone, and
-// over kContendedWaitNs (above any wake-up from sleep; a start lag, unlike
-// the time the region ends, does not depend on how evenly its work splits):
-// the rest of its call runs on the calling thread (as a serial call: the same
-// bits). A second one within kStrikeWindowNs marks the process contended:
-// every call for the next contention_hold_ns() runs serial, and the first
-// call after the hold tries the pool again. (A single late region, as a
-// virtual machine's host preempting a thread once in a while produces on an
-// idle machine, costs the rest of one call, not a hold.)
+// So a region is contended when one of its workers was delayed (started its
+// chunk late, or was runnable but not running during it: its wall time less
+// its CPU time) by more than the whole region would have taken on the calling
+// thread alone, and by over kContendedWaitNs (above any wake-up from sleep).
+// Unlike the time the region ends, the delay does not grow with an uneven
+// split of the work. The rest of its call then runs on the calling thread (as
+// a serial call: the same bits). A second one within kStrikeWindowNs marks
+// the process contended: every call for the next contention_hold_ns() runs
+// serial, and the first call after the hold tries the pool again. (A single
+// late region, as a virtual machine's host preempting a thread once in a
+// while produces on an idle machine, costs the rest of one call, not a hold.)
 constexpr int64_t kContendedWaitNs = 1000000;
 constexpr int64_t kStrikeWindowNs = 100000000;
 constexpr int64_t kContentionHoldNs = 250000000;
@@ -67,6 +71,17 @@ inline std::atomic<int64_t>& contention_hold_ns() {
 inline int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+// The calling thread's CPU time in nanoseconds, or -1 where unknown.
+inline int64_t thread_cpu_ns() {
+#if defined(_WIN32)
+  return -1;
+#else
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+#endif
 }
 
 // Until when (steady_ns) calls run serial; and how many regions were found contended
