@@ -11,7 +11,7 @@ of calls with the guard on (its default hold) and a block with it off (hold 0), 
 calls faster). Conditions: `idle` (calls back to back),
 `gap` (`--gap-ms` of sleep before each call: the pool's threads fall asleep, which the guard must not take for
 contention), `busy` (`--busy` busy processes beside the rounds, started before and killed after). Also counted
-with the guard on: the parallel regions the calls opened and the ones the guard found contended, per 1,000 calls.
+with the guard on: the parallel regions the calls opened and the holds the guard started, per 1,000 calls.
 The same bits come out either way (python_tests/test_cpu_serial.py), so only time is compared.
 """
 import argparse
@@ -46,7 +46,7 @@ def _set_hold(seconds):
 
 def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.1):
     """One case in one condition: the median round's guard-on / guard-off time ratio, its spread, both medians,
-    and the regions (opened, found contended) per 1,000 guard-on calls."""
+    and the parallel regions opened and holds started per 1,000 guard-on calls."""
     ops = torch.ops.rkd_ext
     s = make_features(n, d, seed=1, requires_grad=True)
     t = make_features(n, d, seed=2)
@@ -64,17 +64,17 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.
     if condition == "gap":
         calls = min(calls, 10)
     on, off, ratios = [], [], []
-    opened = contended = guarded_calls = 0
+    opened = holds = guarded_calls = 0
     with _busy(busy if condition == "busy" else 0):
         for r in range(rounds):
             for guard in ((True, False) if r % 2 == 0 else (False, True)):
                 _set_hold(hold if guard else 0.0)
                 # Untimed calls first: a loop's steady state, where the guard has seen the machine (a hold
-                # starts after two contended regions), not its first calls after the switch.
+                # starts once its ledger is in debt), not its first calls after the switch.
                 settle = time.perf_counter() + settle_s
                 while time.perf_counter() < settle:
                     call()
-                regions, found = ops._cpu_parallel_regions(), ops._cpu_contended_regions()
+                regions, found = ops._cpu_parallel_regions(), ops._cpu_contention_holds()
                 times = []
                 for _ in range(calls):
                     if condition == "gap":
@@ -85,7 +85,7 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.
                 (on if guard else off).append(statistics.median(times))
                 if guard:
                     opened += ops._cpu_parallel_regions() - regions
-                    contended += ops._cpu_contended_regions() - found
+                    holds += ops._cpu_contention_holds() - found
                     guarded_calls += calls
             ratios.append(on[-1] / off[-1])
     _set_hold(hold)
@@ -93,7 +93,7 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.
     return dict(op=op, n=n, d=d, condition=condition, rounds=rounds, calls=calls,
                 on_s=statistics.median(on), off_s=statistics.median(off), ratio=statistics.median(ratios),
                 p10=ratios[int(0.1 * (len(ratios) - 1) + 0.5)], p90=ratios[int(0.9 * (len(ratios) - 1) + 0.5)],
-                regions_per_1000=1000 * opened / guarded_calls, contended_per_1000=1000 * contended / guarded_calls)
+                regions_per_1000=1000 * opened / guarded_calls, holds_per_1000=1000 * holds / guarded_calls)
 
 
 def markdown(results, meta):
@@ -104,18 +104,18 @@ def markdown(results, meta):
              f"- {meta['rounds']} rounds per case and condition, each a block of calls with the guard on and one with "
              "it off (alternating order); on / off is the median round's ratio of the blocks' medians, beside the "
              f"rounds' 10th-90th percentiles. gap: {meta['gap_ms']:g} ms of sleep before each call; busy: "
-             f"{meta['busy']} busy process(es) beside the rounds. Regions: parallel regions opened and found "
-             "contended per 1,000 calls with the guard on.", ""]
+             f"{meta['busy']} busy process(es) beside the rounds. Regions and holds: parallel regions opened and "
+             "holds started per 1,000 calls with the guard on.", ""]
     for condition in CONDITIONS:
         sel = [r for r in results if r["condition"] == condition]
         if not sel:
             continue
         lines += [f"## {condition}", "",
-                  "| op | N | D | guard on | guard off | on / off | rounds: p10-p90 | regions | contended |",
+                  "| op | N | D | guard on | guard off | on / off | rounds: p10-p90 | regions | holds |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['op']} | {r['n']} | {r['d']} | {r['on_s'] * 1e3:.3g} ms | {r['off_s'] * 1e3:.3g} ms | "
                   f"{r['ratio']:.2f}x | {r['p10']:.2f}-{r['p90']:.2f}x | {r['regions_per_1000']:.0f} | "
-                  f"{r['contended_per_1000']:.1f} |" for r in sel]
+                  f"{r['holds_per_1000']:.1f} |" for r in sel]
         lines.append("")
     return "\n".join(lines)
 
@@ -167,7 +167,7 @@ def main(argv=None):
                     results.append(r)
                     print(f"{condition:5s} {op:14s} N={n:4d} D={d:6d} on {r['on_s'] * 1e3:8.3f} ms "
                           f"off {r['off_s'] * 1e3:8.3f} ms  on/off {r['ratio']:.2f} [{r['p10']:.2f}-{r['p90']:.2f}] "
-                          f"contended {r['contended_per_1000']:.1f}/1000 calls", flush=True)
+                          f"holds {r['holds_per_1000']:.1f}/1000 calls", flush=True)
     meta = dict(command="python -m benchmarks.contention " + " ".join(sys.argv[1:] if argv is None else argv),
                 rounds=a.rounds, block_ms=a.block_ms, gap_ms=a.gap_ms, busy=a.busy, hold_s=hold,
                 threads=torch.get_num_threads(), torch=torch.__version__, hardware=_hardware("cpu"),

@@ -78,11 +78,11 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_set_cpu_serial_work(float work) -> ()");
   m.def("_cpu_parallel_regions() -> int");
   // The CPU's contention guard (csrc/core/serial_work.h): its hold in seconds
-  // (0 turns it off), the regions it has found contended, and a way to start
-  // a hold as a contended region does.
+  // (0 turns it off), the holds it has started, and a way to start one as
+  // its ledger does.
   m.def("_cpu_contention_hold() -> float");
   m.def("_set_cpu_contention_hold(float seconds) -> ()");
-  m.def("_cpu_contended_regions() -> int");
+  m.def("_cpu_contention_holds() -> int");
   m.def("_cpu_mark_contended() -> ()");
 }
 
@@ -140,7 +140,7 @@ void set_cpu_contention_hold(double seconds) {
   if (seconds == 0.0) rkd::contended_until_ns().store(0);
 }
 
-int64_t cpu_contended_regions() { return rkd::contended_regions().load(); }
+int64_t cpu_contention_holds() { return rkd::contention_holds().load(); }
 
 void cpu_mark_contended() { rkd::mark_contended(); }
 
@@ -155,7 +155,7 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_parallel_regions", TORCH_BOX(&cpu_parallel_regions));
   m.impl("_cpu_contention_hold", TORCH_BOX(&get_cpu_contention_hold));
   m.impl("_set_cpu_contention_hold", TORCH_BOX(&set_cpu_contention_hold));
-  m.impl("_cpu_contended_regions", TORCH_BOX(&cpu_contended_regions));
+  m.impl("_cpu_contention_holds", TORCH_BOX(&cpu_contention_holds));
   m.impl("_cpu_mark_contended", TORCH_BOX(&cpu_mark_contended));
 }
 

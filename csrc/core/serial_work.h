@@ -5,6 +5,7 @@
 // overrides (tests and benchmarks.serial_threshold).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -40,27 +41,25 @@ inline std::atomic<int64_t>& parallel_regions() {
 
 // The contention guard. Beside a busy process (a data-loading worker, a
 // second job) that keeps a core busy, the pool's threads outnumber the free
-// cores: a region waits for a worker that cannot run, for a scheduler slice
-// (milliseconds), and the threads that do run share the cores with it.
-// Measured on 2 cores (distance loss, N = 128, D = 2048, 1,800 regions per
-// case): a worker started at most 0.3 ms after its region began when idle and
-// when woken after 10 ms of sleep; beside one busy process 4% of regions
-// waited 1-8 ms for it, and the call took 2.7x its idle time on two threads
-// against 1.0x on one. A region of a few milliseconds per thread (the angle
-// loss at N = 128) absorbs such waits: there two threads stayed ahead of one.
-// So a region is contended when one of its workers was delayed (started its
-// chunk late, or was runnable but not running during it: its wall time less
-// its CPU time) by more than the whole region would have taken on the calling
-// thread alone, and by over kContendedWaitNs (above any wake-up from sleep).
-// Unlike the time the region ends, the delay does not grow with an uneven
-// split of the work. The rest of its call then runs on the calling thread (as
-// a serial call: the same bits). A second one within kStrikeWindowNs marks
-// the process contended: every call for the next contention_hold_ns() runs
-// serial, and the first call after the hold tries the pool again. (A single
-// late region, as a virtual machine's host preempting a thread once in a
-// while produces on an idle machine, costs the rest of one call, not a hold.)
-constexpr int64_t kContendedWaitNs = 1000000;
-constexpr int64_t kStrikeWindowNs = 100000000;
+// cores: a region waits for a worker that cannot run (for a scheduler slice,
+// milliseconds), and a worker preempted in the middle of its chunk holds the
+// region up. Short regions then lose more to the waits than they gain from
+// the second thread; long ones can still gain. So every region is priced:
+// its gain is the work of its threads (the calling thread's time to finish
+// its chunk, and each worker's CPU time, which a preemption does not inflate)
+// less the time the region took, negative when it was slower than the
+// calling thread alone would have been. The gains add up in a ledger whose
+// credit is capped at kContentionCredit (a few scheduler slices); when the balance falls below
+// -kContentionDebt the process is contended: the rest of that call and every
+// call for the next contention_hold_ns() run on the calling thread (as serial
+// calls: the same bits), the ledger restarts at 0, and the first call after
+// the hold tries the pool again. Idle, and after sleeps that put the pool's
+// threads to sleep (wake-ups cost tens of microseconds), regions gain and the
+// guard never holds; a single preemption of a few milliseconds (a virtual
+// machine's host, once in a while) is paid from the credit. Evidence:
+// python -m benchmarks.contention (docs/performance.md).
+constexpr int64_t kContentionCredit = 20000000;
+constexpr int64_t kContentionDebt = 2000000;
 constexpr int64_t kContentionHoldNs = 250000000;
 
 inline std::atomic<int64_t>& contention_hold_ns() {
@@ -84,13 +83,13 @@ inline int64_t thread_cpu_ns() {
 #endif
 }
 
-// Until when (steady_ns) calls run serial; and how many regions were found contended
-// (torch.ops.rkd_ext._cpu_contended_regions).
+// Until when (steady_ns) calls run serial; and how many holds the ledger has
+// started (torch.ops.rkd_ext._cpu_contention_holds).
 inline std::atomic<int64_t>& contended_until_ns() {
   static std::atomic<int64_t> until{0};
   return until;
 }
-inline std::atomic<int64_t>& contended_regions() {
+inline std::atomic<int64_t>& contention_holds() {
   static std::atomic<int64_t> count{0};
   return count;
 }
@@ -105,12 +104,19 @@ inline void mark_contended() {
                              std::memory_order_relaxed);
 }
 
-// A contended region: counted, and a hold if the last one was recent.
-inline void contended_region() {
-  static std::atomic<int64_t> last{INT64_MIN / 2};
-  contended_regions().fetch_add(1, std::memory_order_relaxed);
-  const int64_t now = steady_ns();
-  if (now - last.exchange(now, std::memory_order_relaxed) < kStrikeWindowNs) mark_contended();
+// Adds a region's gain (nanoseconds; negative: slower than serial) to the
+// ledger; true when that started a hold (counted as a contended region).
+inline bool contention_ledger(int64_t gain) {
+  static std::atomic<int64_t> balance{0};
+  int64_t seen = balance.load(std::memory_order_relaxed), next;
+  do {
+    next = std::min(seen + gain, kContentionCredit);
+  } while (!balance.compare_exchange_weak(seen, next, std::memory_order_relaxed));
+  if (next >= -kContentionDebt) return false;
+  balance.store(0, std::memory_order_relaxed);
+  contention_holds().fetch_add(1, std::memory_order_relaxed);
+  mark_contended();
+  return true;
 }
 
 }  // namespace rkd

@@ -58,12 +58,9 @@ inline bool& serial_call() {
 // serial call (the same chunks' results: no output depends on the chunking).
 // A range of at most one grain runs on the calling thread in torch's
 // parallel_for too (at::parallel_for's rule): only the others are counted as
-// regions, the ones that wake the pool. Each region is timed for the
-// contention guard (core/serial_work.h): when a worker was delayed (started
-// late, or was preempted during its chunk) by more than the region would
-// have taken on the calling thread alone (and over kContendedWaitNs), the
-// rest of the call runs serial (and a second such region soon after starts a
-// hold).
+// regions, the ones that wake the pool. Each region's gain over the calling
+// thread alone goes to the contention guard (core/serial_work.h); when the
+// guard starts a hold, the rest of the call runs serial.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   if (begin >= end) return;
@@ -74,34 +71,26 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   parallel_regions().fetch_add(1, std::memory_order_relaxed);
   const int64_t start = steady_ns();
   const std::thread::id caller = std::this_thread::get_id();
-  std::atomic<int64_t> chunks{0}, worst{0};
+  std::atomic<int64_t> worker_cpu{0};
   int64_t caller_done = -1;
   torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-    chunks.fetch_add(1, std::memory_order_relaxed);
     if (std::this_thread::get_id() == caller) {
       f(b, e);
       caller_done = steady_ns() - start;
       return;
     }
-    // A worker's delay: how late it started, plus the time it was runnable
-    // but not running during its chunk (wall time less its CPU time).
+    // A worker's share of the work: its chunk's CPU time (its wall time
+    // where the CPU clock is unknown), which a preemption does not inflate.
     const int64_t t0 = steady_ns(), c0 = thread_cpu_ns();
     f(b, e);
-    const int64_t wall = steady_ns() - t0, cpu = thread_cpu_ns() - c0;
-    const int64_t delay = t0 - start + (c0 < 0 ? 0 : std::max<int64_t>(0, wall - cpu));
-    int64_t seen = worst.load(std::memory_order_relaxed);
-    while (delay > seen && !worst.compare_exchange_weak(seen, delay, std::memory_order_relaxed)) {
-    }
+    const int64_t cpu = c0 < 0 ? steady_ns() - t0 : thread_cpu_ns() - c0;
+    worker_cpu.fetch_add(cpu, std::memory_order_relaxed);
   });
-  // The calling thread's chunk is about one thread's share: the region on
-  // the calling thread alone would have taken about chunks x caller_done; a
-  // worker delayed by more than that made the region slower than that.
-  if (caller_done >= 0 && contention_hold_ns().load(std::memory_order_relaxed) > 0 &&
-      worst.load(std::memory_order_relaxed) >
-          std::max(kContendedWaitNs, (chunks.load(std::memory_order_relaxed) - 1) * caller_done)) {
-    contended_region();
-    serial_call() = true;  // the rest of this call (CpuCtx::run restores the flag)
-  }
+  if (caller_done < 0 || contention_hold_ns().load(std::memory_order_relaxed) == 0) return;
+  // What the region gained over running on the calling thread alone: the
+  // work of both sides, less the time it took.
+  const int64_t gain = caller_done + worker_cpu.load(std::memory_order_relaxed) - (steady_ns() - start);
+  if (contention_ledger(gain)) serial_call() = true;  // the rest of this call (CpuCtx::run restores the flag)
 }
 
 // The features of one op call centred on their batch mean: the mean, the
