@@ -49,11 +49,11 @@ inline std::atomic<int64_t>& parallel_regions() {
 // its chunk, and each worker's CPU time, which a preemption does not inflate)
 // less the time the region took, negative when it was slower than the
 // calling thread alone would have been. The gains add up in a ledger whose
-// credit is capped at kContentionCredit (a few scheduler slices); when the balance falls below
-// -kContentionDebt the process is contended: the rest of that call and every
-// call for the next contention_hold_ns() run on the calling thread (as serial
-// calls: the same bits), the ledger restarts at 0, and the first call after
-// the hold tries the pool again. Idle, and after sleeps that put the pool's
+// credit is capped at kContentionCredit (a few scheduler slices); when the
+// balance falls below -kContentionDebt the process is contended: the rest of
+// that call and every call for the next contention_hold_ns() run on the
+// calling thread (as serial calls: the same bits), the ledger restarts at 0,
+// and the first call after the hold tries the pool again. Idle, and after sleeps that put the pool's
 // threads to sleep (wake-ups cost tens of microseconds), regions gain and the
 // guard never holds; a single preemption of a few milliseconds (a virtual
 // machine's host, once in a while) is paid from the credit. Evidence:
@@ -105,7 +105,7 @@ inline void mark_contended() {
 }
 
 // Adds a region's gain (nanoseconds; negative: slower than serial) to the
-// ledger; true when that started a hold (counted as a contended region).
+// ledger; true when that started a hold (counted in contention_holds).
 inline bool contention_ledger(int64_t gain) {
   static std::atomic<int64_t> balance{0};
   int64_t seen = balance.load(std::memory_order_relaxed), next;
