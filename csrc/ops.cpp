@@ -77,6 +77,8 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_cpu_serial_work() -> float");
   m.def("_set_cpu_serial_work(float work) -> ()");
   m.def("_cpu_parallel_regions() -> int");
+  m.def("_cpu_region_chunks() -> int");
+  m.def("_set_cpu_region_chunks(int chunks) -> ()");
   // The CPU's contention guard (csrc/core/serial_work.h): its hold in seconds
   // (0 turns it off), the holds it has started, and a way to start one as
   // its ledger does.
@@ -131,6 +133,13 @@ void set_cpu_serial_work(double work) {
 
 int64_t cpu_parallel_regions() { return rkd::parallel_regions().load(); }
 
+int64_t get_cpu_region_chunks() { return rkd::region_chunks_setting().load(); }
+
+void set_cpu_region_chunks(int64_t chunks) {
+  RKD_CHECK_VALUE(chunks >= 1 && chunks <= 64, "_set_cpu_region_chunks: chunks must be within [1, 64], got ", chunks);
+  rkd::region_chunks_setting().store(chunks);
+}
+
 double get_cpu_contention_hold() { return static_cast<double>(rkd::contention_hold_ns().load()) * 1e-9; }
 
 void set_cpu_contention_hold(double seconds) {
@@ -153,6 +162,8 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_serial_work", TORCH_BOX(&get_cpu_serial_work));
   m.impl("_set_cpu_serial_work", TORCH_BOX(&set_cpu_serial_work));
   m.impl("_cpu_parallel_regions", TORCH_BOX(&cpu_parallel_regions));
+  m.impl("_cpu_region_chunks", TORCH_BOX(&get_cpu_region_chunks));
+  m.impl("_set_cpu_region_chunks", TORCH_BOX(&set_cpu_region_chunks));
   m.impl("_cpu_contention_hold", TORCH_BOX(&get_cpu_contention_hold));
   m.impl("_set_cpu_contention_hold", TORCH_BOX(&set_cpu_contention_hold));
   m.impl("_cpu_contention_holds", TORCH_BOX(&cpu_contention_holds));

@@ -78,17 +78,35 @@ def cpu_contention_hold(seconds):
         ops._set_cpu_contention_hold(before)
 
 
-def run_with_threads(fn, threads=(1, 2, 2)):
-    """fn() under each intra-op thread count in turn, every call through its parallel regions (the serial
-    threshold at 0), then once on the calling thread alone (the threshold above any call); the list of its
-    results."""
+@contextlib.contextmanager
+def cpu_region_chunks(chunks):
+    """The chunks per thread a CPU parallel region hands out (csrc/core/serial_work.h) set to `chunks`."""
+    ops = torch.ops.rkd_ext
+    before = ops._cpu_region_chunks()
+    ops._set_cpu_region_chunks(chunks)
+    try:
+        yield
+    finally:
+        ops._set_cpu_region_chunks(before)
+
+
+# (intra-op threads, chunks per thread or None for the default) of run_with_threads: one thread, two threads
+# twice, two threads in one equal share each (at::parallel_for's own split), three threads in many small chunks.
+THREAD_RUNS = ((1, None), (2, None), (2, None), (2, 1), (3, 64))
+
+
+def run_with_threads(fn, runs=THREAD_RUNS):
+    """fn() under each (intra-op threads, region chunks) in turn, every call through its parallel regions (the
+    serial threshold at 0), then once on the calling thread alone (the threshold above any call); the list of
+    its results."""
     before = torch.get_num_threads()
     try:
         out = []
         with cpu_serial_work(0.0):
-            for n in threads:
+            for n, chunks in runs:
                 torch.set_num_threads(n)
-                out.append(fn())
+                with contextlib.nullcontext() if chunks is None else cpu_region_chunks(chunks):
+                    out.append(fn())
         with cpu_serial_work(float("inf")):
             out.append(fn())
         return out

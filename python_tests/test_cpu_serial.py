@@ -1,6 +1,6 @@
-"""The CPU's serial threshold and contention guard (csrc/core/serial_work.h): calls below the threshold open no
-parallel region, calls above it do, calls during a contention hold do not, and a call's outputs are the same
-bits either way.
+"""The CPU's serial threshold, contention guard and region chunks (csrc/core/serial_work.h): calls below the
+threshold open no parallel region, calls above it do, calls during a contention hold do not, and a call's outputs
+are the same bits either way.
 
 The parallel regions are counted by the extension (rkd_ext's _cpu_parallel_regions op), so the decisions are
 observed directly; the outputs are compared with the same call made through the thread pool. Region counts are
@@ -121,3 +121,12 @@ def test_contention_hold_rejects_bad_values():
         with pytest.raises((ValueError, RuntimeError), match="seconds must be within"):
             ops._set_cpu_contention_hold(bad)
     assert ops._cpu_contention_hold() == pytest.approx(0.25)
+
+
+def test_region_chunks_setting():
+    # Bitwise equality across chunkings is checked by every op's determinism test (conftest's run_with_threads).
+    assert ops._cpu_region_chunks() == 4
+    for bad in (0, 65, -1):
+        with pytest.raises((ValueError, RuntimeError), match="chunks must be within"):
+            ops._set_cpu_region_chunks(bad)
+    assert ops._cpu_region_chunks() == 4

@@ -39,6 +39,18 @@ inline std::atomic<int64_t>& parallel_regions() {
   return count;
 }
 
+// How many chunks per thread a parallel region hands out (cpu_backend.h's
+// parallel_for): threads take them from a shared counter as they become
+// free, so a thread that the scheduler preempts delays the region by at most
+// the chunk it holds. 1 is one equal share per thread (at::parallel_for's
+// own split). torch.ops.rkd_ext._set_cpu_region_chunks overrides it.
+constexpr int64_t kRegionChunks = 4;
+
+inline std::atomic<int64_t>& region_chunks_setting() {
+  static std::atomic<int64_t> chunks{kRegionChunks};
+  return chunks;
+}
+
 // The contention guard. Beside a busy process (a data-loading worker, a
 // second job) that keeps a core busy, the pool's threads outnumber the free
 // cores: a region waits for a worker that cannot run (for a scheduler slice,

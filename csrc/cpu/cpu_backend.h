@@ -58,9 +58,18 @@ inline bool& serial_call() {
 // serial call (the same chunks' results: no output depends on the chunking).
 // A range of at most one grain runs on the calling thread in torch's
 // parallel_for too (at::parallel_for's rule): only the others are counted as
-// regions, the ones that wake the pool. Each region's gain over the calling
-// thread alone goes to the contention guard (core/serial_work.h); when the
-// guard starts a hold, the rest of the call runs serial.
+// regions, the ones that wake the pool.
+//
+// A region hands its range out in chunks (at least a grain, about
+// region_chunks_setting() per thread, core/serial_work.h) that each thread
+// takes from a shared counter as it becomes free, not in one equal share per
+// thread: a thread that the scheduler preempts (a busy neighbour on its core)
+// then delays the region by at most the chunk it holds, while the others
+// take the rest.
+//
+// Each region's gain over the calling thread alone goes to the contention
+// guard (core/serial_work.h); when the guard starts a hold, the rest of the
+// call runs serial.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   if (begin >= end) return;
@@ -69,20 +78,28 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
     return;
   }
   parallel_regions().fetch_add(1, std::memory_order_relaxed);
+  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
+  const int64_t shares = threads * region_chunks_setting().load(std::memory_order_relaxed);
+  const int64_t chunk = std::max(grain, (end - begin + shares - 1) / shares);
+  const int64_t chunks = (end - begin + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
   const int64_t start = steady_ns();
   const std::thread::id caller = std::this_thread::get_id();
   std::atomic<int64_t> worker_cpu{0};
   int64_t caller_done = -1;
-  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-    if (std::this_thread::get_id() == caller) {
-      f(b, e);
+  // One task per thread (at most one per chunk), each taking chunks until none is left.
+  torch::stable::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
+    const bool is_caller = std::this_thread::get_id() == caller;
+    // A worker's share of the work: its CPU time (its wall time where the
+    // CPU clock is unknown), which a preemption does not inflate.
+    const int64_t t0 = is_caller ? 0 : steady_ns(), c0 = is_caller ? 0 : thread_cpu_ns();
+    for (int64_t k = next.fetch_add(1, std::memory_order_relaxed); k < chunks;
+         k = next.fetch_add(1, std::memory_order_relaxed))
+      f(begin + k * chunk, std::min(end, begin + (k + 1) * chunk));
+    if (is_caller) {
       caller_done = steady_ns() - start;
       return;
     }
-    // A worker's share of the work: its chunk's CPU time (its wall time
-    // where the CPU clock is unknown), which a preemption does not inflate.
-    const int64_t t0 = steady_ns(), c0 = thread_cpu_ns();
-    f(b, e);
     const int64_t cpu = c0 < 0 ? steady_ns() - t0 : thread_cpu_ns() - c0;
     worker_cpu.fetch_add(cpu, std::memory_order_relaxed);
   });
