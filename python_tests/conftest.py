@@ -51,16 +51,23 @@ def load_script(path):
 
 
 @contextlib.contextmanager
-def cpu_serial_work(work):
-    """The CPU's serial threshold (csrc/core/serial_work.h) set to `work` element operations: 0 makes every call
-    open its parallel regions, inf runs every call on the calling thread."""
+def _cpu_setting(name, value):
+    """The process-wide CPU setting read by torch.ops.rkd_ext._<name> and written by _set_<name> set to `value`,
+    and put back on the way out."""
     ops = torch.ops.rkd_ext
-    before = ops._cpu_serial_work()
-    ops._set_cpu_serial_work(work)
+    get, put = getattr(ops, "_" + name), getattr(ops, "_set_" + name)
+    before = get()
+    put(value)
     try:
         yield
     finally:
-        ops._set_cpu_serial_work(before)
+        put(before)
+
+
+def cpu_serial_work(work):
+    """The CPU's serial threshold (csrc/core/serial_work.h) set to `work` element operations: 0 makes every call
+    open its parallel regions, inf runs every call on the calling thread."""
+    return _cpu_setting("cpu_serial_work", work)
 
 
 @contextlib.contextmanager
@@ -78,16 +85,9 @@ def cpu_contention_hold(seconds):
         ops._set_cpu_contention_hold(before)
 
 
-@contextlib.contextmanager
 def cpu_region_chunks(chunks):
     """The chunks per thread a CPU parallel region hands out (csrc/core/serial_work.h) set to `chunks`."""
-    ops = torch.ops.rkd_ext
-    before = ops._cpu_region_chunks()
-    ops._set_cpu_region_chunks(chunks)
-    try:
-        yield
-    finally:
-        ops._set_cpu_region_chunks(before)
+    return _cpu_setting("cpu_region_chunks", chunks)
 
 
 # (intra-op threads, chunks per thread or None for the default) of run_with_threads: one thread, two threads

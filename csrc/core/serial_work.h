@@ -57,8 +57,9 @@ inline std::atomic<int64_t>& region_chunks_setting() {
 // milliseconds), and a worker preempted in the middle of its chunk holds the
 // region up. Short regions then lose more to the waits than they gain from
 // the second thread; long ones can still gain. So every region is priced:
-// its gain is the work of its threads (the calling thread's time to finish
-// its chunk, and each worker's CPU time, which a preemption does not inflate)
+// its gain is the work of its threads (the calling thread's time until it
+// found no chunk left, and each worker's CPU time, which a preemption does
+// not inflate)
 // less the time the region took, negative when it was slower than the
 // calling thread alone would have been. The gains add up in a ledger whose
 // credit is capped at kContentionCredit (a few scheduler slices); when the
