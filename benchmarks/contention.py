@@ -116,8 +116,7 @@ def markdown(results, meta):
              f"- commit: {meta['commit']}; {meta['date']} UTC; load average {meta['load'][0]:.1f} at the start",
              f"- {meta['rounds']} rounds per case and condition, each a block of calls with the defaults (on) and one "
              f"with {off} (off; alternating order); on / off is the median round's ratio of the blocks' medians, "
-             "beside the "
-             f"rounds' 10th-90th percentiles. gap: {meta['gap_ms']:g} ms of sleep before each call; busy: "
+             f"beside the rounds' 10th-90th percentiles. gap: {meta['gap_ms']:g} ms of sleep before each call; busy: "
              f"{meta['busy']} busy process(es) beside the rounds. Regions and holds: parallel regions opened and "
              "holds started per 1,000 calls with the defaults.", ""]
     for condition in CONDITIONS:
@@ -188,7 +187,8 @@ def main(argv=None):
                           f"off {r['off_s'] * 1e3:8.3f} ms  on/off {r['ratio']:.2f} [{r['p10']:.2f}-{r['p90']:.2f}] "
                           f"holds {r['holds_per_1000']:.1f}/1000 calls", flush=True)
     meta = dict(command="python -m benchmarks.contention " + " ".join(sys.argv[1:] if argv is None else argv),
-                compare=a.compare, chunks=chunks, rounds=a.rounds, block_ms=a.block_ms, gap_ms=a.gap_ms, busy=a.busy, hold_s=hold,
+                compare=a.compare, chunks=chunks, rounds=a.rounds, block_ms=a.block_ms, gap_ms=a.gap_ms,
+                busy=a.busy, hold_s=hold,
                 threads=torch.get_num_threads(), torch=torch.__version__, hardware=_hardware("cpu"),
                 commit=_commit(), load=load, date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
     for path, text in ((a.json, lambda: json.dumps(dict(meta=meta, results=results), indent=1)),

@@ -59,9 +59,8 @@ inline std::atomic<int64_t>& region_chunks_setting() {
 // the second thread; long ones can still gain. So every region is priced:
 // its gain is the work of its threads (the calling thread's time until it
 // found no chunk left, and each worker's CPU time, which a preemption does
-// not inflate)
-// less the time the region took, negative when it was slower than the
-// calling thread alone would have been. The gains add up in a ledger whose
+// not inflate) less the time the region took, negative when it was slower
+// than the calling thread alone would have been. The gains add up in a ledger whose
 // credit is capped at kContentionCredit (a few scheduler slices); when the
 // balance falls below -kContentionDebt the process is contended: the rest of
 // that call and every call for the next contention_hold_ns() run on the
