@@ -4,7 +4,8 @@ one implementation, then of the other, so that both see the same moment of a sha
     python -m benchmarks.paired [--grid training|global|all] [--ops OP,...] [--modes M,...]
                                 [--impl ours] [--base reference] [--rounds 15] [--block-ms 20] [--max-case-s 20]
                                 [--gap-ms MS] [--busy K] [--json OUT.json] [--md OUT.md] [--min-speedup X]
-    python -m benchmarks.paired --table OUT.json     (a saved run's speed-up tables, one column per op)
+    python -m benchmarks.paired --table OUT.json     (a saved run's speed-up tables, one column per op; a --busy
+                                                      run's slowdowns too, each side's in every cell)
     python -m benchmarks.paired --slowdown IDLE.json LOADED.json   (each side's slowdown under --busy/--gap-ms)
 
 The pytest-benchmark suites time each implementation in its own window of up to a second, one
@@ -274,6 +275,38 @@ def slowdown_table(idle, loaded):
     return "\n".join(lines)
 
 
+def slowdown_grids(saved):
+    """A busy run's (--busy) slowdowns in the speed-up tables' layout (one column per op): each cell the
+    impl's slowdown (loaded / idle, the median round) and the base's, in bold where the impl's is the
+    larger; the last row counts those cases. Empty for a run without busy processes."""
+    meta, out = saved["meta"], []
+    impl, base = meta["impl"], meta["base"]
+    rows = [r for r in saved["results"] if "impl_slowdown" in r]
+    for mode in report._ordered((r["mode"] for r in rows), list(report.MODE_NAMES)):
+        sel = [r for r in rows if r["mode"] == mode]
+        ops = report._ordered((r["op"] for r in sel), list(report.OPS))
+        cell = {(r["op"], r["n"], r["d"]): r for r in sel}
+        out += [f"{meta.get('busy', 0)} busy process(es), {report.MODE_NAMES[mode]}: slowdown (loaded / idle), "
+                f"{impl} / {base}; bold where {impl} slows more", "",
+                "| N | D | " + " | ".join(ops) + " |", "|---:|---:|" + "---:|" * len(ops)]
+        larger = {op: [0, 0] for op in ops}
+        for n, d in sorted({(r["n"], r["d"]) for r in sel}):
+            cells = []
+            for op in ops:
+                r = cell.get((op, n, d))
+                if r is None:
+                    cells.append("")
+                    continue
+                worse = r["impl_slowdown"] > r["base_slowdown"]
+                larger[op][0] += worse
+                larger[op][1] += 1
+                text = f"{r['impl_slowdown']:.2f} / {r['base_slowdown']:.2f}"
+                cells.append(f"**{text}**" if worse else text)
+            out.append(f"| {n} | {d} | " + " | ".join(cells) + " |")
+        out += [f"| {impl} slows more | | " + " | ".join(f"{k} of {m}" for k, m in larger.values()) + " |", ""]
+    return "\n".join(out)
+
+
 def _commit():
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,14 +344,19 @@ def main(argv=None):
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--min-speedup", type=float, default=None,
                    help="exit with 1 when a case's median speed-up is below this")
-    p.add_argument("--table", metavar="JSON", help="print the speed-up tables of a saved run (--json) and exit")
+    p.add_argument("--table", metavar="JSON", help="print the speed-up tables of a saved run (--json), and a --busy "
+                   "run's slowdown tables, and exit")
     p.add_argument("--slowdown", nargs=2, metavar=("IDLE_JSON", "LOADED_JSON"),
                    help="print each implementation's slowdown from a run with nothing beside it to one with --busy "
                         "or --gap-ms, and exit")
     a = p.parse_args(argv)
     if a.table:
         with open(a.table) as f:
-            print(speedup_tables(json.load(f)))
+            saved = json.load(f)
+        print(speedup_tables(saved))
+        grids = slowdown_grids(saved)
+        if grids:
+            print(grids)
         return 0
     if a.slowdown:
         runs = []

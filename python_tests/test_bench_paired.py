@@ -150,3 +150,31 @@ def test_slowdown_table_pairs_the_cases_of_two_runs():
     assert len(lines) == 3  # header, rule, the one case both runs measured
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells == ["distance_loss", "16", "512", "1 ms", "3 ms", "3.00x", "4 ms", "6 ms", "1.50x", "2.00x"]
+
+
+def test_table_of_a_busy_run_grids_both_slowdowns(tmp_path, capsys):
+    # A saved --busy run of two ops at two sizes: the slowdown grid puts each side's slowdown in the op's
+    # column, bolds the cases where ours slows more, and counts them; a run without busy processes has none.
+    def case(op, n, ours, ref):
+        return dict(op=op, impl="ours", base="reference", mode=impls.FORWARD_BACKWARD, n=n, d=16, device="cpu",
+                    dtype="float32", busy=1, rounds=3, speedup=2.0, p10=1.5, p90=2.5, impl_s=1e-3, base_s=2e-3,
+                    impl_idle_s=1e-3, base_idle_s=2e-3, impl_slowdown=ours, base_slowdown=ref)
+    saved = dict(meta=dict(impl="ours", base="reference", busy=1),
+                 results=[case("distance_loss", 8, 1.25, 1.5), case("distance_loss", 16, 2.0, 1.75),
+                          case("angle_loss", 8, 3.0, 1.125), case("angle_loss", 16, 1.0, 1.0)])
+    path = tmp_path / "busy.json"
+    path.write_text(json.dumps(saved))
+    assert paired.main(["--table", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("1 busy process(es), forward+backward: slowdown (loaded / idle), ours / reference; "
+                        "bold where ours slows more")
+    assert lines[start + 2] == "| N | D | distance_loss | angle_loss |"
+    assert lines[start + 4:start + 7] == ["| 8 | 16 | 1.25 / 1.50 | **3.00 / 1.12** |",
+                                          "| 16 | 16 | **2.00 / 1.75** | 1.00 / 1.00 |",
+                                          "| ours slows more | | 1 of 2 | 1 of 2 |"]
+    for r in saved["results"]:
+        for key in ("busy", "impl_slowdown", "base_slowdown", "impl_idle_s", "base_idle_s"):
+            r.pop(key)
+    path.write_text(json.dumps(saved))
+    assert paired.main(["--table", str(path)]) == 0
+    assert "slowdown" not in capsys.readouterr().out
