@@ -143,7 +143,9 @@ EOF
 }
 
 gpu_run() {
-  (cd "$src" && PYTHON=$py RKD_WHEEL=$(ls "$work"/wheels/rkd_ext-*.whl) \
+  # PYTEST_ARGS here are the suite's (tests above); gpu_run.sh reads its own for the GPU tests, and a -m
+  # there would replace its -m cuda with a run of the whole suite.
+  (cd "$src" && PYTHON=$py RKD_WHEEL=$(ls "$work"/wheels/rkd_ext-*.whl) PYTEST_ARGS= \
      RKD_GIT_COMMIT=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown) \
      bash scripts/gpu_run.sh "$work/gpu_run" build test sanitize bench | grep -E '^(==|\|)')
 }
