@@ -18,6 +18,7 @@
 
 #include "build_config.h"
 #include "core/product_precision.h"
+#include "core/scratch_cache.h"
 #include "core/serial_work.h"
 #include "torch_stable.h"
 
@@ -86,6 +87,10 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_set_cpu_contention_hold(float seconds) -> ()");
   m.def("_cpu_contention_holds() -> int");
   m.def("_cpu_mark_contended() -> ()");
+  // The float64 scratch the CPU kernels keep between calls (csrc/core/scratch_cache.h):
+  // its bytes, and a way to free it.
+  m.def("_cpu_scratch_bytes() -> int");
+  m.def("_cpu_release_scratch() -> ()");
 }
 
 namespace {
@@ -153,6 +158,10 @@ int64_t cpu_contention_holds() { return rkd::contention_holds().load(); }
 
 void cpu_mark_contended() { rkd::mark_contended(); }
 
+int64_t cpu_scratch_bytes() { return static_cast<int64_t>(rkd::ScratchCache::held_bytes()); }
+
+void cpu_release_scratch() { rkd::ScratchCache::release(); }
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
@@ -168,6 +177,8 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_set_cpu_contention_hold", TORCH_BOX(&set_cpu_contention_hold));
   m.impl("_cpu_contention_holds", TORCH_BOX(&cpu_contention_holds));
   m.impl("_cpu_mark_contended", TORCH_BOX(&cpu_mark_contended));
+  m.impl("_cpu_scratch_bytes", TORCH_BOX(&cpu_scratch_bytes));
+  m.impl("_cpu_release_scratch", TORCH_BOX(&cpu_release_scratch));
 }
 
 // The module itself: nothing but the import that loads this library.

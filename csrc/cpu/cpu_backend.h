@@ -33,6 +33,7 @@
 
 #include "../core/angle_op.h"
 #include "../core/product_precision.h"
+#include "../core/scratch_cache.h"
 #include "../core/serial_work.h"
 #include "../torch_stable.h"
 #include "cpu_util.h"
@@ -119,7 +120,7 @@ struct Centred {
   double amax = 0.0;         // max |x - mean|, NaN if any value is not finite
   std::vector<double> n;     // ||x_i - mean||^2, once has_norms
   bool has_norms = false;
-  std::unique_ptr<double[]> xd;  // x - mean in float64, once kept
+  ScratchCache::Ptr xd;  // x - mean in float64, once kept
   // The small-batch float32 product's operands: the mean in float32, and x
   // in float32 where it is not float32 already.
   std::vector<float> meanf;

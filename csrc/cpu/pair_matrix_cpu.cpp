@@ -626,7 +626,7 @@ const Centred& CpuBackend::centred(const Features& x, Keep keep) {
   }
   const bool want_d = keep == Keep::F64 && !c->xd, want_n = keep == Keep::Norms && !c->has_norms;
   if (!want_d && !want_n) return *c;
-  if (want_d) c->xd.reset(new double[static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1))]);
+  if (want_d) c->xd = ScratchCache::take(static_cast<size_t>(x.N * x.D));
   c->n.resize(static_cast<size_t>(x.N));  // the same values whether or not the rows are kept
   visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using T = decltype(t);
