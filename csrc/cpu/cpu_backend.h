@@ -124,7 +124,7 @@ struct Centred {
   // The small-batch float32 product's operands: the mean in float32, and x
   // in float32 where it is not float32 already.
   std::vector<float> meanf;
-  std::unique_ptr<float[]> xr;
+  AlignedArray<float> xr;
 };
 
 // What a product needs beyond the column statistics: nothing, the norms of

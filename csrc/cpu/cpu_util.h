@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <new>
 
 // Hot loops are plain fixed-width loops that the compiler vectorises;
 // target_clones builds them for AVX-512 and AVX2+FMA as well as the baseline
@@ -53,6 +55,23 @@ struct Vec<float> {
   static constexpr int64_t lanes = 16;
   RKD_INLINE static type load(const float* p) { return load16(p); }
 };
+
+// Scratch arrays on 64-byte boundaries: a full-register load of a block from
+// the C library (16-byte aligned) spans two cache lines at every other
+// offset, and the GEMMs' packed panels are read by full-register loads.
+struct AlignedDelete {
+  template <typename T>
+  void operator()(T* p) const {
+    ::operator delete[](p, std::align_val_t{64});
+  }
+};
+template <typename T>
+using AlignedArray = std::unique_ptr<T[], AlignedDelete>;
+template <typename T>
+AlignedArray<T> aligned_array(int64_t n) {
+  const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
+  return AlignedArray<T>(static_cast<T*>(::operator new[](count * sizeof(T), std::align_val_t{64})));
+}
 
 // Independent partial sums per reduction: lets the compiler vectorise a sum
 // without reassociating it, and fixes the summation order (determinism).

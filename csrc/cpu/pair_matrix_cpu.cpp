@@ -126,10 +126,10 @@ RKD_CPU_CLONES void pack_panel(const S* x, const double* mean, int64_t D, int64_
 // The centred features of an N x D matrix x in panels of cols<T>() samples
 // (pack_panel), zero padded.
 template <typename T, typename S>
-std::unique_ptr<T[]> pack_panels(const S* x, const double* mean, int64_t N, int64_t D) {
+AlignedArray<T> pack_panels(const S* x, const double* mean, int64_t N, int64_t D) {
   constexpr int64_t W = cols<T>();
   const int64_t np = (N + W - 1) / W;
-  std::unique_ptr<T[]> out(new T[static_cast<size_t>(std::max<int64_t>(np * D * W, 1))]);
+  AlignedArray<T> out = aligned_array<T>(np * D * W);
   parallel_for(0, np, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       T* panel = out.get() + p * D * W;
@@ -452,7 +452,7 @@ template <typename T>
 void gram_pairs(const Features& x, const Centred& c, Rows rows, bool upper, PairKind what, double eps, double* s) {
   const int64_t N = x.N, D = x.D;
   constexpr int64_t kCols = cols<T>();
-  std::unique_ptr<T[]> packed;
+  AlignedArray<T> packed;
   visit_dtype<Half, BFloat16>(x.dtype, [&](auto t) {
     using S = decltype(t);
     packed = pack_panels<T>(static_cast<const S*>(x.data), c.mean.data(), N, D);
@@ -573,7 +573,7 @@ void grad_gemm(const In* x, const double* mean, int64_t N, int64_t D, Rows rows,
   const int64_t ng = (nrb + kGroup - 1) / kGroup;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(N * kRows * kGroup, 1));
   parallel_for(0, np * ng, grain, [&](int64_t b, int64_t e) {
-    std::unique_ptr<T[]> panel(new T[static_cast<size_t>(N * kCols)]);
+    AlignedArray<T> panel = aligned_array<T>(N * kCols);
     double blk[kRows * kCols];
     int64_t packed = -1;
     for (int64_t t = b; t < e; ++t) {
@@ -654,7 +654,7 @@ void CpuBackend::pair_rows(const Features& x, Rows rows, PairKind kind, double e
     const float* xr = static_cast<const float*>(x.data);
     if (x.dtype != Dtype::Float32) {
       if (!c.xr) {
-        c.xr.reset(new float[static_cast<size_t>(std::max<int64_t>(x.N * x.D, 1))]);
+        c.xr = aligned_array<float>(x.N * x.D);
         convert_rows(x, c.xr.get());
       }
       xr = c.xr.get();
