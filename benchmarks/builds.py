@@ -76,6 +76,19 @@ def run_worker(tree, block_s, pattern, sizes):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def tree_commit(tree):
+    """The commit a tree is checked out at (12 hex digits, "+changes" when its tracked files differ from it), or
+    "unknown" outside git: what the saved run names each build by, not where it lay."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", tree, *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _percentile(values, q):
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -114,7 +127,8 @@ def main(argv=None):
           f"min {min(ratios):.3f}, max {max(ratios):.3f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(a=a.a, b=a.b, rounds=a.rounds, rows=rows, times=times), f, indent=1)
+            json.dump(dict(a=tree_commit(a.a), b=tree_commit(a.b), rounds=a.rounds, rows=rows, times=times), f,
+                      indent=1)
     return 0
 
 
