@@ -1,10 +1,11 @@
-"""The float64 scratch the CPU kernels keep between calls (csrc/core/scratch_cache.h): the angle family's centred
-copies of the features, reused by the next call instead of freed and faulted in again.
+"""The scratch memory the CPU kernels keep between calls (csrc/core/scratch_cache.h): buffers of at least 256 KiB
+(the angle family's float64 copies of the features, the angle tensor backward's N^3 copies of its upstream
+gradient, the backend's other large scratch), reused by the next call instead of freed and faulted in again.
 
 A call must not depend on what a reused buffer held (every value it reads is written first), the cache must hold at
-most two buffers of at most 64 MiB, and releasing it must free them. The values are checked against the float64
-reference, and the same call is compared bit for bit with the cache empty and with it full of another call's
-data."""
+most six buffers and 64 MiB in all, the largest first, and releasing it must free them. The values are checked
+against the float64 reference, and the same call is compared bit for bit with the cache empty and with it full of
+other calls' data."""
 import pytest
 import torch
 
@@ -14,24 +15,39 @@ from rkd_ext.testing import make_features
 
 ops = torch.ops.rkd_ext
 F64 = 8
+MIN_BYTES = 256 << 10
 LIMIT = 64 << 20
 
 
+def features(n, d, seed, dtype=torch.float32, requires_grad=False):
+    return make_features(n, d, seed=seed, requires_grad=requires_grad, dtype=dtype, draw_dtype=torch.float32)
+
+
 def angle_loss_and_grad(n, d, seed):
-    s = make_features(n, d, seed=seed, requires_grad=True, dtype=torch.float32, draw_dtype=torch.float32)
-    t = make_features(n, d, seed=seed + 1, dtype=torch.float32, draw_dtype=torch.float32)
+    s = features(n, d, seed, requires_grad=True)
+    t = features(n, d, seed + 1)
     value = rkd_ext.rkd_angle_loss(s, t)
     value.backward()
     return s, t, value.detach(), s.grad
 
 
+def angle_tensor_and_grad(n, d, seed):
+    x = features(n, d, seed, requires_grad=True)
+    g = torch.Generator().manual_seed(seed)
+    up = torch.randn((n, n, n), generator=g)
+    a = rkd_ext.angle_tensor(x)
+    a.backward(up)
+    return x, up, a.detach(), x.grad
+
+
 def test_reused_buffers_give_the_same_bits_and_the_reference():
     ops._cpu_release_scratch()
-    s, t, fresh, fresh_grad = angle_loss_and_grad(24, 300, seed=3)
-    # Larger buffers of other values in the cache: the next call at the first size takes one of them.
+    s, t, fresh, fresh_grad = angle_loss_and_grad(32, 1100, seed=3)  # copies of 282 KB: cached
+    assert ops._cpu_scratch_bytes() >= 32 * 1100 * F64
+    # Larger buffers of other values in the cache: the next call at the first size takes them.
     angle_loss_and_grad(48, 2100, seed=7)
-    assert ops._cpu_scratch_bytes() >= 48 * 2100 * F64
-    _, _, reused, reused_grad = angle_loss_and_grad(24, 300, seed=3)
+    assert ops._cpu_scratch_bytes() >= 2 * 48 * 2100 * F64
+    _, _, reused, reused_grad = angle_loss_and_grad(32, 1100, seed=3)
     assert torch.equal(fresh, reused) and torch.equal(fresh_grad, reused_grad)
 
     s64 = s.detach().double().requires_grad_()
@@ -41,39 +57,64 @@ def test_reused_buffers_give_the_same_bits_and_the_reference():
     torch.testing.assert_close(reused_grad.double(), s64.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_cache_keeps_the_two_largest_buffers_and_releases_them():
+def test_angle_tensor_backward_reuses_its_cubic_buffers():
+    # At N = 72 the backward's float64 copies of the (N, N, N) upstream gradient are 3 MB each.
     ops._cpu_release_scratch()
+    x, up, fresh, fresh_grad = angle_tensor_and_grad(72, 64, seed=5)
+    assert ops._cpu_scratch_bytes() >= 2 * 72 ** 3 * F64
+    angle_tensor_and_grad(80, 64, seed=9)  # larger copies of other values
+    _, _, reused, reused_grad = angle_tensor_and_grad(72, 64, seed=5)
+    assert torch.equal(fresh, reused) and torch.equal(fresh_grad, reused_grad)
+
+    # The reference's gradient through the constant entries (i, i, k) and (i, j, i) is 0/0: compared without them.
+    n = up.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    up_masked = up.double().masked_fill(eye[:, :, None] | eye[:, None, :], 0.0)
+    (masked_grad,) = torch.autograd.grad(rkd_ext.angle_tensor(x), x, up_masked.float())
+    assert torch.equal(masked_grad, reused_grad)  # ours ignores them
+    x64 = x.detach().double().requires_grad_()
+    reference.angle_tensor(x64).backward(up_masked)
+    torch.testing.assert_close(reused_grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_small_buffers_are_not_kept_and_release_frees_the_rest():
+    ops._cpu_release_scratch()
+    rkd_ext.angle_tensor(features(20, 400, seed=1))  # a 64 KB copy: the heap's
     assert ops._cpu_scratch_bytes() == 0
-    x = make_features(40, 1000, seed=1, dtype=torch.float32, draw_dtype=torch.float32)
-    rkd_ext.angle_tensor(x)
+    rkd_ext.angle_tensor(features(40, 1000, seed=1))  # 320 KB: kept
     assert ops._cpu_scratch_bytes() == 40 * 1000 * F64
-    # Two inputs of other sizes: the cache ends with the two largest of the three buffers.
-    s = make_features(32, 3000, seed=2, dtype=torch.float32, draw_dtype=torch.float32)
-    t = make_features(32, 700, seed=3, dtype=torch.float32, draw_dtype=torch.float32)
-    rkd_ext.rkd_angle_loss(s, t)
+    # Two inputs: the student's copy (768 KB) is kept beside the first; the teacher's (179 KB) is not.
+    rkd_ext.rkd_angle_loss(features(32, 3000, seed=2), features(32, 700, seed=3))
     assert ops._cpu_scratch_bytes() == (32 * 3000 + 40 * 1000) * F64
     ops._cpu_release_scratch()
     assert ops._cpu_scratch_bytes() == 0
 
 
-def test_buffers_over_the_limit_are_freed():
+def test_the_bound_keeps_the_largest_buffers_under_64_mib():
     ops._cpu_release_scratch()
-    d = LIMIT // (16 * F64) + 8  # 16 rows of this many float64 values: just over 64 MiB
-    x = make_features(16, d, seed=1, dtype=torch.float32, draw_dtype=torch.float32)
-    rkd_ext.angle_tensor(x)
+    over = LIMIT // (16 * F64) + 8  # 16 rows of this many float64 values: just over 64 MiB
+    rkd_ext.angle_tensor(features(16, over, seed=1))
     assert ops._cpu_scratch_bytes() == 0
-    rkd_ext.angle_tensor(x[:, : d // 2])
-    assert ops._cpu_scratch_bytes() == 16 * (d // 2) * F64
+    half = over // 2  # 32 MiB: kept
+    rkd_ext.angle_tensor(features(16, half, seed=1))
+    assert ops._cpu_scratch_bytes() == 16 * half * F64
+    # 40 MiB more would pass the bound: the 32 MiB buffer, smaller, makes way for it.
+    larger = (40 << 20) // (16 * F64)
+    rkd_ext.angle_tensor(features(16, larger, seed=1))
+    assert ops._cpu_scratch_bytes() == 16 * larger * F64
+    # A smaller one that does not fit beside it is freed, not kept in its place.
+    rkd_ext.angle_tensor(features(16, (30 << 20) // (16 * F64), seed=1))
+    assert ops._cpu_scratch_bytes() == 16 * larger * F64
     ops._cpu_release_scratch()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes_reuse_the_same_buffers(dtype):
     ops._cpu_release_scratch()
-    x = make_features(20, 400, seed=4, dtype=dtype, draw_dtype=torch.float32)
+    x = features(40, 1000, seed=4, dtype=dtype)
     first = rkd_ext.angle_tensor(x)
     held = ops._cpu_scratch_bytes()
-    assert held == 20 * 400 * F64
+    assert held == 40 * 1000 * F64
     again = rkd_ext.angle_tensor(x)
     assert ops._cpu_scratch_bytes() == held
     assert torch.equal(first, again)

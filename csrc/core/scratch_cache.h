@@ -1,6 +1,7 @@
-// Float64 scratch that outlives an op call (the CPU backend's centred
-// copies of the features, cpu_backend.h's Centred::xd). Torch-free; a
-// process-wide cache like the product precision setting.
+// Scratch memory that outlives an op call: the CPU backend's large per-call
+// buffers (cpu_backend.h's scratch, the angle family's float64 copy of the
+// features, the angle tensor backward's N^3 float64 upstream copies).
+// Torch-free; a process-wide cache like the product precision setting.
 #pragma once
 
 #include <algorithm>
@@ -14,16 +15,19 @@
 namespace rkd {
 
 // A buffer of megabytes that is freed and allocated again every call comes
-// back from the C library as fresh pages, and touching them costs a page
-// fault each (on a virtual machine, 2.7 us per
-// 4 KB: for the angle loss at N = 128, D = 2048, 1.4 ms of CPU time per
-// forward, more than centring the features itself). So up to kSlots freed
-// buffers of at most kMaxBytes each are kept for the next call, the largest
-// ones; a call takes the smallest that fits, or allocates. What stays
-// allocated is at most the float64 copies of the last call's two inputs.
+// back from the C library as fresh pages whenever the heap was trimmed in
+// between, and touching them costs a page fault each (on a virtual machine,
+// 2.7 us per 4 KB: for the angle loss at N = 128, D = 2048, the centring
+// pass took 750 us instead of 110-130 us; for the angle tensor's backward at
+// N = 128, three 16 MB copies). So freed buffers of at least kMinBytes are
+// kept for the next call, up to kSlots of them and kMaxBytes in all, the
+// largest first; a call takes the smallest that fits, or allocates. Smaller
+// buffers come from the C library's heap, which serves them from mapped
+// pages, and are freed at once.
 class ScratchCache {
  public:
-  static constexpr int kSlots = 2;
+  static constexpr int kSlots = 6;
+  static constexpr size_t kMinBytes = size_t{256} << 10;
   static constexpr size_t kMaxBytes = size_t{64} << 20;
 
   // Gives a buffer of `cap` doubles back to the cache, or frees it.
@@ -33,10 +37,10 @@ class ScratchCache {
   };
   using Ptr = std::unique_ptr<double[], Release>;
 
-  // At least n doubles, uninitialised.
+  // At least n doubles, uninitialised, on a 64-byte boundary.
   static Ptr take(size_t n) {
     n = std::max<size_t>(n, 1);
-    {
+    if (n * sizeof(double) >= kMinBytes) {
       std::lock_guard<std::mutex> lock(mutex());
       Slot* best = nullptr;
       for (Slot& slot : slots())
@@ -50,12 +54,16 @@ class ScratchCache {
     return Ptr(static_cast<double*>(::operator new[](n * sizeof(double), kAlign)), Release{n});
   }
 
-  // The buffers held now and their bytes (torch.ops.rkd_ext._cpu_scratch_bytes).
+  // At least n values of T (a trivial type of at most 64-byte alignment) in a buffer of doubles.
+  template <typename T>
+  static Ptr take_for(size_t n) {
+    return take((std::max<size_t>(n, 1) * sizeof(T) + sizeof(double) - 1) / sizeof(double));
+  }
+
+  // The bytes of the buffers held now (torch.ops.rkd_ext._cpu_scratch_bytes).
   static size_t held_bytes() {
     std::lock_guard<std::mutex> lock(mutex());
-    size_t bytes = 0;
-    for (const Slot& slot : slots()) bytes += slot.p ? slot.cap * sizeof(double) : 0;
-    return bytes;
+    return held_locked();
   }
 
   // Frees every buffer held (torch.ops.rkd_ext._cpu_release_scratch).
@@ -87,16 +95,45 @@ class ScratchCache {
     static std::array<Slot, kSlots> s;
     return s;
   }
+  static size_t held_locked() {
+    size_t bytes = 0;
+    for (const Slot& slot : slots()) bytes += slot.p ? slot.cap * sizeof(double) : 0;
+    return bytes;
+  }
+  // Keeps p (cap doubles) if it is large enough to pay and fits beside the
+  // larger buffers held; frees what does not stay (p, or the smaller
+  // buffers it displaces).
   static void give(double* p, size_t cap) {
     if (!p) return;
-    if (cap * sizeof(double) <= kMaxBytes) {
+    const size_t bytes = cap * sizeof(double);
+    if (bytes < kMinBytes || bytes > kMaxBytes) return drop(p);
+    std::array<double*, kSlots + 1> out{};
+    int dropped = 0;
+    {
       std::lock_guard<std::mutex> lock(mutex());
-      Slot* least = nullptr;  // an empty slot, else the one holding the smallest buffer
-      for (Slot& slot : slots())
-        if (!least || (least->p && (!slot.p || slot.cap < least->cap))) least = &slot;
-      if (!least->p || least->cap < cap) std::swap(least->p, p), std::swap(least->cap, cap);
+      // Displace the smallest buffers while the cache is full or over its
+      // bound, as long as they are smaller than p.
+      for (;;) {
+        Slot* empty = nullptr;
+        Slot* least = nullptr;
+        for (Slot& slot : slots()) {
+          if (!slot.p)
+            empty = empty ? empty : &slot;
+          else if (!least || slot.cap < least->cap)
+            least = &slot;
+        }
+        if (empty && held_locked() + bytes <= kMaxBytes) {
+          *empty = Slot{p, cap};
+          p = nullptr;
+          break;
+        }
+        if (!least || least->cap >= cap) break;
+        out[dropped++] = least->p;
+        *least = Slot{};
+      }
     }
-    drop(p);  // what did not stay: this buffer, or the smaller one it replaced
+    for (int i = 0; i < dropped; ++i) drop(out[i]);
+    if (p) drop(p);
   }
 };
 

@@ -183,13 +183,14 @@ AngleGrad vertex_and_opposite(CpuBackend& be, Upstream U, const Edges<double>& e
 // formulas of rkd_math.h only vanish there through l'(0) = 0 in a loss).
 struct UpstreamPair {
   const double* g;                       // the operand itself, or its masked copy
-  std::unique_ptr<double[]> masked, sym;  // sym[i][j][k] = g[i][j][k] + g[i][k][j]
+  ScratchCache::Ptr masked, sym;          // sym[i][j][k] = g[i][j][k] + g[i][k][j]
 };
 
 UpstreamPair upstream_pair(const double* up, int64_t N, bool mask_degenerate) {
   // The operand is read in place (it may be the caller's tensor), copied only to be masked.
   const size_t n3 = static_cast<size_t>(N) * N * N;
-  UpstreamPair p{up, mask_degenerate ? std::make_unique<double[]>(n3) : nullptr, std::make_unique<double[]>(n3)};
+  // Uninitialised: every element is written below.
+  UpstreamPair p{up, mask_degenerate ? ScratchCache::take(n3) : ScratchCache::Ptr(), ScratchCache::take(n3)};
   if (mask_degenerate) p.g = p.masked.get();
   parallel_for(0, N, grain_for(N * N), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {

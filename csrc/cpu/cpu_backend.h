@@ -174,7 +174,7 @@ class CpuBackend {
 
   template <typename T>
   T* scratch(int64_t n) {
-    held_.emplace_back(new unsigned char[static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)]);
+    held_.push_back(ScratchCache::take_for<T>(static_cast<size_t>(std::max<int64_t>(n, 1))));
     return reinterpret_cast<T*>(held_.back().get());
   }
 
@@ -316,7 +316,7 @@ class CpuBackend {
     });
   }
 
-  std::vector<std::unique_ptr<unsigned char[]>> held_;
+  std::vector<ScratchCache::Ptr> held_;
   std::vector<std::pair<const void*, std::unique_ptr<Centred>>> centred_;
   const bool allow_f32_ = cpu_float32_products(product_precision());
 };
