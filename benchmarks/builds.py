@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ("pairwise_distance", "distance_loss", "angle_loss", "rkd_loss")
+OPS = ("pairwise_distance", "normalized_distance", "distance_loss", "angle_tensor", "angle_loss", "rkd_loss")
 
 
 def worker(block_s, tree, pattern="", sizes=None):
