@@ -91,6 +91,9 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   // its bytes, and a way to free it.
   m.def("_cpu_scratch_bytes() -> int");
   m.def("_cpu_release_scratch() -> ()");
+  // Takes scratch of `first` and then of `second` bytes (0: none) at once,
+  // and gives them back in that order: the tests' handle on the cache's policy.
+  m.def("_cpu_scratch_cycle(int first, int second) -> ()");
 }
 
 namespace {
@@ -162,6 +165,18 @@ int64_t cpu_scratch_bytes() { return static_cast<int64_t>(rkd::ScratchCache::hel
 
 void cpu_release_scratch() { rkd::ScratchCache::release(); }
 
+void cpu_scratch_cycle(int64_t first, int64_t second) {
+  RKD_CHECK_VALUE(first >= 0 && second >= 0, "_cpu_scratch_cycle: sizes must be >= 0 bytes, got ", first, " and ",
+                  second);
+  const auto take = [](int64_t bytes) {
+    return bytes ? rkd::ScratchCache::take_for<unsigned char>(static_cast<size_t>(bytes)) : rkd::ScratchCache::Ptr();
+  };
+  rkd::ScratchCache::Ptr a = take(first);
+  rkd::ScratchCache::Ptr b = take(second);
+  a.reset();
+  b.reset();
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
@@ -179,6 +194,7 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_mark_contended", TORCH_BOX(&cpu_mark_contended));
   m.impl("_cpu_scratch_bytes", TORCH_BOX(&cpu_scratch_bytes));
   m.impl("_cpu_release_scratch", TORCH_BOX(&cpu_release_scratch));
+  m.impl("_cpu_scratch_cycle", TORCH_BOX(&cpu_scratch_cycle));
 }
 
 // The module itself: nothing but the import that loads this library.

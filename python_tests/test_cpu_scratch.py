@@ -1,9 +1,11 @@
 """The scratch memory the CPU kernels keep between calls (csrc/core/scratch_cache.h): buffers of at least 256 KiB
-(the angle family's float64 copies of the features, the angle tensor backward's N^3 copies of its upstream
-gradient, the backend's other large scratch), reused by the next call instead of freed and faulted in again.
+(the float64 copies of the centred features that the small-batch float64 Gram product reads, the angle tensor
+backward's N^3 copies of its upstream gradient, the backend's other large scratch), reused by the next call
+instead of freed and faulted in again.
 
 A call must not depend on what a reused buffer held (every value it reads is written first), the cache must hold at
-most six buffers and 64 MiB in all, the largest first, and releasing it must free them. The values are checked
+most six buffers and 64 MiB in all, the largest first, and releasing it must free them (the policy is driven
+directly through the _cpu_scratch_cycle op). The values are checked
 against the float64 reference, and the same call is compared bit for bit with the cache empty and with it full of
 other calls' data."""
 import pytest
@@ -44,7 +46,8 @@ def test_reused_buffers_give_the_same_bits_and_the_reference():
     ops._cpu_release_scratch()
     s, t, fresh, fresh_grad = angle_loss_and_grad(32, 1100, seed=3)  # copies of 282 KB: cached
     assert ops._cpu_scratch_bytes() >= 32 * 1100 * F64
-    # Larger buffers of other values in the cache: the next call at the first size takes them.
+    # Only larger buffers of other values in the cache: the next call at the first size takes them.
+    ops._cpu_release_scratch()
     angle_loss_and_grad(48, 2100, seed=7)
     assert ops._cpu_scratch_bytes() >= 2 * 48 * 2100 * F64
     _, _, reused, reused_grad = angle_loss_and_grad(32, 1100, seed=3)
@@ -62,7 +65,8 @@ def test_angle_tensor_backward_reuses_its_cubic_buffers():
     ops._cpu_release_scratch()
     x, up, fresh, fresh_grad = angle_tensor_and_grad(72, 64, seed=5)
     assert ops._cpu_scratch_bytes() >= 2 * 72 ** 3 * F64
-    angle_tensor_and_grad(80, 64, seed=9)  # larger copies of other values
+    ops._cpu_release_scratch()
+    angle_tensor_and_grad(80, 64, seed=9)  # only larger copies of other values in the cache
     _, _, reused, reused_grad = angle_tensor_and_grad(72, 64, seed=5)
     assert torch.equal(fresh, reused) and torch.equal(fresh_grad, reused_grad)
 
@@ -102,10 +106,46 @@ def test_the_bound_keeps_the_largest_buffers_under_64_mib():
     larger = (40 << 20) // (16 * F64)
     rkd_ext.angle_tensor(features(16, larger, seed=1))
     assert ops._cpu_scratch_bytes() == 16 * larger * F64
-    # A smaller one that does not fit beside it is freed, not kept in its place.
-    rkd_ext.angle_tensor(features(16, (30 << 20) // (16 * F64), seed=1))
-    assert ops._cpu_scratch_bytes() == 16 * larger * F64
     ops._cpu_release_scratch()
+
+
+MIB = 1 << 20
+
+
+def test_a_buffer_that_does_not_fit_beside_larger_ones_leaves_the_cache_as_it_was():
+    ops._cpu_release_scratch()
+    ops._cpu_scratch_cycle(50 * MIB, 5 * MIB)
+    assert ops._cpu_scratch_bytes() == 55 * MIB
+    # The 50 MiB buffer is taken and given back, then a new 20 MiB one, which does not fit beside it: the
+    # 5 MiB buffer stays (freeing it would not make room).
+    ops._cpu_scratch_cycle(50 * MIB, 20 * MIB)
+    assert ops._cpu_scratch_bytes() == 55 * MIB
+    # A 30 MiB buffer, given back first, then a new 40 MiB one: the 30 MiB buffer and the 5 MiB one make way.
+    ops._cpu_release_scratch()
+    ops._cpu_scratch_cycle(30 * MIB, 5 * MIB)
+    ops._cpu_scratch_cycle(30 * MIB, 40 * MIB)
+    assert ops._cpu_scratch_bytes() == 40 * MIB
+    ops._cpu_release_scratch()
+
+
+def test_at_most_six_buffers_the_largest():
+    ops._cpu_release_scratch()
+    sizes = [(k + 1) * MIB for k in range(8)]  # 1..8 MiB, 36 MiB in all: under the bound
+    for first, second in zip(sizes[::2], sizes[1::2]):  # each pair larger than everything held before it
+        ops._cpu_scratch_cycle(first, second)
+    assert ops._cpu_scratch_bytes() == sum(sizes[2:])
+    # Buffers below 256 KiB are never kept.
+    ops._cpu_release_scratch()
+    ops._cpu_scratch_cycle(MIN_BYTES - 8, 0)
+    assert ops._cpu_scratch_bytes() == 0
+    ops._cpu_scratch_cycle(MIN_BYTES, 0)
+    assert ops._cpu_scratch_bytes() == MIN_BYTES
+    ops._cpu_release_scratch()
+
+
+def test_cycle_rejects_negative_sizes():
+    with pytest.raises(ValueError, match="_cpu_scratch_cycle: sizes must be >= 0"):
+        ops._cpu_scratch_cycle(-1, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

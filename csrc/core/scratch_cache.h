@@ -1,12 +1,14 @@
 // Scratch memory that outlives an op call: the CPU backend's large per-call
-// buffers (cpu_backend.h's scratch, the angle family's float64 copy of the
-// features, the angle tensor backward's N^3 float64 upstream copies).
+// buffers (cpu_backend.h's scratch, the float64 copy of the centred features
+// that the small-batch float64 Gram product reads, the angle tensor
+// backward's N^3 float64 upstream copies).
 // Torch-free; a process-wide cache like the product precision setting.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -21,9 +23,10 @@ namespace rkd {
 // pass took 750 us instead of 110-130 us; for the angle tensor's backward at
 // N = 128, three 16 MB copies). So freed buffers of at least kMinBytes are
 // kept for the next call, up to kSlots of them and kMaxBytes in all, the
-// largest first; a call takes the smallest that fits, or allocates. Smaller
-// buffers come from the C library's heap, which serves them from mapped
-// pages, and are freed at once.
+// largest first (a buffer given back is kept if it fits beside the larger
+// ones held, displacing smaller ones as needed); a call takes the smallest
+// that fits, or allocates. Smaller buffers come from the C library's heap,
+// which serves them from mapped pages, and are freed at once.
 class ScratchCache {
  public:
   static constexpr int kSlots = 6;
@@ -40,6 +43,7 @@ class ScratchCache {
   // At least n doubles, uninitialised, on a 64-byte boundary.
   static Ptr take(size_t n) {
     n = std::max<size_t>(n, 1);
+    if (n > SIZE_MAX / sizeof(double)) throw std::bad_array_new_length();
     if (n * sizeof(double) >= kMinBytes) {
       std::lock_guard<std::mutex> lock(mutex());
       Slot* best = nullptr;
@@ -57,7 +61,9 @@ class ScratchCache {
   // At least n values of T (a trivial type of at most 64-byte alignment) in a buffer of doubles.
   template <typename T>
   static Ptr take_for(size_t n) {
-    return take((std::max<size_t>(n, 1) * sizeof(T) + sizeof(double) - 1) / sizeof(double));
+    n = std::max<size_t>(n, 1);
+    if (n > SIZE_MAX / sizeof(T) - sizeof(double)) throw std::bad_array_new_length();
+    return take((n * sizeof(T) + sizeof(double) - 1) / sizeof(double));
   }
 
   // The bytes of the buffers held now (torch.ops.rkd_ext._cpu_scratch_bytes).
@@ -101,39 +107,44 @@ class ScratchCache {
     return bytes;
   }
   // Keeps p (cap doubles) if it is large enough to pay and fits beside the
-  // larger buffers held; frees what does not stay (p, or the smaller
-  // buffers it displaces).
+  // buffers held that are at least as large (within kSlots and kMaxBytes),
+  // freeing the smaller ones it displaces; otherwise frees p and leaves the
+  // cache as it was.
   static void give(double* p, size_t cap) {
     if (!p) return;
     const size_t bytes = cap * sizeof(double);
     if (bytes < kMinBytes || bytes > kMaxBytes) return drop(p);
-    std::array<double*, kSlots + 1> out{};
+    std::array<double*, kSlots> out{};
     int dropped = 0;
     {
       std::lock_guard<std::mutex> lock(mutex());
-      // Displace the smallest buffers while the cache is full or over its
-      // bound, as long as they are smaller than p.
-      for (;;) {
-        Slot* empty = nullptr;
-        Slot* least = nullptr;
-        for (Slot& slot : slots()) {
-          if (!slot.p)
-            empty = empty ? empty : &slot;
-          else if (!least || slot.cap < least->cap)
-            least = &slot;
+      size_t larger_bytes = 0;
+      int larger = 0;
+      for (const Slot& slot : slots())
+        if (slot.p && slot.cap >= cap) larger_bytes += slot.cap * sizeof(double), ++larger;
+      if (larger == kSlots || larger_bytes + bytes > kMaxBytes) {
+        out[dropped++] = p;  // no room beside the larger buffers
+      } else {
+        // Room exists once enough of the smaller buffers go, smallest first.
+        for (;;) {
+          Slot* empty = nullptr;
+          Slot* least = nullptr;
+          for (Slot& slot : slots()) {
+            if (!slot.p)
+              empty = empty ? empty : &slot;
+            else if (slot.cap < cap && (!least || slot.cap < least->cap))
+              least = &slot;
+          }
+          if (empty && held_locked() + bytes <= kMaxBytes) {
+            *empty = Slot{p, cap};
+            break;
+          }
+          out[dropped++] = least->p;  // a smaller one exists: the check above
+          *least = Slot{};
         }
-        if (empty && held_locked() + bytes <= kMaxBytes) {
-          *empty = Slot{p, cap};
-          p = nullptr;
-          break;
-        }
-        if (!least || least->cap >= cap) break;
-        out[dropped++] = least->p;
-        *least = Slot{};
       }
     }
     for (int i = 0; i < dropped; ++i) drop(out[i]);
-    if (p) drop(p);
   }
 };
 
