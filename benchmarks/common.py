@@ -157,7 +157,7 @@ def peak_memory_mb(fn, device):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if rkd_ext._ext.available:
-        # The float64 scratch rkd_ext keeps between calls (csrc/core/scratch_cache.h) is memory the call needs:
+        # The scratch rkd_ext keeps between calls (csrc/core/scratch_cache.h) is memory the call needs:
         # freed, so that the call allocates it again and it counts, as it does in a call's first run.
         torch.ops.rkd_ext._cpu_release_scratch()
     try:

@@ -87,7 +87,7 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_set_cpu_contention_hold(float seconds) -> ()");
   m.def("_cpu_contention_holds() -> int");
   m.def("_cpu_mark_contended() -> ()");
-  // The float64 scratch the CPU kernels keep between calls (csrc/core/scratch_cache.h):
+  // The scratch the CPU kernels keep between calls (csrc/core/scratch_cache.h):
   // its bytes, and a way to free it.
   m.def("_cpu_scratch_bytes() -> int");
   m.def("_cpu_release_scratch() -> ()");
