@@ -93,15 +93,35 @@ def _load(procs, on):
     time.sleep(0.05 + hold)
 
 
+# Untimed calls after the busy processes resume, before a loaded block (at least one, for this long). When a
+# neighbour starts taking a core, the first parallel calls of an idle process run far slower than the ones after
+# them until the scheduler has spread its threads over the cores: on 2 cores, torch's own parallel torch.exp on
+# 400,000 elements, 20 times a call (3.4 ms idle, 7.5 ms loaded once settled), took 52-160 ms for the first call
+# after SIGCONT and up to 314 ms for the first two; the angle tensor at N = 128, D = 2048 (9 ms idle, 16 ms
+# loaded) 48-98 ms for its first. Timed at once, a block of short calls measures that transition and a block of
+# calls of seconds averages it out, so a loaded block times the loop beside a neighbour that keeps running.
+SETTLE_S = 0.4
+
+
+def _settle(run, seconds):
+    """Calls run until `seconds` have passed (at least once); the number of calls."""
+    start, count = time.perf_counter(), 0
+    while count == 0 or time.perf_counter() - start < seconds:
+        run()
+        count += 1
+    return count
+
+
 def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15, block_s=0.02, fresh=True,
-            max_case_s=20.0, gap_s=0.0, busy=0):
+            max_case_s=20.0, gap_s=0.0, busy=0, settle_s=SETTLE_S):
     """One case: a dict with both medians, the per-round speed-ups' median and spread, or a skip reason.
-    gap_s: each timed call after that much sleep; busy: that many busy processes beside the timed rounds."""
+    gap_s: each timed call after that much sleep; busy: that many busy processes beside the timed rounds,
+    each loaded block after settle_s of untimed calls beside them."""
     case = dict(op=op, impl=impl, base=base, mode=mode, n=n, d=d, device=device, dtype=dtype)
     if gap_s > 0:
         case["gap_ms"] = gap_s * 1e3
     if busy:
-        case["busy"] = busy
+        case.update(busy=busy, settle_ms=settle_s * 1e3)
     tdtype = getattr(torch, dtype)
     budget = common.memory_budget(device)
     held = costs.input_bytes(op, mode, n, d, tdtype)
@@ -140,13 +160,15 @@ def measure(op, impl, base, mode, n, d, device="cpu", dtype="float32", rounds=15
         rounds = max(3, rounds // 2)  # each round times both sides twice, idle and loaded
     with _busy(busy) as procs:
         return dict(case, **_rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh,
-                                    gap_s, procs))
+                                    gap_s, procs, settle_s))
 
 
-def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh, gap_s, procs=()):
+def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds, fresh, gap_s, procs=(),
+            settle_s=SETTLE_S):
     """The rounds of a case. With busy processes (procs) each round times both implementations with them
-    paused (idle) and running (loaded), in alternating order: each side's slowdown is the median round's
-    loaded / idle, both measured moments apart."""
+    paused (idle) and running (loaded), in alternating order, the loaded blocks after settle_s of untimed
+    calls of the faster of them (_settle; the pool's threads are the same for both): each side's slowdown is the median round's loaded / idle, both
+    measured moments apart."""
     medians = {impl: [], base: []}
     idle = {impl: [], base: []}
     slowdowns = {impl: [], base: []}
@@ -169,6 +191,8 @@ def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds,
         for loaded in (((False, True) if r % 2 == 0 else (True, False)) if procs else (True,)):
             if procs:
                 _load(procs, loaded)
+                if loaded:
+                    _settle(runs[min(runs, key=lambda w: runs[w][1])][0], settle_s)
             for which in order:
                 (medians if loaded else idle)[which].append(_block(runs[which][0], calls[which], device, gap_s))
         ratios.append(medians[base][-1] / medians[impl][-1])
@@ -205,7 +229,8 @@ def markdown(results, meta):
              (f" Each timed call follows {meta['gap_ms']:g} ms of sleep (blocks of up to {GAP_CALLS} calls)."
               if meta.get("gap_ms") else "") +
              (f" {meta['busy']} busy process(es) (a Python loop, one core each) beside every case: each round "
-              "times both implementations with them paused (idle) and running (loaded), in alternating order; "
+              "times both implementations with them paused (idle) and running (loaded), in alternating order, "
+              f"the loaded blocks after {meta.get('settle_ms', 0):g} ms of untimed calls beside them; "
               "a slowdown is the median round's loaded / idle time, the loaded speed-up the median round's."
               if meta.get("busy") else ""), ""]
     for op in dict.fromkeys(r["op"] for r in results):
@@ -340,6 +365,9 @@ def main(argv=None):
                         "calls does; blocks are then a few calls each")
     p.add_argument("--busy", type=int, default=0,
                    help="run this many busy processes (one core each) beside every case's timed rounds")
+    p.add_argument("--settle-ms", type=float, default=SETTLE_S * 1e3,
+                   help="with --busy: untimed calls for this long after the busy processes resume, before each "
+                        "loaded block (0: one call)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--min-speedup", type=float, default=None,
@@ -378,8 +406,8 @@ def main(argv=None):
             p.error(f"--modes: unknown mode {m!r} (have {', '.join(MODES)})")
     if a.rounds < 1 or a.block_ms <= 0 or a.max_case_s <= 0:
         p.error("--rounds must be at least 1, --block-ms and --max-case-s positive")
-    if a.gap_ms < 0 or a.busy < 0:
-        p.error("--gap-ms and --busy must not be negative")
+    if a.gap_ms < 0 or a.busy < 0 or a.settle_ms < 0:
+        p.error("--gap-ms, --busy and --settle-ms must not be negative")
     sizes = common.GRIDS[a.grid] if a.grid is not None else common.select_sizes("training")
     load = os.getloadavg()
     results = []
@@ -387,7 +415,8 @@ def main(argv=None):
         for mode in modes:
             for n, d in sizes:
                 r = measure(op, a.impl, a.base, mode, n, d, a.device, a.dtype, a.rounds, a.block_ms / 1e3,
-                            fresh=not a.same_inputs, max_case_s=a.max_case_s, gap_s=a.gap_ms / 1e3, busy=a.busy)
+                            fresh=not a.same_inputs, max_case_s=a.max_case_s, gap_s=a.gap_ms / 1e3, busy=a.busy,
+                            settle_s=a.settle_ms / 1e3)
                 results.append(r)
                 if "skipped" in r:
                     print(f"{op:20s} {mode:16s} N={n:5d} D={d:6d} skipped: {r['skipped']}", flush=True)
@@ -398,6 +427,7 @@ def main(argv=None):
     meta = dict(command="python -m benchmarks.paired " + " ".join(sys.argv[1:] if argv is None else argv),
                 impl=a.impl, base=a.base, dtype=a.dtype, rounds=a.rounds, block_ms=a.block_ms,
                 max_case_s=a.max_case_s, fresh=not a.same_inputs, gap_ms=a.gap_ms, busy=a.busy,
+                settle_ms=a.settle_ms if a.busy else None,
                 threads=torch.get_num_threads(), torch=torch.__version__, build=rkd_ext.build_info(),
                 hardware=_hardware(a.device), commit=_commit(), load=load, load_end=os.getloadavg(),
                 date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))

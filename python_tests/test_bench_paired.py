@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -178,3 +179,45 @@ def test_table_of_a_busy_run_grids_both_slowdowns(tmp_path, capsys):
     path.write_text(json.dumps(saved))
     assert paired.main(["--table", str(path)]) == 0
     assert "slowdown" not in capsys.readouterr().out
+
+
+def test_loaded_blocks_follow_the_settling_calls(monkeypatch):
+    # Each loaded block starts only after settle_s of untimed calls with the busy process running; idle
+    # blocks start without them. A round with the settle skipped fails this.
+    events = []
+    real_load, real_block = paired._load, paired._block
+
+    def load(procs, on):
+        real_load(procs, on)
+        events.append(("load", on, time.perf_counter()))
+
+    def block(run, calls, device, gap_s=0.0):
+        events.append(("block", None, time.perf_counter()))
+        return real_block(run, calls, device, gap_s)
+
+    monkeypatch.setattr(paired, "_load", load)
+    monkeypatch.setattr(paired, "_block", block)
+    settle = 0.05
+    r = paired.measure("pairwise_distance", "ours", "reference", impls.FORWARD, 8, 4, rounds=6, busy=1,
+                       settle_s=settle)
+    assert r["settle_ms"] == pytest.approx(50.0) and r["rounds"] == 3
+    loads = [i for i, e in enumerate(events) if e[0] == "load"]
+    assert [events[i][1] for i in loads] == [False, True, True, False, False, True]
+    for i in loads:
+        assert [e[0] for e in events[i + 1:i + 3]] == ["block", "block"]
+        waited = events[i + 1][2] - events[i][2]
+        if events[i][1]:
+            assert waited >= settle
+        else:
+            assert waited < settle
+
+
+def test_settle_calls_at_least_once_and_for_the_time_given():
+    count = [0]
+
+    def run():
+        count[0] += 1
+        time.sleep(0.004)
+
+    assert paired._settle(run, 0.0) == 1 and count[0] == 1
+    assert paired._settle(run, 0.03) >= 5
