@@ -94,6 +94,7 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   // Takes scratch of `first` and then of `second` bytes (0: none) at once,
   // and gives them back in that order: the tests' handle on the cache's policy.
   m.def("_cpu_scratch_cycle(int first, int second) -> ()");
+  m.def("_cpu_scratch_hold(float seconds) -> ()");
 }
 
 namespace {
@@ -177,6 +178,12 @@ void cpu_scratch_cycle(int64_t first, int64_t second) {
   b.reset();
 }
 
+void cpu_scratch_hold(double seconds) {
+  RKD_CHECK_VALUE(seconds >= 0.0 && seconds <= 10.0, "_cpu_scratch_hold: seconds must be within [0, 10], got ",
+                  seconds);
+  rkd::ScratchCache::hold_lock_for(static_cast<int64_t>(seconds * 1e9));
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
@@ -195,6 +202,7 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_scratch_bytes", TORCH_BOX(&cpu_scratch_bytes));
   m.impl("_cpu_release_scratch", TORCH_BOX(&cpu_release_scratch));
   m.impl("_cpu_scratch_cycle", TORCH_BOX(&cpu_scratch_cycle));
+  m.impl("_cpu_scratch_hold", TORCH_BOX(&cpu_scratch_hold));
 }
 
 // The module itself: nothing but the import that loads this library.

@@ -7,7 +7,12 @@ A call must not depend on what a reused buffer held (every value it reads is wri
 most six buffers and 64 MiB in all, the largest first, and releasing it must free them (the policy is driven
 directly through the _cpu_scratch_cycle op). The values are checked
 against the float64 reference, and the same call is compared bit for bit with the cache empty and with it full of
-other calls' data."""
+other calls' data. A fork while another thread uses the cache leaves the child a usable one."""
+import os
+import signal
+import threading
+import time
+
 import pytest
 import torch
 
@@ -160,3 +165,42 @@ def test_other_dtypes_reuse_the_same_buffers(dtype):
     assert torch.equal(first, again)
     torch.testing.assert_close(first.double(), reference.angle_tensor(x.double()), rtol=0,
                                atol=1e-12 if dtype == torch.float64 else 1e-2)
+
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12's warning on fork with threads running
+def test_a_fork_while_another_thread_holds_the_cache_leaves_the_child_able_to_use_it():
+    # A data loader forks its workers from a process whose other threads may be inside an op (torch.ops calls
+    # run without the GIL). The plant: another thread holds the cache's lock for 0.5 s, as a call in the middle of
+    # a slot update would, and this one forks meanwhile. The child's first large scratch must not wait for a
+    # lock that no thread of the child will ever release.
+    thread = threading.Thread(target=ops._cpu_scratch_hold, args=(0.5,))
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()  # the lock is held now
+    pid = os.fork()
+    if pid == 0:  # the child: use the cache, then leave without running any cleanup
+        code = 1
+        try:
+            ops._cpu_scratch_cycle(1 << 20, 2 << 20)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline, status = time.monotonic() + 10.0, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.01)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    thread.join()
+    assert status is not None, "the child hung on the cache's lock"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_hold_rejects_bad_values():
+    for bad in (-1.0, 11.0):
+        with pytest.raises(ValueError, match="_cpu_scratch_hold: seconds"):
+            ops._cpu_scratch_hold(bad)

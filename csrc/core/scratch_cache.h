@@ -7,12 +7,17 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <thread>
 #include <utility>
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
 
 namespace rkd {
 
@@ -72,6 +77,13 @@ class ScratchCache {
     return held_locked();
   }
 
+  // Holds the cache's lock for `ns` nanoseconds, as a call in the middle of a
+  // slot update would (torch.ops.rkd_ext._cpu_scratch_hold: the fork test's plant).
+  static void hold_lock_for(int64_t ns) {
+    std::lock_guard<std::mutex> lock(mutex());
+    std::this_thread::sleep_for(std::chrono::nanoseconds(ns));
+  }
+
   // Frees every buffer held (torch.ops.rkd_ext._cpu_release_scratch).
   static void release() {
     std::unique_lock<std::mutex> lock(mutex());
@@ -93,8 +105,19 @@ class ScratchCache {
     size_t cap = 0;
   };
   static void drop(double* p) { ::operator delete[](p, kAlign); }
+  // The lock on the slots. A fork (a data loader's worker) copies only the
+  // forking thread: were another thread inside take() or give() then, the
+  // child would find the lock held forever. So a fork first takes the lock
+  // (no slot update is in progress), and parent and child each release it.
   static std::mutex& mutex() {
     static std::mutex m;
+#if !defined(_WIN32)
+    static const bool fork_safe = [] {
+      pthread_atfork([] { m.lock(); }, [] { m.unlock(); }, [] { m.unlock(); });
+      return true;
+    }();
+    (void)fork_safe;
+#endif
     return m;
   }
   static std::array<Slot, kSlots>& slots() {
