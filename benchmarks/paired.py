@@ -167,8 +167,8 @@ def _rounds(op, impl, base, mode, device, inputs, grad_out, runs, calls, rounds,
             settle_s=SETTLE_S):
     """The rounds of a case. With busy processes (procs) each round times both implementations with them
     paused (idle) and running (loaded), in alternating order, the loaded blocks after settle_s of untimed
-    calls of the faster of them (_settle; the pool's threads are the same for both): each side's slowdown is the median round's loaded / idle, both
-    measured moments apart."""
+    calls of the faster of them (_settle; the pool's threads are the same for both): each side's slowdown is
+    the median round's loaded / idle, both measured moments apart."""
     medians = {impl: [], base: []}
     idle = {impl: [], base: []}
     slowdowns = {impl: [], base: []}

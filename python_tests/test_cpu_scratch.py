@@ -167,7 +167,6 @@ def test_other_dtypes_reuse_the_same_buffers(dtype):
                                atol=1e-12 if dtype == torch.float64 else 1e-2)
 
 
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12's warning on fork with threads running
 def test_a_fork_while_another_thread_holds_the_cache_leaves_the_child_able_to_use_it():
