@@ -1,8 +1,8 @@
-"""The CPU's contention guard (csrc/core/serial_work.h) on and off, or its parallel regions' chunking against one
-equal share per thread, in three conditions: calls back to back, calls after a sleep, and calls beside busy
-processes.
+"""The CPU's contention guard (csrc/core/serial_work.h) on and off, its parallel regions' chunking against one
+equal share per thread, or its own worker pool against torch's, in three conditions: calls back to back, calls
+after a sleep, and calls beside busy processes.
 
-    python -m benchmarks.contention [--compare guard|chunks] [--ops distance_loss,angle_loss,rkd_loss]
+    python -m benchmarks.contention [--compare guard|chunks|pool] [--ops distance_loss,angle_loss,rkd_loss]
                                     [--n 32,64,128] [--d 512,2048] [--rounds 10] [--block-ms 30] [--gap-ms 10]
                                     [--busy 1] [--json OUT.json] [--md OUT.md]
 
@@ -11,7 +11,8 @@ of calls with the defaults ("on") and a block with the compared setting off, in 
 0.1 s of untimed calls in the same setting, and takes the ratio of the blocks' medians (below 1: the default made
 calls faster). `--compare guard` (the default) turns the guard off (hold 0); `--compare chunks` makes every
 parallel region hand out one equal share per thread (region chunks 1, at::parallel_for's own split) instead of
-the default chunks that free threads take in turn. Conditions: `idle` (calls back to back),
+the default chunks that free threads take in turn; `--compare pool` runs the regions on torch's intra-op pool
+(OpenMP) instead of the kernels' own pool (csrc/cpu/cpu_pool.h). Conditions: `idle` (calls back to back),
 `gap` (`--gap-ms` of sleep before each call: the pool's threads fall asleep, which the guard must not take for
 contention), `busy` (`--busy` busy processes beside the rounds, started before and killed after). Also counted
 with the defaults: the parallel regions the calls opened and the holds the guard started, per 1,000 calls.
@@ -41,7 +42,8 @@ OPS = {
 }
 CONDITIONS = ("idle", "gap", "busy")
 # What the compared setting off means.
-OFF = dict(guard="the contention guard off", chunks="one equal share per thread in every parallel region")
+OFF = dict(guard="the contention guard off", chunks="one equal share per thread in every parallel region",
+           pool="the parallel regions on torch's intra-op pool")
 
 
 def _set_hold(seconds):
@@ -50,13 +52,16 @@ def _set_hold(seconds):
     ops._set_cpu_contention_hold(seconds)
 
 
-def _set(compare, on, hold, chunks):
-    """The defaults (on), or the compared setting off: the guard (hold 0) or the chunking (one share per thread)."""
+def _set(compare, on, hold, chunks, pool=1):
+    """The defaults (on), or the compared setting off: the guard (hold 0), the chunking (one share per thread) or
+    the pool (torch's)."""
     _set_hold(hold if on or compare != "guard" else 0.0)
     torch.ops.rkd_ext._set_cpu_region_chunks(chunks if on or compare != "chunks" else 1)
+    torch.ops.rkd_ext._set_cpu_pool(pool if on or compare != "pool" else 0)
 
 
-def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.1, compare="guard", chunks=4):
+def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.1, compare="guard", chunks=4,
+            pool=1):
     """One case in one condition: the median round's on / off time ratio, its spread, both medians, and the
     parallel regions opened and holds started per 1,000 calls with the defaults."""
     ops = torch.ops.rkd_ext
@@ -80,7 +85,7 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.
     with _busy(busy if condition == "busy" else 0):
         for r in range(rounds):
             for guard in ((True, False) if r % 2 == 0 else (False, True)):
-                _set(compare, guard, hold, chunks)
+                _set(compare, guard, hold, chunks, pool)
                 # Untimed calls first: a loop's steady state, where the guard has seen the machine (a hold
                 # starts once its ledger is in debt), not its first calls after the switch.
                 settle = time.perf_counter() + settle_s
@@ -100,7 +105,7 @@ def measure(op, n, d, condition, rounds, block_s, gap_s, busy, hold, settle_s=0.
                     holds += ops._cpu_contention_holds() - found
                     guarded_calls += calls
             ratios.append(on[-1] / off[-1])
-    _set(compare, True, hold, chunks)
+    _set(compare, True, hold, chunks, pool)
     ratios.sort()
     return dict(compare=compare, op=op, n=n, d=d, condition=condition, rounds=rounds, calls=calls,
                 on_s=statistics.median(on), off_s=statistics.median(off), ratio=statistics.median(ratios),
@@ -146,7 +151,7 @@ def _ints(text, what, p):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compare", choices=sorted(OFF), default="guard",
-                   help="the setting timed on and off: the contention guard, or the regions' chunking")
+                   help="the setting timed on and off: the contention guard, the regions' chunking, or the pool")
     p.add_argument("--ops", default=",".join(OPS), help="comma list of " + ", ".join(OPS))
     p.add_argument("--n", default="32,64,128", help="comma list of batch sizes")
     p.add_argument("--d", default="512,2048", help="comma list of feature sizes")
@@ -170,10 +175,13 @@ def main(argv=None):
         p.error("--rounds and --busy must be at least 1, --block-ms and --gap-ms positive")
     ns, ds = _ints(a.n, "--n", p), _ints(a.d, "--d", p)
     hold, chunks = torch.ops.rkd_ext._cpu_contention_hold(), torch.ops.rkd_ext._cpu_region_chunks()
+    pool = torch.ops.rkd_ext._cpu_pool()
     if a.compare == "guard" and hold == 0:
         p.error("the contention guard is off in this process; nothing to compare")
     if a.compare == "chunks" and chunks == 1:
         p.error("parallel regions hand out one share per thread in this process; nothing to compare")
+    if a.compare == "pool" and pool == 0:
+        p.error("parallel regions run on torch's pool in this process; nothing to compare")
     load = os.getloadavg()
     results = []
     for condition in conditions:
@@ -181,13 +189,13 @@ def main(argv=None):
             for n in ns:
                 for d in ds:
                     r = measure(op, n, d, condition, a.rounds, a.block_ms / 1e3, a.gap_ms / 1e3, a.busy, hold,
-                                compare=a.compare, chunks=chunks)
+                                compare=a.compare, chunks=chunks, pool=pool)
                     results.append(r)
                     print(f"{condition:5s} {op:14s} N={n:4d} D={d:6d} on {r['on_s'] * 1e3:8.3f} ms "
                           f"off {r['off_s'] * 1e3:8.3f} ms  on/off {r['ratio']:.2f} [{r['p10']:.2f}-{r['p90']:.2f}] "
                           f"holds {r['holds_per_1000']:.1f}/1000 calls", flush=True)
     meta = dict(command="python -m benchmarks.contention " + " ".join(sys.argv[1:] if argv is None else argv),
-                compare=a.compare, chunks=chunks, rounds=a.rounds, block_ms=a.block_ms, gap_ms=a.gap_ms,
+                compare=a.compare, chunks=chunks, pool=pool, rounds=a.rounds, block_ms=a.block_ms, gap_ms=a.gap_ms,
                 busy=a.busy, hold_s=hold,
                 threads=torch.get_num_threads(), torch=torch.__version__, hardware=_hardware("cpu"),
                 commit=_commit(), load=load, date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))

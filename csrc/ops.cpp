@@ -20,6 +20,7 @@
 #include "core/product_precision.h"
 #include "core/scratch_cache.h"
 #include "core/serial_work.h"
+#include "cpu/cpu_pool.h"
 #include "torch_stable.h"
 
 STABLE_TORCH_LIBRARY(rkd_ext, m) {
@@ -80,6 +81,12 @@ STABLE_TORCH_LIBRARY(rkd_ext, m) {
   m.def("_cpu_parallel_regions() -> int");
   m.def("_cpu_region_chunks() -> int");
   m.def("_set_cpu_region_chunks(int chunks) -> ()");
+  // Which threads run the CPU's parallel regions (csrc/cpu/cpu_pool.h): 0
+  // torch's intra-op pool, 1 the kernels' own; and the own pool's workers.
+  m.def("_cpu_pool() -> int");
+  m.def("_set_cpu_pool(int kind) -> ()");
+  m.def("_cpu_pool_workers() -> int");
+  m.def("_cpu_pool_worker_chunks() -> int");
   // The CPU's contention guard (csrc/core/serial_work.h): its hold in seconds
   // (0 turns it off), the holds it has started, and a way to start one as
   // its ledger does.
@@ -149,6 +156,18 @@ void set_cpu_region_chunks(int64_t chunks) {
   rkd::region_chunks_setting().store(chunks);
 }
 
+int64_t get_cpu_pool() { return rkd::pool_setting().load(); }
+
+void set_cpu_pool(int64_t kind) {
+  RKD_CHECK_VALUE(kind == 0 || kind == 1, "_set_cpu_pool: kind must be 0 (torch's pool) or 1 (the own pool), got ",
+                  kind);
+  rkd::pool_setting().store(static_cast<int>(kind));
+}
+
+int64_t cpu_pool_workers() { return rkd::CpuPool::get().workers(); }
+
+int64_t cpu_pool_worker_chunks() { return rkd::CpuPool::get().worker_chunks(); }
+
 double get_cpu_contention_hold() { return static_cast<double>(rkd::contention_hold_ns().load()) * 1e-9; }
 
 void set_cpu_contention_hold(double seconds) {
@@ -195,6 +214,10 @@ STABLE_TORCH_LIBRARY_IMPL(rkd_ext, CompositeExplicitAutograd, m) {
   m.impl("_cpu_parallel_regions", TORCH_BOX(&cpu_parallel_regions));
   m.impl("_cpu_region_chunks", TORCH_BOX(&get_cpu_region_chunks));
   m.impl("_set_cpu_region_chunks", TORCH_BOX(&set_cpu_region_chunks));
+  m.impl("_cpu_pool", TORCH_BOX(&get_cpu_pool));
+  m.impl("_set_cpu_pool", TORCH_BOX(&set_cpu_pool));
+  m.impl("_cpu_pool_workers", TORCH_BOX(&cpu_pool_workers));
+  m.impl("_cpu_pool_worker_chunks", TORCH_BOX(&cpu_pool_worker_chunks));
   m.impl("_cpu_contention_hold", TORCH_BOX(&get_cpu_contention_hold));
   m.impl("_set_cpu_contention_hold", TORCH_BOX(&set_cpu_contention_hold));
   m.impl("_cpu_contention_holds", TORCH_BOX(&cpu_contention_holds));

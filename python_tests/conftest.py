@@ -90,22 +90,34 @@ def cpu_region_chunks(chunks):
     return _cpu_setting("cpu_region_chunks", chunks)
 
 
-# (intra-op threads, chunks per thread or None for the default) of run_with_threads: one thread, two threads
-# twice, two threads in one equal share each (at::parallel_for's own split), three threads in many small chunks.
-THREAD_RUNS = ((1, None), (2, None), (2, None), (2, 1), (3, 64))
+def cpu_pool(kind):
+    """The threads that run the CPU's parallel regions (csrc/cpu/cpu_pool.h): 0 torch's intra-op pool, 1 the
+    kernels' own."""
+    return _cpu_setting("cpu_pool", kind)
+
+
+# (intra-op threads, chunks per thread or None for the default, pool or None for the default) of
+# run_with_threads: one thread, two threads twice, two threads in one equal share each (at::parallel_for's own
+# split), three threads in many small chunks (the own pool grows to two workers and shrinks back after), two
+# threads on torch's pool.
+THREAD_RUNS = ((1, None, None), (2, None, None), (2, None, None), (2, 1, None), (3, 64, None), (2, None, 0))
 
 
 def run_with_threads(fn, runs=THREAD_RUNS):
-    """fn() under each (intra-op threads, region chunks) in turn, every call through its parallel regions (the
-    serial threshold at 0), then once on the calling thread alone (the threshold above any call); the list of
-    its results."""
+    """fn() under each (intra-op threads, region chunks, pool) in turn, every call through its parallel regions
+    (the serial threshold at 0), then once on the calling thread alone (the threshold above any call); the list
+    of its results."""
     before = torch.get_num_threads()
     try:
         out = []
         with cpu_serial_work(0.0):
-            for n, chunks in runs:
+            for n, chunks, pool in runs:
                 torch.set_num_threads(n)
-                with contextlib.nullcontext() if chunks is None else cpu_region_chunks(chunks):
+                with contextlib.ExitStack() as settings:
+                    if chunks is not None:
+                        settings.enter_context(cpu_region_chunks(chunks))
+                    if pool is not None:
+                        settings.enter_context(cpu_pool(pool))
                     out.append(fn())
         with cpu_serial_work(float("inf")):
             out.append(fn())

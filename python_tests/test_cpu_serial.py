@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rkd_ext
-from conftest import cpu_contention_hold, cpu_serial_work
+from conftest import cpu_contention_hold, cpu_pool, cpu_serial_work
 from rkd_ext.testing import make_features
 
 ops = torch.ops.rkd_ext
@@ -96,14 +96,16 @@ def test_contention_hold_runs_calls_serial_with_the_same_bits():
 
 
 def test_guard_catches_a_busy_neighbour():
-    # The plant: a busy process on every core, so that the pool's workers wait for the scheduler. The guard
-    # must notice (a hold counted) and hold (a call above the threshold opens no region).
+    # The plant: a busy process on every core, so that the pool's workers wait for the scheduler. On torch's
+    # pool, whose regions wait for every worker to arrive, the guard must notice (a hold counted) and hold (a
+    # call above the threshold opens no region). (The kernels' own pool does not wait for a worker that has
+    # not started, so its regions seldom lose to the calling thread alone, and the guard seldom holds there.)
     if torch.get_num_threads() < 2:
         pytest.skip("one intra-op thread: nothing runs in parallel")
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
              for _ in range(os.cpu_count() or 2)]
     try:
-        with cpu_contention_hold(60.0):
+        with cpu_contention_hold(60.0), cpu_pool(0):
             before = ops._cpu_contention_holds()
             deadline, held = time.monotonic() + 60.0, False
             while not held and time.monotonic() < deadline:

@@ -36,6 +36,7 @@
 #include "../core/scratch_cache.h"
 #include "../core/serial_work.h"
 #include "../torch_stable.h"
+#include "cpu_pool.h"
 #include "cpu_util.h"
 
 namespace rkd {
@@ -55,40 +56,15 @@ inline bool& serial_call() {
   return serial;
 }
 
-// torch::stable::parallel_for, or f(begin, end) on the calling thread for a
-// serial call (the same chunks' results: no output depends on the chunking).
-// A range of at most one grain runs on the calling thread in torch's
-// parallel_for too (at::parallel_for's rule): only the others are counted as
-// regions, the ones that wake the pool.
-//
-// A region hands its range out in chunks (at least a grain, about
-// region_chunks_setting() per thread, core/serial_work.h) that each thread
-// takes from a shared counter as it becomes free, not in one equal share per
-// thread: a thread that the scheduler preempts (a busy neighbour on its core)
-// then delays the region by at most the chunk it holds, while the others
-// take the rest.
-//
-// Each region's gain over the calling thread alone goes to the contention
-// guard (core/serial_work.h); when the guard starts a hold, the rest of the
-// call runs serial.
-template <typename F>
-void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  if (begin >= end) return;
-  if (serial_call() || end - begin <= grain) {
-    f(begin, end);
-    return;
-  }
-  parallel_regions().fetch_add(1, std::memory_order_relaxed);
-  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
-  const int64_t shares = threads * region_chunks_setting().load(std::memory_order_relaxed);
-  const int64_t chunk = std::max(grain, (end - begin + shares - 1) / shares);
-  const int64_t chunks = (end - begin + chunk - 1) / chunk;
-  std::atomic<int64_t> next{0};
+// Chunks [0, chunks) of a region on torch's pool, one task per thread (at
+// most one per chunk), each taking chunks until none is left; false if the
+// calling thread took no part (then the region is not priced).
+template <typename R>
+bool torch_region(int64_t threads, int64_t chunks, const R& range, CpuPool::Times& t) {
   const int64_t start = steady_ns();
   const std::thread::id caller = std::this_thread::get_id();
-  std::atomic<int64_t> worker_cpu{0};
+  std::atomic<int64_t> next{0}, worker_cpu{0};
   int64_t caller_done = -1;
-  // One task per thread (at most one per chunk), each taking chunks until none is left.
   torch::stable::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
     const bool is_caller = std::this_thread::get_id() == caller;
     // A worker's share of the work: its CPU time (its wall time where the
@@ -96,7 +72,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
     const int64_t t0 = is_caller ? 0 : steady_ns(), c0 = is_caller ? 0 : thread_cpu_ns();
     for (int64_t k = next.fetch_add(1, std::memory_order_relaxed); k < chunks;
          k = next.fetch_add(1, std::memory_order_relaxed))
-      f(begin + k * chunk, std::min(end, begin + (k + 1) * chunk));
+      range(k);
     if (is_caller) {
       caller_done = steady_ns() - start;
       return;
@@ -104,11 +80,59 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
     const int64_t cpu = c0 < 0 ? steady_ns() - t0 : thread_cpu_ns() - c0;
     worker_cpu.fetch_add(cpu, std::memory_order_relaxed);
   });
-  if (caller_done < 0 || contention_hold_ns().load(std::memory_order_relaxed) == 0) return;
+  t = {caller_done, steady_ns() - start, worker_cpu.load(std::memory_order_relaxed)};
+  return caller_done >= 0;
+}
+
+// The pool that runs a region: the CPU kernels' own (cpu_pool.h), or
+// torch::stable::parallel_for where that is chosen (pool_setting), busy with
+// another thread's region. A region nested in a region's chunk runs inline,
+// as torch's pool runs one.
+// A serial call, or a range of at most one grain, runs f(begin, end) on the
+// calling thread (at::parallel_for's rule for the latter): only the others
+// are counted as regions, the ones that can wake a pool.
+//
+// A region hands its range out in chunks (at least a grain, about
+// region_chunks_setting() per thread, core/serial_work.h) that each thread
+// takes as it becomes free, not in one equal share per thread: a thread that
+// the scheduler preempts (a busy neighbour on its core) then delays the
+// region by at most the chunk it holds, while the others take the rest. The
+// same chunks' results either way: no output depends on the chunking.
+//
+// Each region's gain over the calling thread alone goes to the contention
+// guard (core/serial_work.h); when the guard starts a hold, the rest of the
+// call runs serial.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  if (begin >= end) return;
+  if (serial_call() || end - begin <= grain || CpuPool::in_region()) {
+    f(begin, end);
+    return;
+  }
+  parallel_regions().fetch_add(1, std::memory_order_relaxed);
+  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
+  if (threads == 1) {
+    f(begin, end);
+    return;
+  }
+  const int64_t shares = threads * region_chunks_setting().load(std::memory_order_relaxed);
+  const int64_t chunk = std::max({grain, (end - begin + shares - 1) / shares,
+                                  (end - begin + CpuPool::kMaxChunks - 1) / CpuPool::kMaxChunks});
+  const int64_t chunks = (end - begin + chunk - 1) / chunk;
+  const auto range = [&](int64_t k) { f(begin + k * chunk, std::min(end, begin + (k + 1) * chunk)); };
+  using Range = decltype(range);
+  const bool guard = contention_hold_ns().load(std::memory_order_relaxed) != 0;
+  CpuPool::Times t;
+  const bool own = pool_setting().load(std::memory_order_relaxed) == static_cast<int>(PoolKind::Own) &&
+                   CpuPool::get().run(
+                       threads - 1, chunks, [](const void* r, int64_t k) { (*static_cast<const Range*>(r))(k); },
+                       &range, guard, &t);
+  if (!own && !torch_region(threads, chunks, range, t)) return;
+  if (!guard) return;
   // What the region gained over running on the calling thread alone: the
-  // work of both sides, less the time it took.
-  const int64_t gain = caller_done + worker_cpu.load(std::memory_order_relaxed) - (steady_ns() - start);
-  if (contention_ledger(gain)) serial_call() = true;  // the rest of this call (CpuCtx::run restores the flag)
+  // work of all its threads, less the time it took.
+  if (contention_ledger(t.caller_ns + t.worker_cpu_ns - t.wall_ns))
+    serial_call() = true;  // the rest of this call (CpuCtx::run restores the flag)
 }
 
 // The features of one op call centred on their batch mean: the mean, the
