@@ -9,6 +9,8 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
+import time
 
 import pytest
 import torch
@@ -101,6 +103,29 @@ def cpu_pool(kind):
 # split), three threads in many small chunks (the own pool grows to two workers and shrinks back after), two
 # threads on torch's pool.
 THREAD_RUNS = ((1, None, None), (2, None, None), (2, None, None), (2, 1, None), (3, 64, None), (2, None, 0))
+
+
+def in_forked_child(fn, timeout):
+    """Forks; the child runs fn() and leaves without any cleanup, with exit status 0 if fn() returned true, 3 if
+    false, 1 if it raised. The parent waits up to `timeout` seconds: the child's exit status, or None if it hung
+    (then it is killed)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if fn() else 3
+        finally:
+            os._exit(code)
+    deadline, status = time.monotonic() + timeout, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.01)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
 
 
 def run_with_threads(fn, runs=THREAD_RUNS):

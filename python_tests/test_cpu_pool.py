@@ -4,7 +4,6 @@ setting rejects what it does not know. Bitwise equality with torch's pool and wi
 op's determinism test (conftest's run_with_threads); the pool's own synchronisation under a thread sanitizer by
 test_cpu_pool_tsan.py."""
 import os
-import signal
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 import rkd_ext
-from conftest import cpu_contention_hold, cpu_pool, cpu_serial_work
+from conftest import cpu_contention_hold, cpu_pool, cpu_serial_work, in_forked_child
 from rkd_ext.testing import make_features
 
 ops = torch.ops.rkd_ext
@@ -74,29 +73,16 @@ def test_torch_pool_runs_no_chunk_on_the_own_workers(threads):
         assert ops._cpu_pool_worker_chunks() == before
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_has_workers_of_its_own(threads):
     # The parent's workers are threads the child does not have: the child must make its own, not count on them
     # (without them its regions would run on the calling thread alone, and a change of thread count would wait
     # on threads that do not exist).
     torch.set_num_threads(2)
     assert _workers_take_part()
-    pid = os.fork()
-    if pid == 0:  # the child: leave without running any cleanup
-        code = 1
-        try:
-            code = 0 if _workers_take_part(10.0) else 3
-        finally:
-            os._exit(code)
-    deadline, status = time.monotonic() + 60.0, None
-    while status is None and time.monotonic() < deadline:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        status = st if done else None
-        time.sleep(0.01)
-    if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    status = in_forked_child(lambda: _workers_take_part(10.0), 60.0)
     assert status is not None, "the child hung"
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child's workers ran no chunk"
+    assert status == 0, "the child's workers ran no chunk"
 
 
 def test_two_threads_calling_at_once_get_the_bits_of_one(threads):

@@ -9,7 +9,6 @@ directly through the _cpu_scratch_cycle op). The values are checked
 against the float64 reference, and the same call is compared bit for bit with the cache empty and with it full of
 other calls' data. A fork while another thread uses the cache leaves the child a usable one."""
 import os
-import signal
 import threading
 import time
 
@@ -19,6 +18,8 @@ import torch
 import rkd_ext
 from rkd_ext import reference
 from rkd_ext.testing import make_features
+
+from conftest import in_forked_child
 
 ops = torch.ops.rkd_ext
 F64 = 8
@@ -178,25 +179,14 @@ def test_a_fork_while_another_thread_holds_the_cache_leaves_the_child_able_to_us
     thread.start()
     time.sleep(0.1)
     assert thread.is_alive()  # the lock is held now
-    pid = os.fork()
-    if pid == 0:  # the child: use the cache, then leave without running any cleanup
-        code = 1
-        try:
-            ops._cpu_scratch_cycle(1 << 20, 2 << 20)
-            code = 0
-        finally:
-            os._exit(code)
-    deadline, status = time.monotonic() + 10.0, None
-    while status is None and time.monotonic() < deadline:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        status = st if done else None
-        time.sleep(0.01)
-    if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    def child():  # uses the cache
+        ops._cpu_scratch_cycle(1 << 20, 2 << 20)
+        return True
+
+    status = in_forked_child(child, 10.0)
     thread.join()
     assert status is not None, "the child hung on the cache's lock"
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert status == 0
 
 
 def test_hold_rejects_bad_values():
